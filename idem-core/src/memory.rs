@@ -1,0 +1,335 @@
+//! `MemoryStore`: an in-process store for one instance and for tests.
+//!
+//! # Examples
+//!
+//! ```
+//! use idem_core::memory::MemoryStore;
+//! let store = MemoryStore::new().with_capacity(10_000);
+//! assert_eq!(store.capacity(), 10_000);
+//! ```
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::{millis, SharedClock, SystemClock};
+use crate::fingerprint::Fingerprint;
+use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
+use crate::scope::StoreKey;
+use crate::store::{Store, StoreError, StoreStats};
+
+const SHARDS: usize = 64;
+
+/// A concurrent, TTL-expiring, capacity-bounded store in memory.
+///
+/// Sharding, not a lock-free map: each operation is a read-modify-write of
+/// one record that must be atomic (begin's "create or report"), which a
+/// per-shard `std::sync::Mutex` gives directly. Critical sections are a hash
+/// lookup and never span an `.await`, so a blocking mutex is cheaper than an
+/// async one (mini-redis makes the same choice), and 64 shards keyed by the
+/// HMAC (uniformly distributed) keep contention negligible at any core count
+/// this process is likely to have.
+///
+/// Capacity is a hard bound on records held: a new key beyond it is refused
+/// with [`StoreError::CapacityExceeded`] after expired records have been
+/// purged, never by silently evicting a live record (evicting an
+/// `in_progress` or unexpired `completed` record would let a retry execute
+/// twice).
+pub struct MemoryStore {
+    shards: Box<[Mutex<HashMap<StoreKey, Record, KeyHasher>>]>,
+    len: AtomicUsize,
+    capacity: usize,
+    clock: SharedClock,
+    /// When a full purge may run next (ms): a flood of new keys against a full
+    /// store must not turn every refused request into an O(n) scan.
+    next_full_purge_ms: AtomicU64,
+}
+
+/// Store keys are already uniform HMAC output: hashing them again with SipHash
+/// is wasted work, so the first 8 bytes are the hash.
+#[derive(Clone, Copy, Default)]
+struct KeyHasher;
+
+impl BuildHasher for KeyHasher {
+    type Hasher = PrefixHasher;
+    fn build_hasher(&self) -> PrefixHasher {
+        PrefixHasher(0)
+    }
+}
+
+struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // StoreKey derives Hash as a [u8; 32] which writes a length prefix,
+        // then the bytes; keep the first 8 bytes of the key itself.
+        if bytes.len() >= 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(b);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("len", &self.len.load(Ordering::Relaxed))
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock. The default capacity is 1,000,000 records.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            len: AtomicUsize::new(0),
+            capacity: 1_000_000,
+            clock: Arc::new(SystemClock),
+            next_full_purge_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the capacity in records. The default is 1,000,000.
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Uses `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The capacity in records.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Records held, expired ones not yet purged included.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &StoreKey) -> MutexGuard<'_, HashMap<StoreKey, Record, KeyHasher>> {
+        let i = key.0[31] as usize % SHARDS;
+        // A poisoned shard only means a panic elsewhere while holding it; the
+        // map itself is never left half-updated by our code, so keep going.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves room for one more record, or fails when full.
+    fn reserve(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn purge_all(&self, now: u64, limit: usize) -> u64 {
+        let mut removed = 0u64;
+        for shard in self.shards.iter() {
+            if removed as usize >= limit {
+                break;
+            }
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let before = map.len();
+            let mut budget = limit - removed as usize;
+            map.retain(|_, r| {
+                if budget > 0 && !r.is_live(now) {
+                    budget -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            let n = before - map.len();
+            self.len.fetch_sub(n, Ordering::AcqRel);
+            removed += n as u64;
+        }
+        removed
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let now = self.clock.now_ms();
+        let new_record = || Record {
+            fingerprint: *fingerprint,
+            state: RecordState::InProgress {
+                fence: Fence::generate(),
+                lease_until_ms: now.saturating_add(millis(lease)),
+            },
+        };
+        let started = |r: &Record| match r.state {
+            RecordState::InProgress { fence, .. } => Begin::Started(fence),
+            RecordState::Completed { .. } => unreachable!("a new record is in progress"),
+        };
+        for attempt in 0..2 {
+            let mut map = self.shard(key);
+            if let Some(existing) = map.get_mut(key) {
+                if existing.is_live(now) {
+                    if existing.fingerprint != *fingerprint {
+                        return Ok(Begin::Mismatch);
+                    }
+                    return Ok(match &existing.state {
+                        RecordState::InProgress { lease_until_ms, .. } => Begin::InProgress {
+                            lease_remaining: Duration::from_millis(lease_until_ms - now),
+                        },
+                        RecordState::Completed { response, .. } => {
+                            Begin::Completed(response.clone())
+                        }
+                    });
+                }
+                // Expired lease or TTL: treated as no record (rules 8, 9).
+                // Replacing it takes no new room.
+                *existing = new_record();
+                return Ok(started(existing));
+            }
+            if self.reserve() {
+                let r = new_record();
+                let outcome = started(&r);
+                map.insert(*key, r);
+                return Ok(outcome);
+            }
+            drop(map);
+            // Full: purge expired records once (throttled), then try again.
+            let next = self.next_full_purge_ms.load(Ordering::Acquire);
+            if attempt == 0 && now >= next {
+                self.next_full_purge_ms
+                    .store(now.saturating_add(1000), Ordering::Release);
+                self.purge_all(now, usize::MAX);
+                continue;
+            }
+            break;
+        }
+        Err(StoreError::CapacityExceeded {
+            capacity: self.capacity,
+        })
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut map = self.shard(key);
+        match map.get_mut(key) {
+            Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
+                r.state = RecordState::Completed {
+                    response: response.clone(),
+                    expires_at_ms: now.saturating_add(millis(ttl)),
+                };
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        let mut map = self.shard(key);
+        match map.get(key) {
+            Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
+                map.remove(key);
+                self.len.fetch_sub(1, Ordering::AcqRel);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut map = self.shard(key);
+        match map.get_mut(key).map(|r| &mut r.state) {
+            Some(RecordState::InProgress {
+                fence: f,
+                lease_until_ms,
+            }) if *f == fence => {
+                *lease_until_ms = now.saturating_add(millis(lease));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(self.shard(key).get(key).filter(|r| r.is_live(now)).cloned())
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let removed = self.shard(key).remove(key).is_some();
+        if removed {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(removed)
+    }
+
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        Ok(self.purge_all(self.clock.now_ms(), limit))
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = StoreStats::default();
+        for shard in self.shards.iter() {
+            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for r in map.values() {
+                match (&r.state, r.is_live(now)) {
+                    (_, false) => s.expired += 1,
+                    (RecordState::InProgress { .. }, true) => s.in_progress += 1,
+                    (RecordState::Completed { .. }, true) => s.completed += 1,
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}

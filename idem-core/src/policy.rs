@@ -1,0 +1,390 @@
+//! Which requests are covered, and how: the per-route policy.
+//!
+//! # Examples
+//!
+//! The original design's per-operation TTLs:
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::Method;
+//! use idem_core::policy::{Policy, RoutePolicy};
+//!
+//! let hour = Duration::from_secs(3600);
+//! let policy = Policy::default()
+//!     .route("/payments/**", RoutePolicy::default().ttl(24 * hour))
+//!     .route("/orders/**", RoutePolicy::default().ttl(6 * hour))
+//!     .route("/notifications/**", RoutePolicy::default().ttl(hour))
+//!     .route("/reports/**", RoutePolicy::default().ttl(7 * 24 * hour));
+//! assert_eq!(policy.find(&Method::POST, "/orders/17").unwrap().1.ttl, 6 * hour);
+//! assert!(policy.find(&Method::GET, "/orders/17").is_none());
+//! ```
+
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::fingerprint::FingerprintMode;
+use crate::key::KeyRules;
+
+/// Statuses whose responses are not stored: the key is released so a retry
+/// executes again (SPEC rule 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl StatusSet {
+    /// An empty set.
+    pub fn empty() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Parses a list like `["5xx", "408", "429"]`.
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for item in items {
+            let item = item.trim();
+            let range = if let Some(d) = item.strip_suffix("xx") {
+                let d: u16 = d
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=5).contains(d))
+                    .ok_or_else(|| format!("bad status class {item:?}; use 1xx to 5xx"))?;
+                (d * 100, d * 100 + 99)
+            } else {
+                let s: u16 = item
+                    .parse()
+                    .ok()
+                    .filter(|s| (100..=599).contains(s))
+                    .ok_or_else(|| {
+                        format!("bad status {item:?}; use 100 to 599 or a class like 5xx")
+                    })?;
+                (s, s)
+            };
+            ranges.push(range);
+        }
+        Ok(Self(ranges))
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+impl Default for StatusSet {
+    /// 5xx, 408 and 429.
+    fn default() -> Self {
+        Self(vec![(500, 599), (408, 408), (429, 429)])
+    }
+}
+
+/// Where a webhook route takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookKeys {
+    /// Headers tried in order. The default is `Webhook-Id`, then `Idempotency-Key`.
+    pub headers: Vec<HeaderName>,
+    /// Whether a delivery with none of the headers is keyed by SHA-256 of its
+    /// raw body. The default is true.
+    pub body_hash_fallback: bool,
+}
+
+impl Default for WebhookKeys {
+    fn default() -> Self {
+        Self {
+            headers: vec![
+                HeaderName::from_static("webhook-id"),
+                HeaderName::from_static("idempotency-key"),
+            ],
+            body_hash_fallback: true,
+        }
+    }
+}
+
+/// How one route is treated. Every setting has a default; builders name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Methods covered. The default is POST and PATCH.
+    pub methods: Vec<Method>,
+    /// How long a completed record is kept. The default is 24 h.
+    pub ttl: Duration,
+    /// The lease of an execution, renewed every third of it while the
+    /// execution runs. The default is 30 s.
+    pub lease: Duration,
+    /// Whether a covered request without a key is refused (true) or passes
+    /// through without protection (false). The default is true.
+    pub key_required: bool,
+    /// What a valid key looks like. The default is 10–255 of `A-Za-z0-9-_`, or a UUID.
+    pub key_rules: KeyRules,
+    /// How requests are compared. The default is [`FingerprintMode::Json`].
+    pub fingerprint: FingerprintMode,
+    /// Statuses not stored. The default is 5xx, 408 and 429.
+    pub no_store: StatusSet,
+    /// Largest request body accepted, in bytes. The default is 1 MiB.
+    pub max_request_body: usize,
+    /// Largest response body stored in full, in bytes. Larger ones are stored
+    /// without their body, and a replay says so. The default is 1 MiB.
+    pub max_stored_response: usize,
+    /// Whether a store failure lets the request execute unprotected (true)
+    /// instead of answering 503 (false). The default is false (fail-closed).
+    pub fail_open: bool,
+    /// Opt-in wait mode: a duplicate of an in-progress request waits up to this
+    /// long for the first to finish, then gets its replay, instead of a 409.
+    /// The default is `None` (answer 409 at once).
+    pub wait: Option<Duration>,
+    /// Webhook mode: where the key comes from. The default is `None` (the
+    /// `Idempotency-Key` header).
+    pub webhook: Option<WebhookKeys>,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        Self {
+            methods: vec![Method::POST, Method::PATCH],
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(30),
+            key_required: true,
+            key_rules: KeyRules::default(),
+            fingerprint: FingerprintMode::Json,
+            no_store: StatusSet::default(),
+            max_request_body: 1 << 20,
+            max_stored_response: 1 << 20,
+            fail_open: false,
+            wait: None,
+            webhook: None,
+        }
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $name: $ty) -> Self {
+            self.$name = $name;
+            self
+        }
+    };
+}
+
+impl RoutePolicy {
+    setter!(
+        /// Sets the covered methods. The default is POST and PATCH.
+        methods: Vec<Method>
+    );
+    setter!(
+        /// Sets the TTL of completed records. The default is 24 h.
+        ttl: Duration
+    );
+    setter!(
+        /// Sets the lease. The default is 30 s.
+        lease: Duration
+    );
+    setter!(
+        /// Sets whether a key is required. The default is true.
+        key_required: bool
+    );
+    setter!(
+        /// Sets the key rules. The default is 10–255 characters, or a UUID.
+        key_rules: KeyRules
+    );
+    setter!(
+        /// Sets the fingerprint mode. The default is JSON-canonical.
+        fingerprint: FingerprintMode
+    );
+    setter!(
+        /// Sets the statuses not stored. The default is 5xx, 408, 429.
+        no_store: StatusSet
+    );
+    setter!(
+        /// Sets the request body limit. The default is 1 MiB.
+        max_request_body: usize
+    );
+    setter!(
+        /// Sets the stored-response limit. The default is 1 MiB.
+        max_stored_response: usize
+    );
+    setter!(
+        /// Sets fail-open. The default is false.
+        fail_open: bool
+    );
+    setter!(
+        /// Sets wait mode. The default is off.
+        wait: Option<Duration>
+    );
+    setter!(
+        /// Sets webhook mode. The default is off.
+        webhook: Option<WebhookKeys>
+    );
+
+    /// Whether `method` is covered.
+    pub fn covers(&self, method: &Method) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// A path pattern: literal segments, `*` or `{name}` for one segment, and a
+/// trailing `**` for any rest (including none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    One,
+    Rest,
+}
+
+impl PathPattern {
+    /// Parses a pattern; it must start with `/`, and `**` may only end it.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(format!("route pattern {pattern:?} must start with '/'"));
+        };
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            let seg = match *p {
+                "**" if i + 1 == parts.len() => Segment::Rest,
+                "**" => {
+                    return Err(format!(
+                        "route pattern {pattern:?}: '**' may only end a pattern"
+                    ))
+                }
+                "*" => Segment::One,
+                s if s.starts_with('{') && s.ends_with('}') => Segment::One,
+                s => Segment::Literal(s.to_owned()),
+            };
+            segments.push(seg);
+        }
+        Ok(Self {
+            source: pattern.to_owned(),
+            segments,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether `path` (without query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut parts = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect::<Vec<_>>()
+        };
+        // A trailing slash does not make another route.
+        if parts.last() == Some(&"") {
+            parts.pop();
+        }
+        let mut i = 0;
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::One => {
+                    if i >= parts.len() || parts[i].is_empty() {
+                        return false;
+                    }
+                }
+                Segment::Literal(l) => {
+                    if parts.get(i) != Some(&l.as_str()) {
+                        return false;
+                    }
+                }
+            }
+            i += 1;
+        }
+        i == parts.len()
+    }
+}
+
+/// The whole policy: route rules tried in order, then the default.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Rules tried in order; the first whose pattern matches the path applies.
+    pub routes: Vec<(PathPattern, RoutePolicy)>,
+    /// The policy for paths no rule matches. The default covers POST and PATCH
+    /// on every route.
+    pub default: RoutePolicy,
+}
+
+impl Policy {
+    /// Adds a route rule.
+    ///
+    /// # Panics
+    /// When `pattern` is invalid; use [`PathPattern::parse`] and
+    /// [`Policy::route_pattern`] for patterns from user input.
+    pub fn route(self, pattern: &str, policy: RoutePolicy) -> Self {
+        #[allow(clippy::expect_used)]
+        let p = PathPattern::parse(pattern).expect("invalid route pattern");
+        self.route_pattern(p, policy)
+    }
+
+    /// Adds a route rule with a parsed pattern.
+    pub fn route_pattern(mut self, pattern: PathPattern, policy: RoutePolicy) -> Self {
+        self.routes.push((pattern, policy));
+        self
+    }
+
+    /// Replaces the default policy.
+    pub fn default_policy(mut self, policy: RoutePolicy) -> Self {
+        self.default = policy;
+        self
+    }
+
+    /// The policy covering this request with the name of its route (the
+    /// pattern, or `*` for the default), or `None` when it is not covered.
+    pub fn find(&self, method: &Method, path: &str) -> Option<(&str, &RoutePolicy)> {
+        let (name, policy) = self
+            .routes
+            .iter()
+            .find(|(p, _)| p.matches(path))
+            .map(|(p, r)| (p.as_str(), r))
+            .unwrap_or(("*", &self.default));
+        policy.covers(method).then_some((name, policy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let m = |p: &str, path: &str| {
+            PathPattern::parse(p)
+                .map(|p| p.matches(path))
+                .unwrap_or(false)
+        };
+        assert!(m("/payments", "/payments"));
+        assert!(m("/payments", "/payments/"));
+        assert!(!m("/payments", "/payments/1"));
+        assert!(m("/payments/{id}", "/payments/1"));
+        assert!(!m("/payments/{id}", "/payments"));
+        assert!(m("/payments/**", "/payments"));
+        assert!(m("/payments/**", "/payments/1/refunds"));
+        assert!(m("/", "/"));
+        assert!(m("/**", "/anything/at/all"));
+        assert!(m("/a/*/c", "/a/b/c"));
+        assert!(PathPattern::parse("x").is_err());
+        assert!(PathPattern::parse("/**/x").is_err());
+    }
+
+    #[test]
+    fn status_sets() {
+        let d = StatusSet::default();
+        assert!(d.contains(500) && d.contains(503) && d.contains(408) && d.contains(429));
+        assert!(!d.contains(400) && !d.contains(201) && !d.contains(409));
+        let p = StatusSet::parse(["4xx", "503"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.contains(404) && p.contains(503) && !p.contains(500));
+        assert!(StatusSet::parse(["9xx"]).is_err());
+        assert!(StatusSet::parse(["abc"]).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! Refusals as `application/problem+json` (RFC 9457).
+//!
+//! # Examples
+//!
+//! ```
+//! use idem_core::problem::{Problem, ProblemKind};
+//! let p = Problem::new(ProblemKind::KeyReused, "this key was used with another request");
+//! let json = String::from_utf8(p.to_json("urn:idem:problem:")).unwrap();
+//! assert!(json.contains("\"type\":\"urn:idem:problem:idempotency-key-reused\""));
+//! assert_eq!(p.status(), 422);
+//! ```
+
+/// The media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The default base of problem `type` URIs.
+pub const DEFAULT_PROBLEM_BASE: &str = "urn:idem:problem:";
+
+/// Every refusal idem makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// Rule 1.
+    KeyMissing,
+    /// Rule 2.
+    KeyInvalid,
+    /// Rule 5.
+    KeyInUse,
+    /// Rule 6.
+    KeyReused,
+    /// Rule 10.
+    StoreUnavailable,
+    /// The store refused a new key because it is full.
+    StoreFull,
+    /// Rule 11.
+    BodyTooLarge,
+    /// The handler or upstream failed without an answer (rule 7).
+    ExecutionFailed,
+    /// The upstream could not be reached (gateway, rule 7).
+    UpstreamUnavailable,
+    /// The upstream did not answer in time (gateway, rule 7).
+    UpstreamTimeout,
+}
+
+impl ProblemKind {
+    /// The last segment of the `type` URI.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::KeyMissing => "idempotency-key-missing",
+            Self::KeyInvalid => "idempotency-key-invalid",
+            Self::KeyInUse => "idempotency-key-in-use",
+            Self::KeyReused => "idempotency-key-reused",
+            Self::StoreUnavailable => "idempotency-store-unavailable",
+            Self::StoreFull => "idempotency-store-full",
+            Self::BodyTooLarge => "request-body-too-large",
+            Self::ExecutionFailed => "execution-failed",
+            Self::UpstreamUnavailable => "upstream-unavailable",
+            Self::UpstreamTimeout => "upstream-timeout",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::KeyMissing | Self::KeyInvalid => 400,
+            Self::KeyInUse => 409,
+            Self::KeyReused => 422,
+            Self::StoreUnavailable | Self::StoreFull => 503,
+            Self::BodyTooLarge => 413,
+            Self::ExecutionFailed => 500,
+            Self::UpstreamUnavailable => 502,
+            Self::UpstreamTimeout => 504,
+        }
+    }
+
+    /// A short human title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::KeyMissing => "Idempotency-Key header is missing",
+            Self::KeyInvalid => "Idempotency-Key header is invalid",
+            Self::KeyInUse => "A request with this Idempotency-Key is being processed",
+            Self::KeyReused => "Idempotency-Key was used with a different request",
+            Self::StoreUnavailable => "Idempotency store is unavailable",
+            Self::StoreFull => "Idempotency store is full",
+            Self::BodyTooLarge => "Request body is too large",
+            Self::ExecutionFailed => "The request failed while executing",
+            Self::UpstreamUnavailable => "Upstream is unavailable",
+            Self::UpstreamTimeout => "Upstream timed out",
+        }
+    }
+}
+
+/// One refusal: a kind, a detail that tells the client what to do, and an
+/// optional `Retry-After` in seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What went wrong.
+    pub kind: ProblemKind,
+    /// What to do about it.
+    pub detail: String,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    /// A problem of `kind` with `detail`.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Adds a `Retry-After`.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// The problem document, with `type` = `base` + slug.
+    pub fn to_json(&self, base: &str) -> Vec<u8> {
+        let mut s = String::with_capacity(160 + self.detail.len());
+        s.push_str("{\"type\":");
+        json_string(&mut s, &format!("{base}{}", self.kind.slug()));
+        s.push_str(",\"title\":");
+        json_string(&mut s, self.kind.title());
+        s.push_str(&format!(",\"status\":{},\"detail\":", self.status()));
+        json_string(&mut s, &self.detail);
+        s.push('}');
+        s.into_bytes()
+    }
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_json_escapes() {
+        let p = Problem::new(ProblemKind::KeyInvalid, "bad \"key\"\n\u{1}");
+        let s = String::from_utf8(p.to_json("x:")).unwrap_or_default();
+        assert_eq!(
+            s,
+            r#"{"type":"x:idempotency-key-invalid","title":"Idempotency-Key header is invalid","status":400,"detail":"bad \"key\"\n\u0001"}"#
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Records: what the store holds for a (scope, key), and their binary encoding.
+//!
+//! # Examples
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{HeaderName, HeaderValue};
+//! use idem_core::record::StoredResponse;
+//!
+//! let response = StoredResponse {
+//!     status: 201,
+//!     headers: vec![(HeaderName::from_static("content-type"), HeaderValue::from_static("application/json"))],
+//!     body: Bytes::from_static(b"{\"id\":\"pay_1\"}"),
+//!     body_omitted: None,
+//! };
+//! let bytes = response.encode();
+//! assert_eq!(StoredResponse::decode(&bytes).unwrap(), response);
+//! ```
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+use crate::fingerprint::Fingerprint;
+use crate::random;
+
+/// A fencing token: proves which holder may complete or release a record.
+///
+/// Fences are random 64-bit values, not per-key counters, so a fence is never
+/// reused even when a record is released and begun again (a counter would
+/// restart and hand an old holder's number to a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fence(pub u64);
+
+impl Fence {
+    /// A new random fence.
+    pub fn generate() -> Self {
+        Self(random::nonzero_u64())
+    }
+}
+
+/// A response as stored: status, headers in order (repeats kept), body bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status code.
+    pub status: u16,
+    /// Headers in the order the handler produced them; repeated names kept.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body, byte for byte (empty when `body_omitted`).
+    pub body: Bytes,
+    /// `Some(len)` when the body was larger than the stored-response limit and
+    /// was not stored: a replay says so instead of executing again.
+    pub body_omitted: Option<u64>,
+}
+
+/// The state of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// Someone holds the key and is executing.
+    InProgress {
+        /// The holder's fence.
+        fence: Fence,
+        /// When the lease ends, in ms since the epoch, unless renewed.
+        lease_until_ms: u64,
+    },
+    /// The execution finished; its answer is kept until `expires_at_ms`.
+    Completed {
+        /// The stored answer.
+        response: StoredResponse,
+        /// When the record expires, in ms since the epoch.
+        expires_at_ms: u64,
+    },
+}
+
+/// What the store holds for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The fingerprint of the request that created it.
+    pub fingerprint: Fingerprint,
+    /// In progress or completed.
+    pub state: RecordState,
+}
+
+impl Record {
+    /// When the record stops counting (lease end or TTL end), in ms.
+    pub fn deadline_ms(&self) -> u64 {
+        match &self.state {
+            RecordState::InProgress { lease_until_ms, .. } => *lease_until_ms,
+            RecordState::Completed { expires_at_ms, .. } => *expires_at_ms,
+        }
+    }
+
+    /// Whether the record counts at `now_ms` (SPEC rules 8 and 9: an expired
+    /// lease or TTL is treated as no record).
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        now_ms < self.deadline_ms()
+    }
+}
+
+/// The outcome of [`Store::begin`](crate::store::Store::begin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// No live record existed: one is now `in_progress` and the caller holds it.
+    Started(Fence),
+    /// Someone else holds a live lease on the same request.
+    InProgress {
+        /// Time left on that lease.
+        lease_remaining: Duration,
+    },
+    /// The same request completed before: here is its answer.
+    Completed(StoredResponse),
+    /// A live record exists for a different request (SPEC rule 6).
+    Mismatch,
+}
+
+/// A stored record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored response is corrupt: {0}; delete the key (idem keys delete) to let the request execute again")]
+pub struct DecodeError(&'static str);
+
+const VERSION: u8 = 1;
+
+impl StoredResponse {
+    /// A compact binary encoding: version, status, flags, headers, body.
+    /// Bodies are stored raw (no base64), so binary bodies cost nothing extra.
+    pub fn encode(&self) -> Vec<u8> {
+        let hdr_len: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.as_bytes().len())
+            .sum();
+        let mut out = Vec::with_capacity(16 + hdr_len + self.body.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.status.to_be_bytes());
+        out.push(u8::from(self.body_omitted.is_some()));
+        out.extend_from_slice(&(self.headers.len() as u32).to_be_bytes());
+        for (name, value) in &self.headers {
+            let n = name.as_str().as_bytes();
+            out.extend_from_slice(&(n.len() as u16).to_be_bytes());
+            out.extend_from_slice(n);
+            out.extend_from_slice(&(value.as_bytes().len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        if let Some(len) = self.body_omitted {
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        out.extend_from_slice(&(self.body.len() as u64).to_be_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Decodes [`encode`](Self::encode)'s output, checking every length and
+    /// header so corrupt data is an error, never a panic.
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(data);
+        if r.u8()? != VERSION {
+            return Err(DecodeError("unknown encoding version"));
+        }
+        let status = r.u16()?;
+        if !(100..=999).contains(&status) {
+            return Err(DecodeError("status out of range"));
+        }
+        let flags = r.u8()?;
+        if flags > 1 {
+            return Err(DecodeError("unknown flags"));
+        }
+        let count = r.u32()? as usize;
+        let mut headers = Vec::with_capacity(count.min(256));
+        for _ in 0..count {
+            let n = r.u16()? as usize;
+            let name = HeaderName::from_bytes(r.take(n)?)
+                .map_err(|_| DecodeError("invalid header name"))?;
+            let v = r.u32()? as usize;
+            let value = HeaderValue::from_bytes(r.take(v)?)
+                .map_err(|_| DecodeError("invalid header value"))?;
+            headers.push((name, value));
+        }
+        let body_omitted = if flags == 1 { Some(r.u64()?) } else { None };
+        let len = usize::try_from(r.u64()?).map_err(|_| DecodeError("body too long"))?;
+        let body = Bytes::copy_from_slice(r.take(len)?);
+        if !r.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(Self {
+            status,
+            headers,
+            body,
+            body_omitted,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_binary_and_repeated_headers() {
+        let r = StoredResponse {
+            status: 200,
+            headers: vec![
+                (
+                    HeaderName::from_static("set-cookie"),
+                    HeaderValue::from_static("a=1"),
+                ),
+                (HeaderName::from_static("x-y"), HeaderValue::from_static("")),
+                (
+                    HeaderName::from_static("set-cookie"),
+                    HeaderValue::from_static("b=2"),
+                ),
+            ],
+            body: Bytes::from((0u8..=255).collect::<Vec<_>>()),
+            body_omitted: None,
+        };
+        assert_eq!(StoredResponse::decode(&r.encode()), Ok(r.clone()));
+        let o = StoredResponse {
+            body_omitted: Some(1 << 33),
+            body: Bytes::new(),
+            ..r
+        };
+        assert_eq!(StoredResponse::decode(&o.encode()), Ok(o.clone()));
+        // Every truncation is an error, never a panic.
+        let enc = o.encode();
+        for i in 0..enc.len() {
+            assert!(StoredResponse::decode(&enc[..i]).is_err());
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Per-user scoping and the keyed hash that names a record in the store.
+//!
+//! The store never sees a scope (an `Authorization` value, say) or a raw key:
+//! it sees `HMAC-SHA256(secret, scope, key)`. One user can never reach
+//! another user's record, and a leaked store reveals neither.
+//!
+//! # Examples
+//!
+//! ```
+//! use idem_core::scope::{Secret, StoreKey};
+//!
+//! let secret = Secret::generate();
+//! let alice = StoreKey::derive(&secret, Some(b"Bearer alice"), "key-0000000001");
+//! let bob = StoreKey::derive(&secret, Some(b"Bearer bob"), "key-0000000001");
+//! assert_ne!(alice, bob);
+//! ```
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::random;
+
+/// The server secret behind [`StoreKey`]s (and signed keys).
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+/// The shortest secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Why a secret could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// Too short to be a secret.
+    #[error("the secret is {len} bytes; use at least {MIN_SECRET_LEN} (idem generates 32 random bytes when none is given)")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// The secret file could not be read or written.
+    #[error("secret file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Secret {
+    /// 32 random bytes from the operating system.
+    pub fn generate() -> Self {
+        Self(random::bytes::<32>().to_vec())
+    }
+
+    /// A secret from given bytes (at least 16).
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<Self, SecretError> {
+        let bytes = bytes.into();
+        if bytes.len() < MIN_SECRET_LEN {
+            return Err(SecretError::TooShort { len: bytes.len() });
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Reads a secret file: its content, with surrounding whitespace trimmed,
+    /// is the secret.
+    pub fn read_file(path: &Path) -> Result<Self, SecretError> {
+        let data = std::fs::read(path).map_err(|source| SecretError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let trimmed = data.trim_ascii();
+        Self::from_bytes(trimmed.to_vec())
+    }
+
+    /// Reads the secret file at `path`, or creates it (mode 0600, 32 random
+    /// bytes in hex) when it does not exist. Used by the embedded store so a
+    /// restart keeps the same secret and so still replays.
+    pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
+        let io_err = |source| SecretError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut opts = std::fs::OpenOptions::new();
+        // create_new: when two processes start at once, exactly one creates
+        // the file and the other reads the winner's secret.
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        match opts.open(path) {
+            Ok(mut file) => {
+                let secret = Self::generate();
+                let text = crate::key::hex(&secret.0);
+                file.write_all(format!("{text}\n").as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_err)?;
+                // The file content (hex text) is what a later read returns, so
+                // use the same bytes now.
+                Self::from_bytes(text.into_bytes())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // The creator may still be writing: retry briefly on a short read.
+                for _ in 0..50 {
+                    match Self::read_file(path) {
+                        Err(SecretError::TooShort { .. }) => {
+                            std::thread::sleep(std::time::Duration::from_millis(10))
+                        }
+                        other => return other,
+                    }
+                }
+                Self::read_file(path)
+            }
+            Err(e) => Err(io_err(e)),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The name of a record in the store: `HMAC-SHA256(secret, scope, key)`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreKey(pub [u8; 32]);
+
+impl StoreKey {
+    /// Derives the store key for `key` in `scope` (`None`: the anonymous scope).
+    pub fn derive(secret: &Secret, scope: Option<&[u8]>, key: &str) -> Self {
+        #[allow(clippy::expect_used)]
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC accepts keys of any length");
+        // The anonymous scope and an empty scope header are different scopes;
+        // length prefixes make (scope, key) pairs unambiguous.
+        match scope {
+            None => mac.update(&[0]),
+            Some(s) => {
+                mac.update(&[1]);
+                mac.update(&(s.len() as u64).to_be_bytes());
+                mac.update(s);
+            }
+        }
+        mac.update(key.as_bytes());
+        Self(mac.finalize().into_bytes().into())
+    }
+
+    /// Lower-case hex of the 32 bytes.
+    pub fn to_hex(&self) -> String {
+        crate::key::hex(&self.0)
+    }
+
+    /// The first 8 hex digits: enough to correlate logs, useless to an attacker.
+    pub fn short(&self) -> String {
+        crate::key::hex(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreKey({}…)", self.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_and_empty_scopes_differ() {
+        let s = Secret::generate();
+        assert_ne!(
+            StoreKey::derive(&s, None, "k"),
+            StoreKey::derive(&s, Some(b""), "k")
+        );
+        assert_eq!(
+            StoreKey::derive(&s, Some(b"a"), "k"),
+            StoreKey::derive(&s, Some(b"a"), "k")
+        );
+        let other = Secret::generate();
+        assert_ne!(
+            StoreKey::derive(&s, None, "k"),
+            StoreKey::derive(&other, None, "k")
+        );
+    }
+
+    #[test]
+    fn secret_file_is_created_once_with_mode_0600() {
+        let dir = std::env::temp_dir().join(format!("idem-secret-{}", random::nonzero_u64()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let path = dir.join("s.secret");
+        let a = Secret::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        let b = Secret::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.as_bytes(), b.as_bytes());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(Secret::from_bytes(b"short".to_vec()).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,147 @@
+//! The `Store` trait: the atomic phases every backend implements.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use idem_core::{fingerprint::Fingerprint, memory::MemoryStore, record::Begin, scope::StoreKey, store::Store};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let key = StoreKey([7; 32]);
+//! let fp = Fingerprint([1; 32]);
+//! let Begin::Started(fence) = store.begin(&key, &fp, Duration::from_secs(30)).await.unwrap() else { panic!() };
+//! assert!(matches!(store.begin(&key, &fp, Duration::from_secs(30)).await.unwrap(), Begin::InProgress { .. }));
+//! assert!(store.release(&key, fence).await.unwrap());
+//! # });
+//! ```
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::fingerprint::Fingerprint;
+use crate::record::{Begin, DecodeError, Fence, Record, StoredResponse};
+use crate::scope::StoreKey;
+
+/// A boxed error from a backend's client library.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What can go wrong in a store. The layer answers all of them with 503
+/// (SPEC rule 10) unless fail-open is configured.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A new key was refused because the store holds its maximum of records.
+    /// Live records are never evicted to make room.
+    #[error("the idempotency store is full ({capacity} live records); raise its capacity or shorten record TTLs")]
+    CapacityExceeded {
+        /// The configured capacity.
+        capacity: usize,
+    },
+    /// The backend could not be reached or failed.
+    #[error("the {backend} idempotency store failed: {source}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A stored record could not be decoded.
+    #[error(transparent)]
+    Corrupt(#[from] DecodeError),
+    /// The store did not answer within the configured time.
+    #[error("the idempotency store did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl StoreError {
+    /// Wraps a backend error, keeping it as the source.
+    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+}
+
+/// Counts of records by state, for `idem keys stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Live `in_progress` records.
+    pub in_progress: u64,
+    /// Live `completed` records.
+    pub completed: u64,
+    /// Records past their deadline, not yet purged.
+    pub expired: u64,
+}
+
+/// A place to keep idempotency records.
+///
+/// Each method is one atomic operation on one key. `begin` in particular is a
+/// single step that either creates an `in_progress` record or reports the live
+/// one: never a check followed by an act, so exactly one of many concurrent
+/// callers can win. `complete`, `release` and `renew` take the holder's fence
+/// and change nothing when it is stale (the lease expired and someone else
+/// took over: SPEC rule 8).
+///
+/// [`idem_testkit::store_conformance!`] is the executable definition of this
+/// contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Starts an execution for `key`, or reports the live record.
+    ///
+    /// No live record (none, an expired lease, or an expired TTL): create one
+    /// `in_progress` with a new fence and a lease of `lease`, return `Started`.
+    /// A live record with another fingerprint: `Mismatch`. A live one with the
+    /// same fingerprint: `InProgress` or `Completed`.
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError>;
+
+    /// Stores the response of the holder of `fence`, kept for `ttl` from now.
+    /// Returns `false` (changing nothing) when `fence` no longer holds the key.
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the record held by `fence`, so a retry executes again.
+    /// Returns `false` (changing nothing) when `fence` no longer holds the key.
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError>;
+
+    /// Extends the lease of the holder of `fence` to `lease` from now.
+    /// Returns `false` when `fence` no longer holds the key.
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// The live record for `key`, if any.
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
+
+    /// Removes the record for `key` whatever its state (admin use).
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError>;
+
+    /// Removes up to `limit` expired records; returns how many were removed.
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError>;
+
+    /// Counts records by state.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Checks that the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The backend's name for metrics and logs: `memory`, `sqlite`, ….
+    fn backend(&self) -> &'static str;
+}
