@@ -119,6 +119,13 @@ pub enum Begin {
 #[error("stored response is corrupt: {0}; delete the key (idem keys delete) to let the request execute again")]
 pub struct DecodeError(&'static str);
 
+impl DecodeError {
+    /// A decode error saying what is wrong.
+    pub fn new(what: &'static str) -> Self {
+        Self(what)
+    }
+}
+
 const VERSION: u8 = 1;
 
 impl StoredResponse {

@@ -1,0 +1,63 @@
+//! Versioned schema migrations, applied at open.
+//!
+//! The schema version lives in `PRAGMA user_version`. Each migration runs in
+//! a `BEGIN IMMEDIATE` transaction that rereads the version first, so two
+//! processes opening the same new file at once apply each step exactly once.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::SqliteError;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the records table. `key` is the 32-byte HMAC of (scope, key);
+    // `expires_at` (ms since the epoch) is the lease end while in progress
+    // (state 0) and the TTL end once completed (state 1).
+    "CREATE TABLE idem_records (
+        key         BLOB PRIMARY KEY,
+        fingerprint BLOB NOT NULL,
+        state       INTEGER NOT NULL,
+        fence       INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        response    BLOB
+    ) WITHOUT ROWID;
+    CREATE INDEX idem_records_expires_at ON idem_records (expires_at);",
+];
+
+pub(crate) fn run(conn: &Connection, path: &Path) -> Result<(), SqliteError> {
+    for (version, sql) in MIGRATIONS.iter().enumerate() {
+        let err = |source| SqliteError::Migrate {
+            path: path.to_path_buf(),
+            version: version + 1,
+            source,
+        };
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        let current: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as usize)
+            .map_err(err)?;
+        if current > MIGRATIONS.len() {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(SqliteError::TooNew {
+                path: path.to_path_buf(),
+                found: current,
+                known: MIGRATIONS.len(),
+            });
+        }
+        if current > version {
+            conn.execute_batch("COMMIT").map_err(err)?;
+            continue;
+        }
+        let applied = conn
+            .execute_batch(sql)
+            .and_then(|()| conn.pragma_update(None, "user_version", (version + 1) as i64))
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        if let Err(e) = applied {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(err(e));
+        }
+    }
+    Ok(())
+}
