@@ -255,6 +255,12 @@ pub fn generate_content_key(content: &[u8]) -> String {
     hex(&digest)
 }
 
+/// The key of a webhook delivery that carries no id header: the hex SHA-256
+/// of its raw body, so a byte-identical redelivery is recognised.
+pub fn raw_body_key(body: &[u8]) -> IdempotencyKey {
+    IdempotencyKey(hex(&Sha256::digest(body)))
+}
+
 /// A time-ordered key: milliseconds since the Unix epoch, a dash, and 64
 /// random bits in hex (`1764180000000-9f2c4a1b7e3d5a60`).
 pub fn generate_time_key() -> String {

@@ -34,6 +34,8 @@ pub enum ProblemKind {
     StoreFull,
     /// Rule 11.
     BodyTooLarge,
+    /// The request body could not be read.
+    BodyUnreadable,
     /// The handler or upstream failed without an answer (rule 7).
     ExecutionFailed,
     /// The upstream could not be reached (gateway, rule 7).
@@ -53,6 +55,7 @@ impl ProblemKind {
             Self::StoreUnavailable => "idempotency-store-unavailable",
             Self::StoreFull => "idempotency-store-full",
             Self::BodyTooLarge => "request-body-too-large",
+            Self::BodyUnreadable => "request-body-unreadable",
             Self::ExecutionFailed => "execution-failed",
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
@@ -62,7 +65,7 @@ impl ProblemKind {
     /// The HTTP status.
     pub fn status(self) -> u16 {
         match self {
-            Self::KeyMissing | Self::KeyInvalid => 400,
+            Self::KeyMissing | Self::KeyInvalid | Self::BodyUnreadable => 400,
             Self::KeyInUse => 409,
             Self::KeyReused => 422,
             Self::StoreUnavailable | Self::StoreFull => 503,
@@ -83,6 +86,7 @@ impl ProblemKind {
             Self::StoreUnavailable => "Idempotency store is unavailable",
             Self::StoreFull => "Idempotency store is full",
             Self::BodyTooLarge => "Request body is too large",
+            Self::BodyUnreadable => "Request body could not be read",
             Self::ExecutionFailed => "The request failed while executing",
             Self::UpstreamUnavailable => "Upstream is unavailable",
             Self::UpstreamTimeout => "Upstream timed out",

@@ -1,1 +1,59 @@
-//! placeholder
+//! idem: make any non-idempotent HTTP operation safe to retry with the
+//! `Idempotency-Key` header.
+//!
+//! Add [`IdempotencyLayer`] to a tower or axum service: the first request
+//! with a key executes; every later one with the same key gets the stored
+//! answer (`Idempotent-Replayed: true`); a concurrent duplicate gets 409; a
+//! key reused for a different request gets 422; and nothing executes twice.
+//! The full contract is SPEC.md in the repository.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use axum::{routing::post, Router};
+//! use idem::{IdempotencyLayer, MemoryStore, Policy, RoutePolicy};
+//!
+//! let policy = Policy::default()
+//!     .route("/payments", RoutePolicy::default().ttl(Duration::from_secs(24 * 3600)));
+//! let app: Router = Router::new()
+//!     .route("/payments", post(|| async { "charged once" }))
+//!     .layer(IdempotencyLayer::new(Arc::new(MemoryStore::new())).policy(policy));
+//! ```
+
+mod context;
+pub mod layer;
+
+pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome};
+pub use idem_core::{
+    clock, fingerprint, json, key, memory, policy, problem, record, scope, store, Begin, Clock,
+    Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules, ManualClock, MemoryStore,
+    PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret, StatusSet, Store, StoreError,
+    StoreKey, StoredResponse, SystemClock, WebhookKeys,
+};
+pub use layer::{Idempotency, IdempotencyLayer, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
+
+/// Errors of the `idem` crate's helpers. Refusals of requests are responses,
+/// not errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A retried batch changed the content of item `index`.
+    #[error("batch item {index} differs from the item stored under the same key; send the same items on a retry, or use a new key")]
+    ItemReused {
+        /// The item's index.
+        index: usize,
+    },
+    /// Batch item `index` is being executed by another request.
+    #[error("batch item {index} is being executed by another request; retry in {retry_after:?}")]
+    ItemInProgress {
+        /// The item's index.
+        index: usize,
+        /// The time left on that execution's lease.
+        retry_after: std::time::Duration,
+    },
+}

@@ -1,0 +1,190 @@
+//! Request and response bodies of the layer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// A boxed error, as bodies report them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pin_project! {
+    /// The body the inner service receives: the buffered bytes of a covered
+    /// request (it had to be read to fingerprint it), or the untouched stream
+    /// of one that is not covered.
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: RequestKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = RequestBodyProj]
+    enum RequestKind<B> {
+        Buffered { data: Option<Bytes> },
+        Streaming { #[pin] inner: B },
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// A body of `bytes`.
+    pub fn buffered(bytes: Bytes) -> Self {
+        Self {
+            kind: RequestKind::Buffered {
+                data: (!bytes.is_empty()).then_some(bytes),
+            },
+        }
+    }
+
+    /// The original body, streamed.
+    pub fn streaming(inner: B) -> Self {
+        Self {
+            kind: RequestKind::Streaming { inner },
+        }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            RequestBodyProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+            RequestBodyProj::Streaming { inner } => inner.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Buffered { data } => data.is_none(),
+            RequestKind::Streaming { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestKind::Streaming { inner } => inner.size_hint(),
+        }
+    }
+}
+
+pin_project! {
+    /// The body the layer answers with: bytes it built or replayed, the inner
+    /// service's stream, or (for a response too large to store) the part it
+    /// already read followed by the rest of the stream.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: ResponseKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = ResponseBodyProj]
+    enum ResponseKind<B> {
+        Full { data: Option<Bytes> },
+        Inner { #[pin] inner: B },
+        // Boxed: the body was already polled while unpinned-by-box.
+        Prefixed { prefix: Option<Bytes>, inner: Pin<Box<B>> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// A body of `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            kind: ResponseKind::Full {
+                data: (!bytes.is_empty()).then_some(bytes),
+            },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: ResponseKind::Full { data: None },
+        }
+    }
+
+    /// The inner body, untouched.
+    pub fn inner(inner: B) -> Self {
+        Self {
+            kind: ResponseKind::Inner { inner },
+        }
+    }
+
+    /// `prefix`, then the rest of `inner`.
+    pub fn prefixed(prefix: Bytes, inner: Pin<Box<B>>) -> Self {
+        Self {
+            kind: ResponseKind::Prefixed {
+                prefix: Some(prefix),
+                inner,
+            },
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBodyProj::Inner { inner } => inner.poll_frame(cx).map_err(Into::into),
+            ResponseBodyProj::Prefixed { prefix, inner } => match prefix.take() {
+                Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
+                None => inner.as_mut().poll_frame(cx).map_err(Into::into),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ResponseKind::Full { data } => data.is_none(),
+            ResponseKind::Inner { inner } => inner.is_end_stream(),
+            ResponseKind::Prefixed { prefix, inner } => prefix.is_none() && inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ResponseKind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ResponseKind::Inner { inner } => inner.size_hint(),
+            ResponseKind::Prefixed { prefix, inner } => {
+                let p = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let h = inner.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + p);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + p);
+                }
+                out
+            }
+        }
+    }
+}

@@ -1,0 +1,638 @@
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use idem_core::key::{raw_body_key, IDEMPOTENCY_KEY};
+use idem_core::problem::PROBLEM_JSON;
+use idem_core::{
+    Begin, Fence, Fingerprint, IdempotencyKey, KeyError, Problem, ProblemKind, RoutePolicy,
+    StoreError, StoreKey, StoredResponse,
+};
+use tower_service::Service;
+
+use super::body::{BoxError, RequestBody, ResponseBody};
+use super::future::ResponseFuture;
+use super::Shared;
+use crate::context::IdempotencyContext;
+
+/// The header a replayed answer carries: `Idempotent-Replayed: true`.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// On a replay of an answer whose body was too large to store, the header
+/// giving the original body's size in bytes: the status and headers are
+/// replayed, the body is not, and nothing executes again.
+pub const IDEMPOTENT_BODY_OMITTED: HeaderName = HeaderName::from_static("idempotent-body-omitted");
+
+/// How long a client told 409 should wait. Leases are renewed while the
+/// first execution runs, so the lease's remaining time says nothing about
+/// when it will finish; most executions take well under a second.
+const RETRY_AFTER_IN_USE: u64 = 1;
+
+/// Hop-by-hop and framing headers: never stored, never replayed (framing is
+/// recomputed for the replayed body).
+const NOT_STORED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// The service made by [`IdempotencyLayer`](super::IdempotencyLayer).
+pub struct Idempotency<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Idempotency<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency").finish_non_exhaustive()
+    }
+}
+
+impl<S> Idempotency<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+/// Which policy applies: a route rule's index, or the default.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) shared: Arc<Shared>,
+    index: Option<usize>,
+}
+
+impl Route {
+    fn find(shared: &Arc<Shared>, method: &http::Method, path: &str) -> Option<Self> {
+        let index = shared
+            .policy
+            .routes
+            .iter()
+            .position(|(p, _)| p.matches(path));
+        let route = Self {
+            shared: shared.clone(),
+            index,
+        };
+        route.policy().covers(method).then_some(route)
+    }
+
+    pub(crate) fn policy(&self) -> &RoutePolicy {
+        match self.index {
+            Some(i) => &self.shared.policy.routes[i].1,
+            None => &self.shared.policy.default,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self.index {
+            Some(i) => self.shared.policy.routes[i].0.as_str(),
+            None => "*",
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        match Route::find(&self.shared, req.method(), req.uri().path()) {
+            None => ResponseFuture::passthrough(self.inner.call(req.map(RequestBody::streaming))),
+            Some(route) => {
+                // The clone that was made ready is the one to call (tower's
+                // usual dance); a fresh clone stays for the next request.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::protocol(protocol(route, inner, req))
+            }
+        }
+    }
+}
+
+/// A refusal as an `application/problem+json` response.
+pub(crate) fn problem_response<B>(shared: &Shared, problem: &Problem) -> Response<ResponseBody<B>> {
+    let mut res = Response::new(ResponseBody::full(problem.to_json(&shared.problem_base)));
+    *res.status_mut() =
+        StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if let Some(secs) = problem.retry_after {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
+    let mut res = Response::new(ResponseBody::full(stored.body));
+    *res.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let headers = res.headers_mut();
+    for (name, value) in stored.headers {
+        headers.append(name, value);
+    }
+    headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    if let Some(len) = stored.body_omitted {
+        headers.insert(IDEMPOTENT_BODY_OMITTED, HeaderValue::from(len));
+    }
+    res
+}
+
+fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(n, _)| !NOT_STORED.contains(&n.as_str()))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// The key the request carries, per the route's key source.
+fn header_key(
+    headers: &HeaderMap,
+    policy: &RoutePolicy,
+) -> Result<Option<IdempotencyKey>, KeyError> {
+    let rules = &policy.key_rules;
+    let names: &[HeaderName] = match &policy.webhook {
+        Some(w) => &w.headers,
+        None => std::slice::from_ref(&IDEMPOTENCY_KEY_HEADER),
+    };
+    for name in names {
+        let mut values = headers.get_all(name).iter();
+        if let Some(value) = values.next() {
+            if values.next().is_some() {
+                return Err(KeyError::Repeated);
+            }
+            return rules.parse_bytes(value.as_bytes()).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+static IDEMPOTENCY_KEY_HEADER: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
+
+fn scope_of(headers: &HeaderMap, name: Option<&HeaderName>) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name?).iter();
+    let mut scope = values.next()?.as_bytes().to_vec();
+    for more in values {
+        scope.push(0);
+        scope.extend_from_slice(more.as_bytes());
+    }
+    Some(scope)
+}
+
+enum ReadError {
+    TooLarge,
+    Failed(BoxError),
+}
+
+/// Reads a request body, refusing it as soon as it passes `limit`: a
+/// declared `Content-Length` over the limit is refused before any byte is read.
+async fn read_limited<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(ReadError::TooLarge);
+        }
+        // One chunk (the usual case) is kept as is, without a copy.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+async fn protocol<S, ReqBody, ResBody>(
+    route: Route,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let shared = route.shared.clone();
+    let policy = route.policy();
+    let refuse = |kind, detail: String| Ok(problem_response(&shared, &Problem::new(kind, detail)));
+
+    // Rules 1 and 2: the key, before the body is read.
+    let (parts, body) = req.into_parts();
+    let key = match header_key(&parts.headers, policy) {
+        Ok(k) => k,
+        Err(e) => return refuse(ProblemKind::KeyInvalid, e.to_string()),
+    };
+    let body_keyed = key.is_none()
+        && policy
+            .webhook
+            .as_ref()
+            .is_some_and(|w| w.body_hash_fallback);
+    if key.is_none() && !body_keyed {
+        if policy.key_required {
+            return refuse(
+                ProblemKind::KeyMissing,
+                format!(
+                    "{} {} requires an Idempotency-Key header: send a unique key (a UUID v4, say) and reuse it on every retry of this operation",
+                    parts.method,
+                    parts.uri.path()
+                ),
+            );
+        }
+        // An optional key that was not sent: no protection asked for.
+        let req = Request::from_parts(parts, RequestBody::streaming(body));
+        return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+    }
+
+    // Rule 11: read the body (it is part of the fingerprint), within the limit.
+    let bytes = match read_limited(&parts.headers, body, policy.max_request_body).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge) => {
+            return refuse(
+                ProblemKind::BodyTooLarge,
+                format!(
+                    "the request body is larger than this route's limit of {} bytes",
+                    policy.max_request_body
+                ),
+            )
+        }
+        Err(ReadError::Failed(e)) => {
+            return refuse(
+                ProblemKind::BodyUnreadable,
+                format!("the request body could not be read: {e}; send it again"),
+            )
+        }
+    };
+    let key = match key {
+        Some(k) => k,
+        None => raw_body_key(&bytes),
+    };
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let fingerprint =
+        Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
+    let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
+    let store_key = StoreKey::derive(&shared.secret, scope.as_deref(), key.as_str());
+    let span_key = store_key.short();
+
+    let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
+    let mut poll = Duration::from_millis(5);
+    loop {
+        let begun = match tokio::time::timeout(
+            shared.store_timeout,
+            shared.store.begin(&store_key, &fingerprint, policy.lease),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+        };
+        match begun {
+            Ok(Begin::Started(fence)) => {
+                tracing::debug!(route = route.name(), key = %span_key, "executing");
+                let mut parts = parts;
+                parts.extensions.insert(IdempotencyContext::new(
+                    route.clone(),
+                    scope,
+                    key,
+                ));
+                return execute(route, inner, parts, bytes, store_key, fence).await;
+            }
+            Ok(Begin::Completed(stored)) => {
+                tracing::debug!(route = route.name(), key = %span_key, "replaying");
+                return Ok(replay(stored));
+            }
+            Ok(Begin::Mismatch) => {
+                return refuse(
+                    ProblemKind::KeyReused,
+                    "this Idempotency-Key was already used for a different request (method, path or body differ); use a new key for a new operation".into(),
+                )
+            }
+            Ok(Begin::InProgress { lease_remaining }) => {
+                if let Some(deadline) = wait_until {
+                    let now = tokio::time::Instant::now();
+                    if now < deadline {
+                        let nap = poll.min(lease_remaining).min(deadline - now);
+                        tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
+                        poll = (poll * 2).min(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+                return Ok(problem_response(
+                    &shared,
+                    &Problem::new(
+                        ProblemKind::KeyInUse,
+                        "a request with this Idempotency-Key is still being processed; retry after the Retry-After delay to get its answer",
+                    )
+                    .with_retry_after(RETRY_AFTER_IN_USE),
+                ));
+            }
+            Err(e) if policy.fail_open => {
+                tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
+                let req = Request::from_parts(parts, RequestBody::buffered(bytes));
+                return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+            }
+            Err(e) => {
+                tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
+                let kind = match e {
+                    StoreError::CapacityExceeded { .. } => ProblemKind::StoreFull,
+                    _ => ProblemKind::StoreUnavailable,
+                };
+                return Ok(problem_response(
+                    &shared,
+                    &Problem::new(kind, format!("{e}; nothing was executed, retry later"))
+                        .with_retry_after(1),
+                ));
+            }
+        }
+    }
+}
+
+/// What an execution produced.
+enum Outcome<B> {
+    /// A status that is not stored (rule 7): passed through, key released.
+    NoStore(Response<B>),
+    /// Read in full, within the stored-response limit.
+    Full(http::response::Parts, Bytes),
+    /// Over the limit: the part read, and the rest of the stream.
+    Oversize(http::response::Parts, Bytes, std::pin::Pin<Box<B>>),
+    /// The response body failed while being read.
+    BodyFailed(BoxError),
+}
+
+async fn run_inner<S, ReqBody, ResBody>(
+    mut inner: S,
+    req: Request<RequestBody<ReqBody>>,
+    policy: &RoutePolicy,
+) -> Result<Outcome<ResBody>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let res = inner.call(req).await?;
+    if policy.no_store.contains(res.status().as_u16()) {
+        return Ok(Outcome::NoStore(res));
+    }
+    let (parts, body) = res.into_parts();
+    // Boxed so that, when the body is too large to store, the rest of it can
+    // be handed on to the client after part of it was read here.
+    let mut body = Box::pin(body);
+    let limit = policy.max_stored_response;
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Ok(Outcome::BodyFailed(e.into())),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > limit {
+            return Ok(Outcome::Oversize(parts, buf.freeze(), body));
+        }
+    }
+    Ok(Outcome::Full(parts, buf.freeze()))
+}
+
+/// Runs the execution in its own task so that a client disconnecting (which
+/// drops this future) cannot cancel it half-way (SPEC rule 12): the task runs
+/// to completion and stores its answer for the client's retry.
+async fn execute<S, ReqBody, ResBody>(
+    route: Route,
+    inner: S,
+    parts: Parts,
+    body: Bytes,
+    key: StoreKey,
+    fence: Fence,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let shared = route.shared.clone();
+    let task = tokio::spawn(async move {
+        let req = Request::from_parts(parts, RequestBody::buffered(body));
+        let policy = route.policy();
+        let work = AssertUnwindSafe(run_inner(inner, req, policy)).catch_unwind();
+        let outcome = with_renewal(&route, &key, fence, work).await;
+        let shared = &route.shared;
+        match outcome {
+            Err(_panic) => {
+                release(&route, &key, fence).await;
+                Ok(problem_response(
+                    shared,
+                    &Problem::new(ProblemKind::ExecutionFailed, "the request handler panicked; nothing was stored, so a retry executes again"),
+                ))
+            }
+            Ok(Err(e)) => {
+                release(&route, &key, fence).await;
+                Err(e)
+            }
+            Ok(Ok(Outcome::NoStore(res))) => {
+                release(&route, &key, fence).await;
+                Ok(res.map(ResponseBody::inner))
+            }
+            Ok(Ok(Outcome::BodyFailed(e))) => {
+                release(&route, &key, fence).await;
+                Ok(problem_response(
+                    shared,
+                    &Problem::new(ProblemKind::ExecutionFailed, format!("the response body failed: {e}; nothing was stored, so a retry executes again")),
+                ))
+            }
+            Ok(Ok(Outcome::Full(parts, bytes))) => {
+                let stored = StoredResponse {
+                    status: parts.status.as_u16(),
+                    headers: storable_headers(&parts.headers),
+                    body: bytes.clone(),
+                    body_omitted: None,
+                };
+                complete(&route, &key, fence, &stored).await;
+                Ok(Response::from_parts(parts, ResponseBody::full(bytes)))
+            }
+            Ok(Ok(Outcome::Oversize(parts, prefix, rest))) => {
+                let declared = parts
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let stored = StoredResponse {
+                    status: parts.status.as_u16(),
+                    headers: storable_headers(&parts.headers),
+                    body: Bytes::new(),
+                    body_omitted: Some(declared.unwrap_or(prefix.len() as u64)),
+                };
+                complete(&route, &key, fence, &stored).await;
+                Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::prefixed(prefix, rest),
+                ))
+            }
+        }
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "idempotent execution task failed");
+            Ok(problem_response(
+                &shared,
+                &Problem::new(
+                    ProblemKind::ExecutionFailed,
+                    "the execution was interrupted; retry",
+                ),
+            ))
+        }
+    }
+}
+
+/// Runs `work` while renewing the lease every third of it, so a long
+/// execution is never taken over while alive, and a crashed one blocks its
+/// key for at most one lease.
+async fn with_renewal<F: std::future::Future>(
+    route: &Route,
+    key: &StoreKey,
+    fence: Fence,
+    work: F,
+) -> F::Output {
+    let shared = &route.shared;
+    let lease = route.policy().lease;
+    let period = (lease / 3).max(Duration::from_millis(10));
+    let renew = async {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match tokio::time::timeout(shared.store_timeout, shared.store.renew(key, fence, lease))
+                .await
+            {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    tracing::warn!(key = %key.short(), "lease lost: another request took this key over; this execution's answer will not be stored");
+                    std::future::pending::<()>().await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(key = %key.short(), error = %e, "lease renewal failed; retrying")
+                }
+                Err(_) => tracing::warn!(key = %key.short(), "lease renewal timed out; retrying"),
+            }
+        }
+    };
+    tokio::select! {
+        out = work => out,
+        () = renew => unreachable!("renewal never ends"),
+    }
+}
+
+/// Stores the answer, retrying briefly: a store blip here must not leave the
+/// key in progress until its lease ends.
+async fn complete(route: &Route, key: &StoreKey, fence: Fence, stored: &StoredResponse) {
+    let shared = &route.shared;
+    let ttl = route.policy().ttl;
+    for attempt in 0..3u32 {
+        match tokio::time::timeout(
+            shared.store_timeout,
+            shared.store.complete(key, fence, stored, ttl),
+        )
+        .await
+        {
+            Ok(Ok(true)) => return,
+            Ok(Ok(false)) => {
+                tracing::warn!(key = %key.short(), "execution finished after its lease was taken over; its answer was not stored");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(key = %key.short(), error = %e, attempt, "storing the answer failed")
+            }
+            Err(_) => tracing::warn!(key = %key.short(), attempt, "storing the answer timed out"),
+        }
+        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+    }
+    tracing::error!(key = %key.short(), "could not store the answer; the key stays in progress until its lease ends");
+}
+
+/// Removes the record so a retry executes again (rule 7), retrying briefly;
+/// if the store stays down the lease ends on its own.
+pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
+    let shared = &route.shared;
+    for attempt in 0..3u32 {
+        match tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(key = %key.short(), error = %e, attempt, "releasing the key failed")
+            }
+            Err(_) => tracing::warn!(key = %key.short(), attempt, "releasing the key timed out"),
+        }
+        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+    }
+}
