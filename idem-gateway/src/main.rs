@@ -1,1 +1,63 @@
-fn main() {}
+//! The `idem` command. See `idem --help`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use idem_gateway::cli::{Cli, Command, DemoArgs, KeygenArgs};
+use idem_gateway::demo::{self, DemoConfig};
+use idem_gateway::keygen::{self, Strategy};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(cli.log)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Keygen(args) => keygen_cmd(args),
+        Command::Demo(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(demo_cmd(args))
+        }
+    }
+}
+
+fn keygen_cmd(args: KeygenArgs) -> anyhow::Result<()> {
+    let strategy = match (args.content, args.time) {
+        (Some(path), _) => Strategy::Content(path),
+        (None, true) => Strategy::Time,
+        (None, false) => Strategy::Uuid,
+    };
+    println!("{}", keygen::generate(&strategy)?);
+    Ok(())
+}
+
+async fn demo_cmd(args: DemoArgs) -> anyhow::Result<()> {
+    let scope_header = match args.scope_header.to_ascii_lowercase().as_str() {
+        "none" | "" => None,
+        name => Some(
+            http::HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("--scope-header {name:?} is not a valid header name"))?,
+        ),
+    };
+    let config = DemoConfig {
+        store: args.store,
+        secret_file: args.secret_file,
+        scope_header,
+        processing_delay: Duration::from_millis(args.processing_delay_ms),
+        ttl: Duration::from_secs(args.ttl),
+        lease: Duration::from_secs(args.lock_timeout.max(1)),
+        wait: args.wait_ms.map(Duration::from_millis),
+        without_layer: args.bench_without_layer,
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    demo::run(listener, config, idem_gateway::shutdown_signal()).await
+}

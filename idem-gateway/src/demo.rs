@@ -1,0 +1,512 @@
+//! `idem demo`: the original design's payments service, on axum, behind the
+//! idempotency layer.
+//!
+//! - `POST /payments` `{"amount": 10.5, "currency": "EUR", "recipient": "acct_1"}`:
+//!   `amount` > 0, `currency` defaults to `USD`, `recipient` required. A
+//!   validation failure is a 400 that is stored like any answer.
+//! - `GET /payments` (count and the latest 100), `GET /payments/{id}`.
+//! - `POST /batch/payments` `{"payments": [...]}`: each item runs under the
+//!   sub-key `{key}:item:{index}`.
+//! - `POST /webhooks/payment-status` `{"payment_id": "...", "status": "..."}`:
+//!   keyed by `Webhook-Id`, then `Idempotency-Key`, then SHA-256 of the body.
+//!
+//! Payments live in the same SQLite file as the idempotency records (or in
+//! memory with `--store memory://`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use idem::{IdempotencyContext, IdempotencyLayer, ItemAnswer, Policy, RoutePolicy, WebhookKeys};
+use idem_sqlite_store::rusqlite::{params, OptionalExtension};
+use idem_sqlite_store::SqliteStore;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::stores::{self, StoreUrl};
+
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Where records (and payments) live. The default is `sqlite://idem.db`.
+    pub store: StoreUrl,
+    /// A secret file (optional; see [`stores::open`]).
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The header naming the user. The default is `Authorization`.
+    pub scope_header: Option<http::HeaderName>,
+    /// How long a payment "takes" at the processor. The default is 0.
+    pub processing_delay: Duration,
+    /// TTL of stored answers. The default is 24 h.
+    pub ttl: Duration,
+    /// The lease. The default is 30 s.
+    pub lease: Duration,
+    /// Wait mode for duplicates (opt-in). The default is off (409 at once).
+    pub wait: Option<Duration>,
+    /// Serve the same handlers without the layer: a baseline for benchmarks only.
+    pub without_layer: bool,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreUrl::Sqlite("idem.db".into()),
+            secret_file: None,
+            scope_header: Some(http::header::AUTHORIZATION),
+            processing_delay: Duration::ZERO,
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(30),
+            wait: None,
+            without_layer: false,
+        }
+    }
+}
+
+/// A payment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Payment {
+    /// `pay_…`.
+    pub id: String,
+    /// As sent, a positive number.
+    pub amount: serde_json::Number,
+    /// ISO 4217 code, upper case.
+    pub currency: String,
+    /// Who is paid.
+    pub recipient: String,
+    /// `succeeded`, or what a webhook set.
+    pub status: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// Payments in memory, in creation order and by id.
+#[derive(Default)]
+struct Table {
+    order: Vec<String>,
+    by_id: HashMap<String, Payment>,
+}
+
+/// Where payments are kept.
+#[derive(Clone)]
+enum Payments {
+    Memory(Arc<Mutex<Table>>),
+    Sqlite(SqliteStore),
+}
+
+impl Payments {
+    async fn open(sqlite: Option<SqliteStore>) -> anyhow::Result<Self> {
+        Ok(match sqlite {
+            None => Self::Memory(Arc::default()),
+            Some(store) => {
+                store
+                    .call(|c| {
+                        c.execute_batch(
+                            "CREATE TABLE IF NOT EXISTS demo_payments (
+                                id TEXT PRIMARY KEY, amount TEXT NOT NULL, currency TEXT NOT NULL,
+                                recipient TEXT NOT NULL, status TEXT NOT NULL, created INTEGER NOT NULL);
+                             CREATE TABLE IF NOT EXISTS demo_webhook_events (
+                                seq INTEGER PRIMARY KEY AUTOINCREMENT, payment_id TEXT NOT NULL,
+                                status TEXT NOT NULL, received INTEGER NOT NULL);",
+                        )
+                    })
+                    .await?;
+                Self::Sqlite(store)
+            }
+        })
+    }
+
+    fn lock(m: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn insert(&self, p: Payment) -> anyhow::Result<()> {
+        match self {
+            Self::Memory(m) => {
+                let mut g = Self::lock(m);
+                g.order.push(p.id.clone());
+                g.by_id.insert(p.id.clone(), p);
+            }
+            Self::Sqlite(s) => {
+                s.call(move |c| {
+                    c.prepare_cached("INSERT INTO demo_payments VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                        .execute(params![
+                            p.id,
+                            p.amount.to_string(),
+                            p.currency,
+                            p.recipient,
+                            p.status,
+                            p.created as i64
+                        ])
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: String) -> anyhow::Result<Option<Payment>> {
+        Ok(match self {
+            Self::Memory(m) => Self::lock(m).by_id.get(&id).cloned(),
+            Self::Sqlite(s) => {
+                s.call(move |c| {
+                    c.prepare_cached("SELECT id, amount, currency, recipient, status, created FROM demo_payments WHERE id = ?1")?
+                        .query_row([id], row_to_payment)
+                        .optional()
+                })
+                .await?
+            }
+        })
+    }
+
+    async fn list(&self) -> anyhow::Result<(u64, Vec<Payment>)> {
+        Ok(match self {
+            Self::Memory(m) => {
+                let g = Self::lock(m);
+                let latest = g.order.iter().rev().take(100).filter_map(|id| g.by_id.get(id).cloned()).collect();
+                (g.order.len() as u64, latest)
+            }
+            Self::Sqlite(s) => {
+                s.call(|c| {
+                    let n: i64 = c.query_row("SELECT count(*) FROM demo_payments", [], |r| r.get(0))?;
+                    let mut stmt = c.prepare_cached(
+                        "SELECT id, amount, currency, recipient, status, created FROM demo_payments ORDER BY rowid DESC LIMIT 100",
+                    )?;
+                    let rows = stmt.query_map([], row_to_payment)?.collect::<Result<Vec<_>, _>>()?;
+                    Ok((n as u64, rows))
+                })
+                .await?
+            }
+        })
+    }
+
+    async fn set_status(&self, id: String, status: String) -> anyhow::Result<bool> {
+        Ok(match self {
+            Self::Memory(m) => match Self::lock(m).by_id.get_mut(&id) {
+                Some(p) => {
+                    p.status = status;
+                    true
+                }
+                None => false,
+            },
+            Self::Sqlite(s) => {
+                s.call(move |c| {
+                    let n = c
+                        .prepare_cached("UPDATE demo_payments SET status = ?1 WHERE id = ?2")?
+                        .execute(params![status, id])?;
+                    if n == 1 {
+                        c.prepare_cached("INSERT INTO demo_webhook_events (payment_id, status, received) VALUES (?1, ?2, ?3)")?
+                            .execute(params![id, status, unix_now() as i64])?;
+                    }
+                    Ok(n == 1)
+                })
+                .await?
+            }
+        })
+    }
+}
+
+fn row_to_payment(
+    r: &idem_sqlite_store::rusqlite::Row<'_>,
+) -> idem_sqlite_store::rusqlite::Result<Payment> {
+    let amount: String = r.get(1)?;
+    Ok(Payment {
+        id: r.get(0)?,
+        amount: amount
+            .parse()
+            .unwrap_or_else(|_| serde_json::Number::from(0)),
+        currency: r.get(2)?,
+        recipient: r.get(3)?,
+        status: r.get(4)?,
+        created: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+struct AppState {
+    payments: Payments,
+    delay: Duration,
+}
+
+/// A handler failure: the store or database failed (a 500, not stored, so a
+/// retry executes again).
+struct Failure(anyhow::Error);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        tracing::error!(error = %self.0, "demo handler failed");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": "internal_error", "detail": self.0.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+/// Validates a payment request; the error is the 400 body's detail.
+fn validate(v: &Value) -> Result<(serde_json::Number, String, String), String> {
+    let obj = v.as_object().ok_or("the body must be a JSON object")?;
+    let amount = match obj.get("amount") {
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|a| a > 0.0 && a.is_finite()) => n.clone(),
+        Some(_) => return Err("amount must be a number greater than 0".into()),
+        None => return Err("amount is required".into()),
+    };
+    let currency = match obj.get("currency") {
+        None | Some(Value::Null) => "USD".to_owned(),
+        Some(Value::String(c)) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
+            c.to_ascii_uppercase()
+        }
+        Some(_) => return Err("currency must be a 3-letter ISO 4217 code such as USD".into()),
+    };
+    let recipient = match obj.get("recipient") {
+        Some(Value::String(r)) if !r.trim().is_empty() => r.clone(),
+        Some(_) => return Err("recipient must be a non-empty string".into()),
+        None => return Err("recipient is required".into()),
+    };
+    Ok((amount, currency, recipient))
+}
+
+fn invalid(detail: impl Into<String>) -> (StatusCode, Value) {
+    (
+        StatusCode::BAD_REQUEST,
+        json!({"error": "validation_failed", "detail": detail.into()}),
+    )
+}
+
+/// Creates one payment: the work that must happen once per key.
+async fn charge(state: &AppState, v: &Value) -> Result<(StatusCode, Value), Failure> {
+    let (amount, currency, recipient) = match validate(v) {
+        Ok(ok) => ok,
+        Err(detail) => return Ok(invalid(detail)),
+    };
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
+    }
+    let id = format!(
+        "pay_{}",
+        &idem_core::key::generate_uuid_v4().replace('-', "")[..24]
+    );
+    let payment = Payment {
+        id,
+        amount,
+        currency,
+        recipient,
+        status: "succeeded".into(),
+        created: unix_now(),
+    };
+    state.payments.insert(payment.clone()).await?;
+    Ok((StatusCode::CREATED, serde_json::to_value(&payment)?))
+}
+
+async fn create_payment(State(state): State<AppState>, body: Bytes) -> Result<Response, Failure> {
+    let (status, v) = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => charge(&state, &v).await?,
+        Err(e) => invalid(format!("the body is not valid JSON: {e}")),
+    };
+    Ok((status, axum::Json(v)).into_response())
+}
+
+async fn get_payment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    Ok(match state.payments.get(id.clone()).await? {
+        Some(p) => axum::Json(p).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "not_found", "detail": format!("no payment {id}")})),
+        )
+            .into_response(),
+    })
+}
+
+async fn list_payments(State(state): State<AppState>) -> Result<Response, Failure> {
+    let (count, latest) = state.payments.list().await?;
+    Ok(axum::Json(json!({"count": count, "data": latest})).into_response())
+}
+
+async fn batch_payments(
+    State(state): State<AppState>,
+    ctx: Option<Extension<IdempotencyContext>>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                axum::Json(invalid(format!("the body is not valid JSON: {e}")).1),
+            )
+                .into_response())
+        }
+    };
+    let Some(items) = v.get("payments").and_then(Value::as_array) else {
+        let (s, b) = invalid("the body must be {\"payments\": [ ... ]}");
+        return Ok((s, axum::Json(b)).into_response());
+    };
+    let mut results = Vec::with_capacity(items.len());
+    let mut any_failed = false;
+    for (i, item) in items.iter().enumerate() {
+        let item_bytes = serde_json::to_vec(item)?;
+        let answer = match &ctx {
+            Some(Extension(ctx)) => {
+                let outcome = ctx
+                    .batch_item(i, &item_bytes, || async {
+                        match charge(&state, item).await {
+                            Ok((s, b)) => ItemAnswer::new(
+                                s.as_u16(),
+                                serde_json::to_vec(&b).unwrap_or_default(),
+                            ),
+                            Err(f) => ItemAnswer::new(500, f.0.to_string()),
+                        }
+                    })
+                    .await;
+                match outcome {
+                    Ok(o) => (
+                        o.status,
+                        serde_json::from_slice(&o.body).unwrap_or(Value::Null),
+                        o.replayed,
+                    ),
+                    Err(e) => (
+                        503,
+                        json!({"error": "item_unavailable", "detail": e.to_string()}),
+                        false,
+                    ),
+                }
+            }
+            // Without the layer (benchmark baseline) there are no sub-keys.
+            None => {
+                let (s, b) = charge(&state, item).await?;
+                (s.as_u16(), b, false)
+            }
+        };
+        any_failed |= answer.0 >= 500;
+        results
+            .push(json!({"index": i, "status": answer.0, "replayed": answer.2, "body": answer.1}));
+    }
+    // An item that failed (5xx) makes the batch a 500: not stored, so the
+    // client's retry re-executes only the items without a stored answer.
+    let status = if any_failed {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(json!({"results": results}))).into_response())
+}
+
+async fn payment_status_webhook(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (Some(id), Some(status)) = (
+        v.get("payment_id").and_then(Value::as_str),
+        v.get("status").and_then(Value::as_str),
+    ) else {
+        let (s, b) = invalid("the body must be {\"payment_id\": \"pay_...\", \"status\": \"...\"}");
+        return Ok((s, axum::Json(b)).into_response());
+    };
+    if state
+        .payments
+        .set_status(id.to_owned(), status.to_owned())
+        .await?
+    {
+        Ok(
+            axum::Json(json!({"received": true, "payment_id": id, "status": status}))
+                .into_response(),
+        )
+    } else {
+        Ok((
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "not_found", "detail": format!("no payment {id}")})),
+        )
+            .into_response())
+    }
+}
+
+/// The demo's policy: the original design's TTL for payments, webhook mode on
+/// the webhook route.
+pub fn policy(config: &DemoConfig) -> Policy {
+    let base = RoutePolicy::default()
+        .ttl(config.ttl)
+        .lease(config.lease)
+        .wait(config.wait);
+    Policy::default()
+        .route("/payments", base.clone())
+        .route("/batch/payments", base.clone())
+        .route(
+            "/webhooks/**",
+            base.clone().webhook(Some(WebhookKeys::default())),
+        )
+        .default_policy(base)
+}
+
+/// Builds the demo's router (with the layer unless `without_layer`).
+pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
+    let opened = stores::open(&config.store, config.secret_file.as_deref())?;
+    let payments = Payments::open(opened.sqlite.clone()).await?;
+    let state = AppState {
+        payments,
+        delay: config.processing_delay,
+    };
+    let app = Router::new()
+        .route("/payments", post(create_payment).get(list_payments))
+        .route("/payments/{id}", get(get_payment))
+        .route("/batch/payments", post(batch_payments))
+        .route("/webhooks/payment-status", post(payment_status_webhook))
+        .with_state(state);
+    let app = if config.without_layer {
+        app
+    } else {
+        app.layer(
+            IdempotencyLayer::new(opened.store)
+                .secret(opened.secret)
+                .scope_header(config.scope_header.clone())
+                .policy(policy(config)),
+        )
+    };
+    Ok(app.route("/healthz", get(|| async { "ok" })))
+}
+
+/// Serves the demo on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish.
+pub async fn run(
+    listener: TcpListener,
+    config: DemoConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(&config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "idem demo listening on http://{addr} (store: {}{})",
+        config.store,
+        if config.without_layer {
+            ", WITHOUT the idempotency layer"
+        } else {
+            ""
+        }
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The `idem` binary as a user runs it: keygen, and a completed payment that
+//! survives `kill -9` and a restart on SQLite.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{client, post, send};
+use http::Method;
+
+fn idem() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_idem"))
+}
+
+#[test]
+fn keygen_strategies() {
+    let run = |args: &[&str]| {
+        let out = idem().args(args).output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let uuid = run(&["keygen"]);
+    assert!(idem_core::key::is_uuid(&uuid), "{uuid}");
+    assert_ne!(uuid, run(&["keygen", "--uuid"]));
+    let time = run(&["keygen", "--time"]);
+    assert!(
+        idem_core::KeyRules::default().parse(&time).is_ok(),
+        "{time}"
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    std::fs::write(&a, r#"{"amount": 10, "to": "x"}"#).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&b, "{\"to\":\"x\",\n \"amount\":10}").unwrap_or_else(|e| panic!("{e}"));
+    let ka = run(&["keygen", "--content", &a.to_string_lossy()]);
+    assert_eq!(ka, run(&["keygen", "--content", &b.to_string_lossy()]));
+    assert_eq!(ka.len(), 64);
+    let bad = idem()
+        .args(["keygen", "--uuid", "--time"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!bad.status.success());
+    let missing = idem()
+        .args(["keygen", "--content", "/nonexistent/file.json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/file.json"));
+}
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `idem demo` on a free port and waits for its "listening" line.
+fn start_demo(db: &std::path::Path, extra: &[&str]) -> (Demo, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = idem()
+        .args([
+            "demo",
+            "--listen",
+            &listen,
+            "--store",
+            &format!("sqlite://{}", db.display()),
+        ])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening on") => break,
+            Some(Ok(_)) => {}
+            other => panic!("demo did not start: {other:?}"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Demo(child), format!("http://{listen}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_payment_survives_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("idem.db");
+    let c = client();
+    let body = r#"{"amount": 10, "recipient": "acct_9"}"#;
+    let (mut demo, base) = start_demo(&db, &[]);
+    let first = post(
+        &c,
+        &format!("{base}/payments"),
+        Some("key-kill-9-000001"),
+        body,
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    // SIGKILL: no shutdown hook runs.
+    demo.0.kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = demo.0.wait();
+    drop(demo);
+
+    let (_demo, base) = start_demo(&db, &[]);
+    let c = client();
+    let replay = post(
+        &c,
+        &format!("{base}/payments"),
+        Some("key-kill-9-000001"),
+        body,
+    )
+    .await;
+    assert_eq!(replay.status, 201);
+    assert!(
+        replay.replayed(),
+        "the secret and the record survived the restart"
+    );
+    assert_eq!(replay.body, first.body);
+    let list = send(&c, Method::GET, &format!("{base}/payments"), &[], "").await;
+    assert_eq!(list.json()["count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_holder_blocks_its_key_for_one_lease_only() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("idem.db");
+    let body = r#"{"amount": 10, "recipient": "acct_9"}"#;
+    // A 2 s lease, and a processor slow enough to be killed mid-payment.
+    let (mut demo, base) = start_demo(
+        &db,
+        &["--lock-timeout", "2", "--processing-delay-ms", "5000"],
+    );
+    let c = client();
+    let url = format!("{base}/payments");
+    let pending = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let mut req = http::Request::post(url).header("idempotency-key", "key-kill-9-000002");
+            req = req.header("content-type", "application/json");
+            let _ = c
+                .request(
+                    req.body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        body.as_bytes(),
+                    )))
+                    .unwrap_or_default(),
+                )
+                .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    demo.0.kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = demo.0.wait();
+    pending.abort();
+    drop(demo);
+
+    let killed_at = std::time::Instant::now();
+    let (_demo, base) = start_demo(&db, &["--lock-timeout", "2"]);
+    let c = client();
+    let url = format!("{base}/payments");
+    // Still within the dead holder's lease (it began about 0.3 s before the
+    // kill, and lasts 2 s): in progress.
+    let early = post(&c, &url, Some("key-kill-9-000002"), body).await;
+    assert!(
+        killed_at.elapsed() < Duration::from_millis(1500),
+        "restart too slow to check"
+    );
+    assert_eq!(early.status, 409);
+    tokio::time::sleep(Duration::from_millis(2000).saturating_sub(killed_at.elapsed())).await;
+    let taken_over = post(&c, &url, Some("key-kill-9-000002"), body).await;
+    assert_eq!(taken_over.status, 201);
+    let list = send(&c, Method::GET, &url, &[], "").await;
+    assert_eq!(
+        list.json()["count"],
+        1,
+        "the killed attempt never inserted its payment"
+    );
+}
