@@ -27,16 +27,26 @@ use crate::random;
 
 /// A fencing token: proves which holder may complete or release a record.
 ///
-/// Fences are random 64-bit values, not per-key counters, so a fence is never
-/// reused even when a record is released and begun again (a counter would
-/// restart and hand an old holder's number to a new one).
+/// Fences are never per-key counters: a key that is released and begun again
+/// would restart its count and hand an old holder's number to a new one.
+/// Each process draws one random 64-bit base and counts up from it, so a
+/// fence is unique within a process, and two processes sharing a store
+/// collide only if their bases land within a few billion of each other
+/// (about one chance in 2^32 even after 2^32 fences). Fences need to be
+/// unique, not secret (clients never see them), so a syscall per fence for
+/// fresh randomness would buy nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fence(pub u64);
 
 impl Fence {
-    /// A new random fence.
+    /// A new fence, different from every other this process made.
     pub fn generate() -> Self {
-        Self(random::nonzero_u64())
+        static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let base = *BASE.get_or_init(random::nonzero_u64);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Zero is never a fence (a store may use it as "none").
+        Self(base.wrapping_add(n).max(1))
     }
 }
 

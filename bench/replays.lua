@@ -1,0 +1,12 @@
+-- Replays: 16 keys, repeated. After the first 16 requests every answer is a
+-- replay (the warm-up run executes them once).
+local counter = 0
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"amount": 42.5, "currency": "EUR", "recipient": "acct_123"}'
+
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, { ["Idempotency-Key"] = "bench-replay-key-" .. (counter % 16) })
+end
