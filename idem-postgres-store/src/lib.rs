@@ -1,0 +1,534 @@
+//! `PostgresStore`: idem's records in PostgreSQL, shared by many instances.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use idem_postgres_store::{PostgresOptions, PostgresStore};
+//!
+//! let store = PostgresStore::new("postgres://postgres@127.0.0.1:5432/app", PostgresOptions::default())?;
+//! # Ok::<(), idem_postgres_store::PostgresStoreError>(())
+//! ```
+//!
+//! # Design
+//!
+//! - **`begin` is one statement**: `INSERT … ON CONFLICT (key) DO UPDATE …
+//!   WHERE <the existing record's deadline has passed> RETURNING …`, wrapped
+//!   so that the same statement also returns the live record when the insert
+//!   did not take. PostgreSQL's speculative insertion makes the race between
+//!   concurrent `begin`s a non-event: exactly one inserts or takes over, the
+//!   others see the conflict. A unique violation never reaches the caller.
+//! - **The read half sees the statement's snapshot.** When the conflicting
+//!   row was committed after that snapshot (a racer that won a moment ago),
+//!   the statement returns no usable row; it is simply run again, and the
+//!   next snapshot sees the winner. No race surfaces as an error.
+//! - **`complete`, `release` and `renew` are fenced**: `WHERE key = $1 AND
+//!   state = 0 AND fence = $2`, so a stale holder changes nothing.
+//! - **Deadlines are the caller's wall clock** in ms, like every store, so
+//!   all instances and tests agree on one notion of time.
+//! - **Migrations** are versioned, applied under a transaction-scoped
+//!   advisory lock, so instances starting at once apply each step once. They
+//!   run at first use, not at construction, so idem starts while PostgreSQL
+//!   is down and answers 503 until it is back.
+//! - **The sweeper** deletes expired rows in batches with `FOR UPDATE SKIP
+//!   LOCKED`, so several instances sweeping at once never wait on each other.
+//! - **tokio-postgres with a deadpool pool** (prepared statements cached per
+//!   connection, broken connections replaced after a server restart). sqlx was
+//!   the alternative named by the design; it has not been measured against
+//!   this yet (docs/BENCHMARKS.md says so), and tokio-postgres was chosen
+//!   for its small dependency tree and explicit statement control.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use idem_core::clock::millis;
+use idem_core::{
+    Begin, DecodeError, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreError,
+    StoreKey, StoreStats, StoredResponse, SystemClock,
+};
+use tokio::sync::OnceCell;
+use tokio_postgres::NoTls;
+
+const BACKEND: &str = "postgres";
+
+/// Errors of the PostgreSQL store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresStoreError {
+    /// The URL could not be used.
+    #[error("invalid PostgreSQL URL: {0}; use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE")]
+    Url(#[source] tokio_postgres::Error),
+    /// The schema name is not a plain identifier.
+    #[error("invalid schema name {0:?}; use lower-case letters, digits and _")]
+    Schema(String),
+    /// The pool could not be built.
+    #[error("cannot build the PostgreSQL pool: {0}")]
+    Pool(#[from] deadpool_postgres::BuildError),
+    /// No connection could be had from the pool.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("PostgreSQL statement failed: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// A record could not be decoded.
+    #[error(transparent)]
+    Corrupt(#[from] DecodeError),
+    /// `begin` kept racing and never saw a stable answer (should not happen).
+    #[error("begin did not settle after {0} attempts")]
+    Unsettled(u32),
+}
+
+impl From<PostgresStoreError> for StoreError {
+    fn from(e: PostgresStoreError) -> Self {
+        match e {
+            PostgresStoreError::Corrupt(d) => StoreError::Corrupt(d),
+            e => StoreError::backend(BACKEND, e),
+        }
+    }
+}
+
+/// Options of [`PostgresStore::new`].
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// The schema holding idem's tables. The default is `public`.
+    pub schema: String,
+    /// The clock deadlines are read from. The default is the system clock.
+    pub clock: SharedClock,
+    /// Connections in the pool. The default is 16.
+    pub pool_size: usize,
+    /// How long to wait for a connection. The default is 2 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            schema: "public".into(),
+            clock: Arc::new(SystemClock),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+struct Sql {
+    begin: String,
+    complete: String,
+    release: String,
+    renew: String,
+    get: String,
+    delete: String,
+    purge: String,
+    stats: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        let t = format!("{schema}.idem_records");
+        Self {
+            begin: format!(
+                "WITH ins AS ( \
+                   INSERT INTO {t} AS r (key, fingerprint, state, fence, expires_at, response) \
+                   VALUES ($1, $2, 0, $3, $4, NULL) \
+                   ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, state = 0, \
+                     fence = EXCLUDED.fence, expires_at = EXCLUDED.expires_at, response = NULL \
+                   WHERE r.expires_at <= $5 \
+                   RETURNING 1 \
+                 ) \
+                 SELECT true, NULL::bytea, NULL::smallint, NULL::bigint, NULL::bytea FROM ins \
+                 UNION ALL \
+                 SELECT false, fingerprint, state, expires_at, response FROM {t} \
+                 WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
+            ),
+            complete: format!(
+                "UPDATE {t} SET state = 1, response = $3, expires_at = $4 \
+                 WHERE key = $1 AND state = 0 AND fence = $2"
+            ),
+            release: format!("DELETE FROM {t} WHERE key = $1 AND state = 0 AND fence = $2"),
+            renew: format!(
+                "UPDATE {t} SET expires_at = $3 WHERE key = $1 AND state = 0 AND fence = $2"
+            ),
+            get: format!(
+                "SELECT fingerprint, state, fence, expires_at, response FROM {t} WHERE key = $1"
+            ),
+            delete: format!("DELETE FROM {t} WHERE key = $1"),
+            purge: format!(
+                "DELETE FROM {t} WHERE key IN \
+                 (SELECT key FROM {t} WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+            stats: format!("SELECT state, expires_at > $1, count(*) FROM {t} GROUP BY 1, 2"),
+        }
+    }
+}
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: records. `key` is the 32-byte HMAC of (scope, key); `expires_at`
+    // (ms since the epoch) is the lease end while in progress (state 0) and
+    // the TTL end once completed (state 1).
+    "CREATE TABLE {schema}.idem_records (
+        key         bytea PRIMARY KEY,
+        fingerprint bytea NOT NULL,
+        state       smallint NOT NULL,
+        fence       bigint NOT NULL,
+        expires_at  bigint NOT NULL,
+        response    bytea
+    );
+    CREATE INDEX idem_records_expires_at ON {schema}.idem_records (expires_at);",
+];
+
+/// The PostgreSQL store. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    sql: Arc<Sql>,
+    schema: Arc<str>,
+    migrated: Arc<OnceCell<()>>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+impl PostgresStore {
+    /// A store at `url`. Nothing is connected until first use.
+    pub fn new(url: &str, options: PostgresOptions) -> Result<Self, PostgresStoreError> {
+        if !valid_identifier(&options.schema) {
+            return Err(PostgresStoreError::Schema(options.schema));
+        }
+        let mut pg: tokio_postgres::Config = url.parse().map_err(PostgresStoreError::Url)?;
+        pg.connect_timeout(options.connect_timeout);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(options.connect_timeout),
+            create: Some(options.connect_timeout),
+            recycle: Some(options.connect_timeout),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()?;
+        Ok(Self {
+            pool,
+            sql: Arc::new(Sql::new(&options.schema)),
+            schema: options.schema.into(),
+            migrated: Arc::new(OnceCell::new()),
+            clock: options.clock,
+        })
+    }
+
+    /// Connects and migrates now rather than at first use.
+    pub async fn connect(&self) -> Result<(), PostgresStoreError> {
+        self.client().await.map(|_| ())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, PostgresStoreError> {
+        let client = self.pool.get().await?;
+        // A failed migration leaves the cell empty: the next call retries.
+        self.migrated
+            .get_or_try_init(|| migrate(&client, &self.schema))
+            .await?;
+        Ok(client)
+    }
+}
+
+async fn migrate(
+    client: &deadpool_postgres::Object,
+    schema: &str,
+) -> Result<(), PostgresStoreError> {
+    // Session-independent: the lock is held by this transaction only, so a
+    // crashed migrator never leaves it taken.
+    let lock_id: i64 = schema.bytes().fold(0x1de3_u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    }) as i64;
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id])
+            .await?;
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; \
+                 CREATE TABLE IF NOT EXISTS {schema}.idem_schema_migrations ( \
+                   version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await?;
+        let row = client
+            .query_one(
+                &format!("SELECT coalesce(max(version), 0) FROM {schema}.idem_schema_migrations"),
+                &[],
+            )
+            .await?;
+        let current: i32 = row.get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            client
+                .batch_execute(&sql.replace("{schema}", schema))
+                .await?;
+            client
+                .execute(
+                    &format!("INSERT INTO {schema}.idem_schema_migrations (version) VALUES ($1)"),
+                    &[&(i as i32 + 1)],
+                )
+                .await?;
+        }
+        Ok::<_, PostgresStoreError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+fn to_record(
+    fp: Vec<u8>,
+    state: i16,
+    fence: i64,
+    expires_at: i64,
+    response: Option<Vec<u8>>,
+) -> Result<Record, PostgresStoreError> {
+    let fingerprint: [u8; 32] = fp
+        .try_into()
+        .map_err(|_| DecodeError::new("fingerprint is not 32 bytes"))?;
+    let state = if state == 0 {
+        RecordState::InProgress {
+            fence: Fence(fence as u64),
+            lease_until_ms: expires_at as u64,
+        }
+    } else {
+        RecordState::Completed {
+            response: StoredResponse::decode(response.as_deref().unwrap_or_default())?,
+            expires_at_ms: expires_at as u64,
+        }
+    };
+    Ok(Record {
+        fingerprint: Fingerprint(fingerprint),
+        state,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.begin)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        const ATTEMPTS: u32 = 8;
+        for _ in 0..ATTEMPTS {
+            let now = self.clock.now_ms();
+            let fence = Fence::generate();
+            let until = now.saturating_add(millis(lease)) as i64;
+            let rows = client
+                .query(
+                    &stmt,
+                    &[
+                        &&key.0[..],
+                        &&fingerprint.0[..],
+                        &(fence.0 as i64),
+                        &until,
+                        &(now as i64),
+                    ],
+                )
+                .await
+                .map_err(PostgresStoreError::from)?;
+            let Some(row) = rows.first() else {
+                // The conflicting row committed after this statement's
+                // snapshot: run again with a fresh one.
+                continue;
+            };
+            if row.get::<_, bool>(0) {
+                return Ok(Begin::Started(fence));
+            }
+            let expires_at: i64 = row.get(3);
+            if expires_at as u64 <= now {
+                // The snapshot showed an expired row, but a newer live version
+                // blocked the takeover: look again.
+                continue;
+            }
+            let record = to_record(row.get(1), row.get(2), 0, expires_at, row.get(4))?;
+            if record.fingerprint != *fingerprint {
+                return Ok(Begin::Mismatch);
+            }
+            return Ok(match record.state {
+                RecordState::InProgress { lease_until_ms, .. } => Begin::InProgress {
+                    lease_remaining: Duration::from_millis(lease_until_ms.saturating_sub(now)),
+                },
+                RecordState::Completed { response, .. } => Begin::Completed(response),
+            });
+        }
+        Err(PostgresStoreError::Unsettled(ATTEMPTS).into())
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.complete)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        let expires = self.clock.now_ms().saturating_add(millis(ttl)) as i64;
+        let n = client
+            .execute(
+                &stmt,
+                &[&&key.0[..], &(fence.0 as i64), &response.encode(), &expires],
+            )
+            .await
+            .map_err(PostgresStoreError::from)?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.release)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        let n = client
+            .execute(&stmt, &[&&key.0[..], &(fence.0 as i64)])
+            .await
+            .map_err(PostgresStoreError::from)?;
+        Ok(n == 1)
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.renew)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        let until = self.clock.now_ms().saturating_add(millis(lease)) as i64;
+        let n = client
+            .execute(&stmt, &[&&key.0[..], &(fence.0 as i64), &until])
+            .await
+            .map_err(PostgresStoreError::from)?;
+        Ok(n == 1)
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.get)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        let now = self.clock.now_ms();
+        let row = client
+            .query_opt(&stmt, &[&&key.0[..]])
+            .await
+            .map_err(PostgresStoreError::from)?;
+        match row {
+            Some(r) => {
+                let rec = to_record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))?;
+                Ok(rec.is_live(now).then_some(rec))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.delete)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        let n = client
+            .execute(&stmt, &[&&key.0[..]])
+            .await
+            .map_err(PostgresStoreError::from)?;
+        Ok(n == 1)
+    }
+
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.purge)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        let now = self.clock.now_ms() as i64;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(client
+            .execute(&stmt, &[&now, &limit])
+            .await
+            .map_err(PostgresStoreError::from)?)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.stats)
+            .await
+            .map_err(PostgresStoreError::from)?;
+        let now = self.clock.now_ms() as i64;
+        let mut s = StoreStats::default();
+        for row in client
+            .query(&stmt, &[&now])
+            .await
+            .map_err(PostgresStoreError::from)?
+        {
+            let (state, live, n): (i16, bool, i64) = (row.get(0), row.get(1), row.get(2));
+            let n = n as u64;
+            match (state, live) {
+                (_, false) => s.expired += n,
+                (0, true) => s.in_progress += n,
+                (_, true) => s.completed += n,
+            }
+        }
+        Ok(s)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .batch_execute("SELECT 1")
+            .await
+            .map_err(PostgresStoreError::from)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+}

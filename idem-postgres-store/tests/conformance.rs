@@ -1,0 +1,32 @@
+//! The store contract on PostgreSQL (`DATABASE_URL`). Each test uses a
+//! schema of its own, so tests never see each other's records.
+
+use std::sync::Arc;
+
+use idem_core::Store;
+use idem_postgres_store::{PostgresOptions, PostgresStore};
+use idem_testkit::StoreConfig;
+
+async fn postgres(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipped: DATABASE_URL not set");
+        return None;
+    };
+    let options = PostgresOptions {
+        schema: format!(
+            "idem_test_{}",
+            idem_core::key::generate_uuid_v4().replace('-', "_")
+        ),
+        clock: config.clock,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
+    // The test command requires the server: unreachable is a failure.
+    store
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("DATABASE_URL={url} is set but PostgreSQL cannot be used: {e}"));
+    Some(Arc::new(store))
+}
+
+idem_testkit::store_conformance!(postgres, no_capacity);

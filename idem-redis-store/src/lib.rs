@@ -1,0 +1,502 @@
+//! `RedisStore`: idem's records in Redis, standalone or Cluster, so many idem
+//! instances share one store.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), idem_redis_store::RedisStoreError> {
+//! use idem_redis_store::{RedisOptions, RedisStore};
+//!
+//! let store = RedisStore::new("redis://127.0.0.1:6379/", RedisOptions::default())?;
+//! let cluster = RedisStore::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", RedisOptions::default())?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Design
+//!
+//! - **One round trip per phase.** `begin`, `complete`, `release` and `renew`
+//!   are Lua scripts (EVALSHA, falling back to EVAL on NOSCRIPT), each reading
+//!   and writing one key atomically, with the fence checked inside the script.
+//!   One key per script is also what lets them run on Redis Cluster.
+//! - **A compact binary record**: a state byte, the 8-byte fence, the 8-byte
+//!   big-endian deadline, the 32-byte fingerprint, then the response in
+//!   idem's binary encoding (raw body bytes, no base64). Fixed-width
+//!   big-endian times compare as strings in numeric order, so the scripts
+//!   never squeeze 64-bit integers through Lua's doubles.
+//! - **Time.** Deadlines are wall-clock milliseconds from the caller's clock
+//!   (like every other store, so instances agree and tests can move time);
+//!   Redis removes each record itself with `PX` once its lease or TTL is over.
+//! - **Connections.** A `ConnectionManager` (one multiplexed connection that
+//!   reconnects by itself) or a Cluster connection; never one per request.
+//!   The first connection is made lazily, so idem starts while Redis is down
+//!   and answers 503 until it is back (SPEC: lifetimes and availability).
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_core::clock::millis;
+use idem_core::{
+    Begin, DecodeError, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreError,
+    StoreKey, StoreStats, StoredResponse, SystemClock,
+};
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, Script, ScriptInvocation};
+use tokio::sync::OnceCell;
+
+const BACKEND: &str = "redis";
+
+static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/begin.lua")));
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/complete.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
+static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
+
+/// Errors of the Redis store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisStoreError {
+    /// The URL could not be used.
+    #[error("invalid Redis URL {url:?}: {source}; use redis://HOST:PORT/DB or redis+cluster://HOST:PORT,HOST:PORT")]
+    Url {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A command failed or the server could not be reached.
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A record could not be decoded.
+    #[error(transparent)]
+    Corrupt(#[from] DecodeError),
+}
+
+impl From<RedisStoreError> for StoreError {
+    fn from(e: RedisStoreError) -> Self {
+        match e {
+            RedisStoreError::Corrupt(d) => StoreError::Corrupt(d),
+            e => StoreError::backend(BACKEND, e),
+        }
+    }
+}
+
+/// Options of [`RedisStore::new`].
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// Prefix of every record key. The default is `idem:`.
+    pub prefix: String,
+    /// The clock deadlines are read from. The default is the system clock.
+    pub clock: SharedClock,
+    /// How long connecting may take. The default is 2 s.
+    pub connect_timeout: Duration,
+    /// How long a command may take. The default is 2 s.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "idem:".into(),
+            clock: Arc::new(SystemClock),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    // Boxed: a ClusterClient is much larger than a Client.
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis store. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    target: Target,
+    conn: Arc<OnceCell<Conn>>,
+    prefix: Arc<[u8]>,
+    options: RedisOptions,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.target, Target::Cluster(..)))
+            .field("prefix", &self.options.prefix)
+            .finish()
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisStore {
+    /// A store at `url`: `redis://HOST:PORT/DB` (or `rediss://`), or
+    /// `redis+cluster://HOST:PORT,HOST:PORT,…` for Redis Cluster (any nodes;
+    /// the rest are discovered). Nothing is connected until first use.
+    pub fn new(url: &str, options: RedisOptions) -> Result<Self, RedisStoreError> {
+        let url_err = |source| RedisStoreError::Url {
+            url: redact(url),
+            source,
+        };
+        let target = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = nodes
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{n}"))
+                .collect();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.response_timeout)
+                .build()
+                .map_err(url_err)?;
+            Target::Cluster(Box::new(client))
+        } else {
+            Target::Single(redis::Client::open(url).map_err(url_err)?)
+        };
+        Ok(Self {
+            target,
+            conn: Arc::new(OnceCell::new()),
+            prefix: options.prefix.as_bytes().into(),
+            options,
+        })
+    }
+
+    /// Connects now rather than at first use (and fails if Redis is down).
+    pub async fn connect(&self) -> Result<(), RedisStoreError> {
+        self.conn().await.map(|_| ())
+    }
+
+    async fn conn(&self) -> Result<Conn, RedisStoreError> {
+        // A failed first connection leaves the cell empty: the next call tries
+        // again, so idem recovers without a restart.
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                match &self.target {
+                    Target::Single(client) => {
+                        let config = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(self.options.connect_timeout))
+                            .set_response_timeout(Some(self.options.response_timeout))
+                            .set_number_of_retries(1);
+                        let cm = ConnectionManager::new_with_config(client.clone(), config).await?;
+                        Ok::<_, RedisStoreError>(Conn::Single(cm))
+                    }
+                    Target::Cluster(client) => {
+                        Ok(Conn::Cluster(client.get_async_connection().await?))
+                    }
+                }
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisStoreError> {
+        Ok(match self.conn().await? {
+            Conn::Single(mut c) => inv.invoke_async(&mut c).await?,
+            Conn::Cluster(mut c) => inv.invoke_async(&mut c).await?,
+        })
+    }
+
+    fn key(&self, key: &StoreKey) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 32);
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(&key.0);
+        k
+    }
+
+    fn now(&self) -> u64 {
+        self.options.clock.now_ms()
+    }
+
+    /// Every record key, on every node, for the admin operations (SCAN: never
+    /// on a request path).
+    async fn all_keys(&self) -> Result<Vec<Vec<u8>>, RedisStoreError> {
+        let pattern = glob_escape(&self.prefix);
+        let mut keys = Vec::new();
+        match (&self.target, self.conn().await?) {
+            (_, Conn::Single(mut c)) => scan(&mut c, &pattern, &mut keys).await?,
+            (Target::Cluster(_), Conn::Cluster(mut c)) => {
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c)
+                    .await?;
+                for line in nodes.lines() {
+                    let fields: Vec<&str> = line.split(' ').collect();
+                    if fields.len() < 3 || !fields[2].contains("master") {
+                        continue;
+                    }
+                    let addr = fields[1].split('@').next().unwrap_or_default();
+                    let client = redis::Client::open(format!("redis://{addr}"))?;
+                    let mut node = client.get_multiplexed_async_connection().await?;
+                    scan(&mut node, &pattern, &mut keys).await?;
+                }
+            }
+            (Target::Single(_), Conn::Cluster(_)) => {}
+        }
+        Ok(keys)
+    }
+
+    async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RedisStoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        Ok(match self.conn().await? {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await?,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await?,
+        })
+    }
+}
+
+async fn scan<C: redis::aio::ConnectionLike>(
+    c: &mut C,
+    pattern: &[u8],
+    out: &mut Vec<Vec<u8>>,
+) -> Result<(), RedisStoreError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await?;
+        out.extend(batch);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// `prefix*` with the prefix's glob characters escaped.
+fn glob_escape(prefix: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(prefix.len() + 2);
+    for b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            p.push(b'\\');
+        }
+        p.push(*b);
+    }
+    p.push(b'*');
+    p
+}
+
+/// A record as the scripts store it.
+fn decode(v: &[u8]) -> Result<Record, DecodeError> {
+    if v.len() < 49 {
+        return Err(DecodeError::new("record shorter than its header"));
+    }
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&v[i..i + 8]);
+        u64::from_be_bytes(b)
+    };
+    let fence = Fence(u64_at(1));
+    let deadline = u64_at(9);
+    let mut fp = [0u8; 32];
+    fp.copy_from_slice(&v[17..49]);
+    let state = match v[0] {
+        b'P' => RecordState::InProgress {
+            fence,
+            lease_until_ms: deadline,
+        },
+        b'C' => RecordState::Completed {
+            response: StoredResponse::decode(&v[49..])?,
+            expires_at_ms: deadline,
+        },
+        _ => return Err(DecodeError::new("unknown record state")),
+    };
+    Ok(Record {
+        fingerprint: Fingerprint(fp),
+        state,
+    })
+}
+
+fn px(ms: u64) -> u64 {
+    ms.max(1)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let now = self.now();
+        let fence = Fence::generate();
+        let lease_ms = millis(lease);
+        let existing: Option<Vec<u8>> = self
+            .invoke(
+                BEGIN
+                    .key(self.key(key))
+                    .arg(&now.to_be_bytes()[..])
+                    .arg(&fingerprint.0[..])
+                    .arg(&fence.0.to_be_bytes()[..])
+                    .arg(&now.saturating_add(lease_ms).to_be_bytes()[..])
+                    .arg(px(lease_ms)),
+            )
+            .await?;
+        let Some(v) = existing else {
+            return Ok(Begin::Started(fence));
+        };
+        let record = decode(&v).map_err(RedisStoreError::from)?;
+        if record.fingerprint != *fingerprint {
+            return Ok(Begin::Mismatch);
+        }
+        Ok(match record.state {
+            RecordState::InProgress { lease_until_ms, .. } => Begin::InProgress {
+                lease_remaining: Duration::from_millis(lease_until_ms.saturating_sub(now)),
+            },
+            RecordState::Completed { response, .. } => Begin::Completed(response),
+        })
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ttl_ms = millis(ttl);
+        let expires = self.now().saturating_add(ttl_ms);
+        let done: i64 = self
+            .invoke(
+                COMPLETE
+                    .key(self.key(key))
+                    .arg(&fence.0.to_be_bytes()[..])
+                    .arg(&expires.to_be_bytes()[..])
+                    .arg(response.encode())
+                    .arg(px(ttl_ms)),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        let done: i64 = self
+            .invoke(RELEASE.key(self.key(key)).arg(&fence.0.to_be_bytes()[..]))
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let lease_ms = millis(lease);
+        let until = self.now().saturating_add(lease_ms);
+        let done: i64 = self
+            .invoke(
+                RENEW
+                    .key(self.key(key))
+                    .arg(&fence.0.to_be_bytes()[..])
+                    .arg(&until.to_be_bytes()[..])
+                    .arg(px(lease_ms)),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        let now = self.now();
+        match self.get_raw(&self.key(key)).await? {
+            None => Ok(None),
+            Some(v) => {
+                let r = decode(&v).map_err(RedisStoreError::from)?;
+                Ok(r.is_live(now).then_some(r))
+            }
+        }
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(key));
+        let n: i64 = match self.conn().await? {
+            Conn::Single(mut c) => cmd
+                .query_async(&mut c)
+                .await
+                .map_err(RedisStoreError::from)?,
+            Conn::Cluster(mut c) => cmd
+                .query_async(&mut c)
+                .await
+                .map_err(RedisStoreError::from)?,
+        };
+        Ok(n == 1)
+    }
+
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        // Redis drops records itself when their PX runs out; this removes the
+        // ones past their deadline by this instance's clock (clock skew).
+        let now = self.now().to_be_bytes();
+        let mut purged = 0u64;
+        for key in self.all_keys().await? {
+            if purged as usize >= limit {
+                break;
+            }
+            let n: i64 = self.invoke(PURGE.key(key).arg(&now[..])).await?;
+            purged += n as u64;
+        }
+        Ok(purged)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let now = self.now();
+        let mut s = StoreStats::default();
+        for key in self.all_keys().await? {
+            let Some(v) = self.get_raw(&key).await? else {
+                continue;
+            };
+            let r = decode(&v).map_err(RedisStoreError::from)?;
+            match (&r.state, r.is_live(now)) {
+                (_, false) => s.expired += 1,
+                (RecordState::InProgress { .. }, true) => s.in_progress += 1,
+                (RecordState::Completed { .. }, true) => s.completed += 1,
+            }
+        }
+        Ok(s)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let cmd = redis::cmd("PING");
+        match self.conn().await? {
+            Conn::Single(mut c) => cmd
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(RedisStoreError::from)?,
+            Conn::Cluster(mut c) => cmd
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(RedisStoreError::from)?,
+        }
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+}

@@ -1,0 +1,10 @@
+-- complete: store the answer of the holder of the fence.
+-- KEYS[1] record key
+-- ARGV[1] fence (8 bytes)  ARGV[2] expiry (8 bytes BE ms)  ARGV[3] encoded response
+-- ARGV[4] TTL in ms (physical expiry)
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, 1) ~= 'P' or string.sub(v, 2, 9) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], 'C' .. ARGV[1] .. ARGV[2] .. string.sub(v, 18, 49) .. ARGV[3], 'PX', ARGV[4])
+return 1
