@@ -23,7 +23,7 @@ use async_trait::async_trait;
 
 use crate::fingerprint::Fingerprint;
 use crate::record::{Begin, DecodeError, Fence, Record, StoredResponse};
-use crate::scope::StoreKey;
+use crate::scope::{Secret, StoreKey};
 
 /// A boxed error from a backend's client library.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -144,4 +144,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The backend's name for metrics and logs: `memory`, `sqlite`, ….
     fn backend(&self) -> &'static str;
+
+    /// A secret kept in the store itself, created by the first instance that
+    /// asks and read by every other, so instances sharing a store agree on
+    /// store keys without configuration. `None` (the default) for stores that
+    /// keep none. A configured secret file is the better choice in
+    /// production: it keeps the secret away from the records it protects.
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        Ok(None)
+    }
 }

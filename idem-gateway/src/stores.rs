@@ -6,15 +6,41 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use idem_core::{MemoryStore, Secret, Store};
+use idem_postgres_store::{PostgresOptions, PostgresStore};
+use idem_redis_store::{RedisOptions, RedisStore};
 use idem_sqlite_store::SqliteStore;
 
 /// A parsed `--store` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `memory://`: in this process only.
     Memory,
     /// `sqlite://PATH`: `sqlite://idem.db` is relative, `sqlite:///var/lib/idem.db` absolute.
     Sqlite(PathBuf),
+    /// `redis://HOST:PORT/DB`, `rediss://…`, or `redis+cluster://HOST:PORT,HOST:PORT`.
+    Redis(String),
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE` (or `postgresql://`).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// The URL with any password replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***{}", &url[..s], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -32,12 +58,18 @@ impl std::str::FromStr for StoreUrl {
         }
         if s.starts_with("redis://")
             || s.starts_with("rediss://")
-            || s.starts_with("postgres://")
-            || s.starts_with("postgresql://")
+            || s.starts_with("redis+cluster://")
         {
-            bail!("store URL {s:?}: the Redis and PostgreSQL stores are not in this build yet; use sqlite://PATH or memory://");
+            return Ok(Self::Redis(s.to_owned()));
         }
-        bail!("unknown store URL {s:?}; use sqlite://PATH (the default is sqlite://idem.db) or memory://")
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres(s.to_owned()));
+        }
+        bail!(
+            "unknown store URL {:?}; use sqlite://PATH (the default is sqlite://idem.db), memory://, \
+             redis://HOST:PORT, redis+cluster://HOST:PORT,HOST:PORT or postgres://USER@HOST:PORT/DB",
+            redact(s)
+        )
     }
 }
 
@@ -46,25 +78,45 @@ impl std::fmt::Display for StoreUrl {
         match self {
             Self::Memory => f.write_str("memory://"),
             Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::Redis(u) | Self::Postgres(u) => f.write_str(&redact(u)),
         }
     }
 }
 
-/// An opened store, with the SQLite handle when it is one (the demo keeps its
-/// payments in the same file).
+/// An opened store, with the concrete handle (the demo keeps its payments in
+/// the same place).
 pub struct OpenedStore {
     /// The store.
     pub store: Arc<dyn Store>,
-    /// The SQLite store, when the URL was `sqlite://`.
-    pub sqlite: Option<SqliteStore>,
-    /// The secret behind store keys.
-    pub secret: Secret,
+    /// Which backend, for the application's own data.
+    pub backend: Backend,
+    /// The secret behind store keys; `None`: the one the shared store keeps
+    /// for all its instances, read at first use.
+    pub secret: Option<Secret>,
 }
 
-/// Opens the store at `url`. The secret comes from `secret_file` when given
-/// (it must exist); otherwise, for SQLite, from `PATH.secret` beside the
-/// database, created once (mode 0600) so a restart still replays; for memory,
-/// a random one.
+/// The concrete store behind an [`OpenedStore`].
+#[derive(Clone)]
+pub enum Backend {
+    /// In memory.
+    Memory,
+    /// SQLite.
+    Sqlite(SqliteStore),
+    /// Redis or Redis Cluster.
+    Redis(RedisStore),
+    /// PostgreSQL.
+    Postgres(PostgresStore),
+}
+
+/// Opens the store at `url`. Nothing is connected yet for Redis and
+/// PostgreSQL: idem starts while they are down and answers 503 until they are
+/// back.
+///
+/// The secret comes from `secret_file` when given (it must exist); otherwise,
+/// for SQLite, from `PATH.secret` beside the database, created once (mode
+/// 0600) so a restart still replays; for Redis and PostgreSQL, from the store
+/// itself, created by the first instance so every instance sharing the store
+/// agrees; for memory, a random one.
 pub fn open(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<OpenedStore> {
     let explicit = match secret_file {
         Some(p) => Some(Secret::read_file(p).with_context(|| {
@@ -82,8 +134,33 @@ pub fn open(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<Opened
             spawn_sweeper(store.clone());
             Ok(OpenedStore {
                 store,
-                sqlite: None,
-                secret: explicit.unwrap_or_else(Secret::generate),
+                backend: Backend::Memory,
+                secret: Some(explicit.unwrap_or_else(Secret::generate)),
+            })
+        }
+        StoreUrl::Redis(u) => {
+            let store = RedisStore::new(u, RedisOptions::default())
+                .with_context(|| format!("cannot use store {url}"))?;
+            if explicit.is_none() {
+                tracing::info!("no --secret-file: using the secret kept in the store, shared by every instance");
+            }
+            Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                backend: Backend::Redis(store),
+                secret: explicit,
+            })
+        }
+        StoreUrl::Postgres(u) => {
+            let store = PostgresStore::new(u, PostgresOptions::default())
+                .with_context(|| format!("cannot use store {url}"))?;
+            spawn_sweeper(Arc::new(store.clone()));
+            if explicit.is_none() {
+                tracing::info!("no --secret-file: using the secret kept in the store, shared by every instance");
+            }
+            Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                backend: Backend::Postgres(store),
+                secret: explicit,
             })
         }
         StoreUrl::Sqlite(path) => {
@@ -105,21 +182,31 @@ pub fn open(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<Opened
             };
             Ok(OpenedStore {
                 store: Arc::new(store.clone()),
-                sqlite: Some(store),
-                secret,
+                backend: Backend::Sqlite(store),
+                secret: Some(secret),
             })
         }
     }
 }
 
-/// Purges expired records of an in-memory store every minute (SQLite's
-/// writer thread sweeps on its own).
-fn spawn_sweeper(store: Arc<MemoryStore>) {
+/// Purges expired records every minute, in batches (SQLite's writer thread
+/// sweeps on its own; Redis expires records itself). Several instances may
+/// sweep one PostgreSQL at once: its purge skips rows another one holds.
+fn spawn_sweeper(store: Arc<dyn Store>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let _ = store.purge_expired(usize::MAX).await;
+            loop {
+                match store.purge_expired(10_000).await {
+                    Ok(10_000) => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "purging expired records failed; retrying in a minute");
+                        break;
+                    }
+                }
+            }
         }
     });
 }
@@ -141,5 +228,16 @@ mod tests {
         );
         assert!("sqlite://".parse::<StoreUrl>().is_err());
         assert!("mysql://x".parse::<StoreUrl>().is_err());
+        assert!(matches!(
+            "redis+cluster://a:1,b:2".parse::<StoreUrl>(),
+            Ok(StoreUrl::Redis(_))
+        ));
+        assert_eq!(
+            "postgres://u:secret@h:5432/db"
+                .parse::<StoreUrl>()
+                .map(|u| u.to_string())
+                .ok(),
+            Some("postgres://u:***@h:5432/db".to_owned())
+        );
     }
 }

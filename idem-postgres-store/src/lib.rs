@@ -41,13 +41,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+pub use deadpool_postgres;
+pub use deadpool_postgres::Pool;
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use idem_core::clock::millis;
 use idem_core::{
-    Begin, DecodeError, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreError,
-    StoreKey, StoreStats, StoredResponse, SystemClock,
+    Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
+    StoreError, StoreKey, StoreStats, StoredResponse, SystemClock,
 };
 use tokio::sync::OnceCell;
+pub use tokio_postgres;
 use tokio_postgres::NoTls;
 
 const BACKEND: &str = "postgres";
@@ -176,6 +179,11 @@ const MIGRATIONS: &[&str] = &[
         response    bytea
     );
     CREATE INDEX idem_records_expires_at ON {schema}.idem_records (expires_at);",
+    // 2: the secret shared by every instance (when none is configured): one row.
+    "CREATE TABLE {schema}.idem_secret (
+        id     boolean PRIMARY KEY DEFAULT true CHECK (id),
+        secret bytea NOT NULL
+    );",
 ];
 
 /// The PostgreSQL store. Cheap to clone: clones share the pool.
@@ -236,6 +244,17 @@ impl PostgresStore {
             migrated: Arc::new(OnceCell::new()),
             clock: options.clock,
         })
+    }
+
+    /// The connection pool, for an application keeping its own tables beside
+    /// idem's (the demo's payments do).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The schema holding idem's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
     /// Connects and migrates now rather than at first use.
@@ -530,5 +549,36 @@ impl Store for PostgresStore {
 
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        let client = self.client().await?;
+        let candidate = idem_core::key::hex(Secret::generate().as_bytes()).into_bytes();
+        // The first instance's secret wins; every instance reads it. A
+        // racer's row committed after this statement's snapshot shows as no
+        // row: ask again.
+        let sql = format!(
+            "WITH ins AS (INSERT INTO {s}.idem_secret (secret) VALUES ($1) \
+             ON CONFLICT (id) DO NOTHING RETURNING secret) \
+             SELECT secret FROM ins UNION ALL SELECT secret FROM {s}.idem_secret \
+             WHERE NOT EXISTS (SELECT 1 FROM ins)",
+            s = self.schema
+        );
+        let mut found = None;
+        for _ in 0..5 {
+            found = client
+                .query_opt(&sql, &[&candidate])
+                .await
+                .map_err(PostgresStoreError::from)?;
+            if found.is_some() {
+                break;
+            }
+        }
+        let Some(row) = found else {
+            return Err(PostgresStoreError::Unsettled(5).into());
+        };
+        Secret::from_bytes(row.get::<_, Vec<u8>>(0))
+            .map(Some)
+            .map_err(|e| StoreError::backend(BACKEND, e))
     }
 }

@@ -37,13 +37,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem_core::clock::millis;
 use idem_core::{
-    Begin, DecodeError, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreError,
-    StoreKey, StoreStats, StoredResponse, SystemClock,
+    Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
+    StoreError, StoreKey, StoreStats, StoredResponse, SystemClock,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 use tokio::sync::OnceCell;
+
+pub use redis;
 
 const BACKEND: &str = "redis";
 
@@ -114,10 +116,45 @@ enum Target {
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
+/// A connection to the store's Redis (standalone or Cluster), for an
+/// application keeping its own keys beside idem's (the demo's payments do).
 #[derive(Clone)]
-enum Conn {
+pub enum Conn {
+    /// A standalone server, through a reconnecting multiplexed connection.
     Single(ConnectionManager),
+    /// A Cluster.
     Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// The Redis store. Cheap to clone: clones share the connection.
@@ -180,6 +217,16 @@ impl RedisStore {
     /// Connects now rather than at first use (and fails if Redis is down).
     pub async fn connect(&self) -> Result<(), RedisStoreError> {
         self.conn().await.map(|_| ())
+    }
+
+    /// The store's connection (made now if it was not yet).
+    pub async fn connection(&self) -> Result<Conn, RedisStoreError> {
+        self.conn().await
+    }
+
+    /// The prefix of the store's keys.
+    pub fn prefix(&self) -> &str {
+        &self.options.prefix
     }
 
     async fn conn(&self) -> Result<Conn, RedisStoreError> {
@@ -252,6 +299,9 @@ impl RedisStore {
             }
             (Target::Single(_), Conn::Cluster(_)) => {}
         }
+        // Records are the prefix and 32 bytes; anything else under the
+        // prefix (the shared secret) is not a record.
+        keys.retain(|k| k.len() == self.prefix.len() + 32);
         Ok(keys)
     }
 
@@ -498,5 +548,37 @@ impl Store for RedisStore {
 
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        let mut key = self.prefix.to_vec();
+        key.extend_from_slice(b"secret");
+        let candidate = idem_core::key::hex(Secret::generate().as_bytes());
+        // SET NX: the first instance's secret wins; every instance reads it.
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(&candidate).arg("NX");
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        let value: Vec<u8> = match self.conn().await? {
+            Conn::Single(mut c) => {
+                set.query_async::<()>(&mut c)
+                    .await
+                    .map_err(RedisStoreError::from)?;
+                get.query_async(&mut c)
+                    .await
+                    .map_err(RedisStoreError::from)?
+            }
+            Conn::Cluster(mut c) => {
+                set.query_async::<()>(&mut c)
+                    .await
+                    .map_err(RedisStoreError::from)?;
+                get.query_async(&mut c)
+                    .await
+                    .map_err(RedisStoreError::from)?
+            }
+        };
+        Secret::from_bytes(value)
+            .map(Some)
+            .map_err(|e| StoreError::backend(BACKEND, e))
     }
 }

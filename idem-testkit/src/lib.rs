@@ -67,7 +67,7 @@ macro_rules! store_conformance {
             expired_record_with_other_fingerprint_is_no_record, release_allows_retry,
             byte_exact_binary_body_and_repeated_headers, scope_isolation, capacity_refusal,
             admin_get_delete_stats_purge, large_body, complete_twice_is_stale,
-            many_keys_concurrently);
+            many_keys_concurrently, shared_secret_is_stable);
     };
     ($factory:path, no_capacity) => {
         $crate::store_conformance!(@tests $factory,
@@ -76,7 +76,7 @@ macro_rules! store_conformance {
             expired_record_with_other_fingerprint_is_no_record, release_allows_retry,
             byte_exact_binary_body_and_repeated_headers, scope_isolation,
             admin_get_delete_stats_purge, large_body, complete_twice_is_stale,
-            many_keys_concurrently);
+            many_keys_concurrently, shared_secret_is_stable);
     };
     (@tests $factory:path, $($test:ident),* $(,)?) => {
         $(

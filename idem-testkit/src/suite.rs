@@ -518,3 +518,26 @@ where
     }
     assert_eq!(wins, keys.len());
 }
+
+/// A store's shared secret, when it keeps one, is the same on every call.
+pub async fn shared_secret_is_stable<F>(factory: F)
+where
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+{
+    let (store, _) = setup!(factory);
+    let first = store
+        .shared_secret()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = store
+        .shared_secret()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        first.as_ref().map(|s| s.as_bytes().to_vec()),
+        second.as_ref().map(|s| s.as_bytes().to_vec())
+    );
+    // It is not a record: admin counts do not see it.
+    let stats = store.stats().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stats, idem_core::StoreStats::default());
+}

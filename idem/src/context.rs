@@ -119,7 +119,7 @@ impl IdempotencyContext {
         let shared = &self.route.shared;
         let policy = self.route.policy();
         let sub_key = format!("{}:item:{index}", self.key);
-        let store_key = StoreKey::derive(&shared.secret, self.scope.as_deref(), &sub_key);
+        let store_key = StoreKey::derive(shared.secret().await?, self.scope.as_deref(), &sub_key);
         let fingerprint =
             Fingerprint::compute(FingerprintMode::Json, &Method::POST, &sub_key, item);
         let timeout = shared.store_timeout;

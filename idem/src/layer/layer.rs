@@ -3,16 +3,24 @@ use std::time::Duration;
 
 use http::HeaderName;
 use idem_core::problem::DEFAULT_PROBLEM_BASE;
-use idem_core::{Policy, Secret, Store};
+use idem_core::{Policy, Secret, Store, StoreError};
 use tower_layer::Layer;
 
 use super::service::Idempotency;
+
+/// Where the secret behind store keys comes from.
+pub(crate) enum SecretSource {
+    Fixed(Secret),
+    /// Read from the store at first use (see [`Store::shared_secret`]), so a
+    /// layer can be built while the store is down.
+    FromStore(tokio::sync::OnceCell<Secret>),
+}
 
 /// Everything the layer needs, shared by every service it makes.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) policy: Policy,
-    pub(crate) secret: Secret,
+    pub(crate) secret: SecretSource,
     pub(crate) scope_header: Option<HeaderName>,
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
@@ -58,7 +66,7 @@ impl IdempotencyLayer {
             shared: Arc::new(Shared {
                 store,
                 policy: Policy::default(),
-                secret: Secret::generate(),
+                secret: SecretSource::Fixed(Secret::generate()),
                 scope_header: Some(http::header::AUTHORIZATION),
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
@@ -74,7 +82,10 @@ impl IdempotencyLayer {
                 let mut copy = Shared {
                     store: s.store.clone(),
                     policy: s.policy.clone(),
-                    secret: s.secret.clone(),
+                    secret: match &s.secret {
+                        SecretSource::Fixed(k) => SecretSource::Fixed(k.clone()),
+                        SecretSource::FromStore(_) => SecretSource::FromStore(Default::default()),
+                    },
                     scope_header: s.scope_header.clone(),
                     problem_base: s.problem_base.clone(),
                     store_timeout: s.store_timeout,
@@ -93,7 +104,14 @@ impl IdempotencyLayer {
 
     /// Sets the secret behind store keys. The default is random per layer.
     pub fn secret(self, secret: Secret) -> Self {
-        self.with(|s| s.secret = secret)
+        self.with(|s| s.secret = SecretSource::Fixed(secret))
+    }
+
+    /// Uses the secret the store keeps for all its instances
+    /// ([`Store::shared_secret`]), read at first use: while the store cannot
+    /// be reached, covered requests get 503 like any store failure.
+    pub fn secret_from_store(self) -> Self {
+        self.with(|s| s.secret = SecretSource::FromStore(Default::default()))
     }
 
     /// Sets the header naming the scope (the user). The default is
@@ -117,6 +135,30 @@ impl IdempotencyLayer {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
+    }
+}
+
+impl Shared {
+    /// The secret behind store keys.
+    pub(crate) async fn secret(&self) -> Result<&Secret, StoreError> {
+        match &self.secret {
+            SecretSource::Fixed(s) => Ok(s),
+            SecretSource::FromStore(cell) => {
+                cell.get_or_try_init(|| async {
+                    match tokio::time::timeout(self.store_timeout, self.store.shared_secret()).await
+                    {
+                        Ok(Ok(Some(s))) => Ok(s),
+                        Ok(Ok(None)) => Err(StoreError::backend(
+                            self.store.backend(),
+                            "this store keeps no shared secret; configure one (a secret file)",
+                        )),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(StoreError::Timeout(self.store_timeout)),
+                    }
+                })
+                .await
+            }
+        }
     }
 }
 

@@ -337,7 +337,11 @@ where
     let fingerprint =
         Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
     let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
-    let store_key = StoreKey::derive(&shared.secret, scope.as_deref(), key.as_str());
+    let secret = match shared.secret().await {
+        Ok(s) => s,
+        Err(e) => return store_failure(&route, inner, parts, bytes, e).await,
+    };
+    let store_key = StoreKey::derive(secret, scope.as_deref(), key.as_str());
     let span_key = store_key.short();
 
     let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
@@ -392,25 +396,37 @@ where
                     .with_retry_after(RETRY_AFTER_IN_USE),
                 ));
             }
-            Err(e) if policy.fail_open => {
-                tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
-                let req = Request::from_parts(parts, RequestBody::buffered(bytes));
-                return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
-            }
-            Err(e) => {
-                tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
-                let kind = match e {
-                    StoreError::CapacityExceeded { .. } => ProblemKind::StoreFull,
-                    _ => ProblemKind::StoreUnavailable,
-                };
-                return Ok(problem_response(
-                    &shared,
-                    &Problem::new(kind, format!("{e}; nothing was executed, retry later"))
-                        .with_retry_after(1),
-                ));
-            }
+            Err(e) => return store_failure(&route, inner, parts, bytes, e).await,
         }
     }
+}
+
+/// Rule 10: the store failed. Fail-closed (503) unless the route is
+/// fail-open, which executes the request without protection.
+async fn store_failure<S, ReqBody, ResBody>(
+    route: &Route,
+    mut inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    e: StoreError,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+{
+    if route.policy().fail_open {
+        tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
+        let req = Request::from_parts(parts, RequestBody::buffered(bytes));
+        return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+    }
+    tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
+    let kind = match e {
+        StoreError::CapacityExceeded { .. } => ProblemKind::StoreFull,
+        _ => ProblemKind::StoreUnavailable,
+    };
+    Ok(problem_response(
+        &route.shared,
+        &Problem::new(kind, format!("{e}; nothing was executed, retry later")).with_retry_after(1),
+    ))
 }
 
 /// What an execution produced.

@@ -13,9 +13,7 @@
 //! Payments live in the same SQLite file as the idempotency records (or in
 //! memory with `--store memory://`).
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -25,9 +23,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use idem::{IdempotencyContext, IdempotencyLayer, ItemAnswer, Policy, RoutePolicy, WebhookKeys};
-use idem_sqlite_store::rusqlite::{params, OptionalExtension};
-use idem_sqlite_store::SqliteStore;
-use serde::{Deserialize, Serialize};
+mod payments;
+
+pub use payments::Payment;
+use payments::Payments;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -67,170 +66,6 @@ impl Default for DemoConfig {
             without_layer: false,
         }
     }
-}
-
-/// A payment.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Payment {
-    /// `pay_…`.
-    pub id: String,
-    /// As sent, a positive number.
-    pub amount: serde_json::Number,
-    /// ISO 4217 code, upper case.
-    pub currency: String,
-    /// Who is paid.
-    pub recipient: String,
-    /// `succeeded`, or what a webhook set.
-    pub status: String,
-    /// Unix seconds.
-    pub created: u64,
-}
-
-/// Payments in memory, in creation order and by id.
-///
-/// B-trees, not a `Vec` and a `HashMap`: those grow by reallocating and
-/// rehashing everything, a pause of many milliseconds at millions of entries
-/// taken while holding the lock, which showed as p99 spikes under load.
-#[derive(Default)]
-struct Table {
-    order: BTreeMap<u64, String>,
-    by_id: BTreeMap<String, Payment>,
-}
-
-/// Where payments are kept.
-#[derive(Clone)]
-enum Payments {
-    Memory(Arc<Mutex<Table>>),
-    Sqlite(SqliteStore),
-}
-
-impl Payments {
-    async fn open(sqlite: Option<SqliteStore>) -> anyhow::Result<Self> {
-        Ok(match sqlite {
-            None => Self::Memory(Arc::default()),
-            Some(store) => {
-                store
-                    .call(|c| {
-                        c.execute_batch(
-                            "CREATE TABLE IF NOT EXISTS demo_payments (
-                                id TEXT PRIMARY KEY, amount TEXT NOT NULL, currency TEXT NOT NULL,
-                                recipient TEXT NOT NULL, status TEXT NOT NULL, created INTEGER NOT NULL);
-                             CREATE TABLE IF NOT EXISTS demo_webhook_events (
-                                seq INTEGER PRIMARY KEY AUTOINCREMENT, payment_id TEXT NOT NULL,
-                                status TEXT NOT NULL, received INTEGER NOT NULL);",
-                        )
-                    })
-                    .await?;
-                Self::Sqlite(store)
-            }
-        })
-    }
-
-    fn lock(m: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn insert(&self, p: Payment) -> anyhow::Result<()> {
-        match self {
-            Self::Memory(m) => {
-                let mut g = Self::lock(m);
-                let seq = g.order.len() as u64;
-                g.order.insert(seq, p.id.clone());
-                g.by_id.insert(p.id.clone(), p);
-            }
-            Self::Sqlite(s) => {
-                s.call(move |c| {
-                    c.prepare_cached("INSERT INTO demo_payments VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                        .execute(params![
-                            p.id,
-                            p.amount.to_string(),
-                            p.currency,
-                            p.recipient,
-                            p.status,
-                            p.created as i64
-                        ])
-                })
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn get(&self, id: String) -> anyhow::Result<Option<Payment>> {
-        Ok(match self {
-            Self::Memory(m) => Self::lock(m).by_id.get(&id).cloned(),
-            Self::Sqlite(s) => {
-                s.call(move |c| {
-                    c.prepare_cached("SELECT id, amount, currency, recipient, status, created FROM demo_payments WHERE id = ?1")?
-                        .query_row([id], row_to_payment)
-                        .optional()
-                })
-                .await?
-            }
-        })
-    }
-
-    async fn list(&self) -> anyhow::Result<(u64, Vec<Payment>)> {
-        Ok(match self {
-            Self::Memory(m) => {
-                let g = Self::lock(m);
-                let latest = g.order.values().rev().take(100).filter_map(|id| g.by_id.get(id).cloned()).collect();
-                (g.order.len() as u64, latest)
-            }
-            Self::Sqlite(s) => {
-                s.call(|c| {
-                    let n: i64 = c.query_row("SELECT count(*) FROM demo_payments", [], |r| r.get(0))?;
-                    let mut stmt = c.prepare_cached(
-                        "SELECT id, amount, currency, recipient, status, created FROM demo_payments ORDER BY rowid DESC LIMIT 100",
-                    )?;
-                    let rows = stmt.query_map([], row_to_payment)?.collect::<Result<Vec<_>, _>>()?;
-                    Ok((n as u64, rows))
-                })
-                .await?
-            }
-        })
-    }
-
-    async fn set_status(&self, id: String, status: String) -> anyhow::Result<bool> {
-        Ok(match self {
-            Self::Memory(m) => match Self::lock(m).by_id.get_mut(&id) {
-                Some(p) => {
-                    p.status = status;
-                    true
-                }
-                None => false,
-            },
-            Self::Sqlite(s) => {
-                s.call(move |c| {
-                    let n = c
-                        .prepare_cached("UPDATE demo_payments SET status = ?1 WHERE id = ?2")?
-                        .execute(params![status, id])?;
-                    if n == 1 {
-                        c.prepare_cached("INSERT INTO demo_webhook_events (payment_id, status, received) VALUES (?1, ?2, ?3)")?
-                            .execute(params![id, status, unix_now() as i64])?;
-                    }
-                    Ok(n == 1)
-                })
-                .await?
-            }
-        })
-    }
-}
-
-fn row_to_payment(
-    r: &idem_sqlite_store::rusqlite::Row<'_>,
-) -> idem_sqlite_store::rusqlite::Result<Payment> {
-    let amount: String = r.get(1)?;
-    Ok(Payment {
-        id: r.get(0)?,
-        amount: amount
-            .parse()
-            .unwrap_or_else(|_| serde_json::Number::from(0)),
-        currency: r.get(2)?,
-        recipient: r.get(3)?,
-        status: r.get(4)?,
-        created: r.get::<_, i64>(5)? as u64,
-    })
 }
 
 /// `pay_` + 12 hex digits of milliseconds + 12 random hex digits: unique, and
@@ -477,7 +312,7 @@ pub fn policy(config: &DemoConfig) -> Policy {
 /// Builds the demo's router (with the layer unless `without_layer`).
 pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
     let opened = stores::open(&config.store, config.secret_file.as_deref())?;
-    let payments = Payments::open(opened.sqlite.clone()).await?;
+    let payments = Payments::open(&opened.backend).await?;
     let state = AppState {
         payments,
         delay: config.processing_delay,
@@ -491,9 +326,13 @@ pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
     let app = if config.without_layer {
         app
     } else {
+        let layer = IdempotencyLayer::new(opened.store);
+        let layer = match opened.secret {
+            Some(secret) => layer.secret(secret),
+            None => layer.secret_from_store(),
+        };
         app.layer(
-            IdempotencyLayer::new(opened.store)
-                .secret(opened.secret)
+            layer
                 .scope_header(config.scope_header.clone())
                 .policy(policy(config)),
         )

@@ -1,0 +1,240 @@
+//! Many `idem demo` processes sharing one Redis, then one PostgreSQL:
+//! concurrent duplicates spread across them execute exactly once. And a Redis
+//! restart mid-run: 503 while it is down, success after, without restarting idem.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{client, post, send};
+use http::Method;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `idem demo` against `store` and waits for its "listening" line.
+fn demo(store: &str, extra: &[&str]) -> (Proc, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(["demo", "--listen", &listen, "--store", store])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening on") => break,
+            Some(Ok(_)) => {}
+            other => panic!("demo did not start: {other:?}"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), format!("http://{listen}"))
+}
+
+/// `url` with its database number replaced by `db`.
+fn with_db(url: &str, db: u8) -> String {
+    let base = url.trim_end_matches('/');
+    let base = match base.rsplit_once('/') {
+        Some((host, last)) if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => base,
+    };
+    format!("{base}/{db}")
+}
+
+/// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`.
+async fn storm(bases: &[String]) {
+    let c = client();
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::new();
+    for k in 0..100 {
+        for d in 0..64 {
+            let url = format!("{}/payments", bases[(k + d) % bases.len()]);
+            let (c, limit) = (c.clone(), limit.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire().await;
+                let key = format!("storm-key-{k:04}");
+                let body = format!(r#"{{"amount": {}, "recipient": "acct_storm"}}"#, k + 1);
+                post(&c, &url, Some(&key), &body).await.status.as_u16()
+            }));
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        let s = t.await.unwrap_or_else(|e| panic!("{e}"));
+        *statuses.entry(s).or_insert(0) += 1;
+    }
+    // Every answer is the payment (executed or replayed) or "in progress".
+    assert!(
+        statuses.keys().all(|s| *s == 201 || *s == 409),
+        "unexpected statuses: {statuses:?}"
+    );
+    // Afterwards every key replays one payment, the same from every instance.
+    let mut ids = std::collections::BTreeSet::new();
+    for k in 0..100 {
+        let mut seen = None;
+        for base in bases {
+            let key = format!("storm-key-{k:04}");
+            let body = format!(r#"{{"amount": {}, "recipient": "acct_storm"}}"#, k + 1);
+            let r = post(&c, &format!("{base}/payments"), Some(&key), &body).await;
+            assert_eq!(r.status, 201);
+            assert!(r.replayed());
+            let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                seen.is_none() || seen.as_ref() == Some(&id),
+                "instances disagree on {key}"
+            );
+            seen = Some(id);
+        }
+        ids.extend(seen);
+    }
+    assert_eq!(ids.len(), 100);
+    for base in bases {
+        let list = send(&c, Method::GET, &format!("{base}/payments"), &[], "").await;
+        assert_eq!(
+            list.json()["count"],
+            100,
+            "exactly 100 payments exist ({statuses:?})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_redis_execute_each_key_once() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipped: REDIS_URL not set");
+        return;
+    };
+    // A database of this test's own, emptied first.
+    let db_url = with_db(&url, 11);
+    let out = Command::new("redis-cli")
+        .args(["-u", &db_url, "flushdb"])
+        .output()
+        .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+    assert!(out.status.success(), "flushdb on {db_url}: {out:?}");
+    let instances: Vec<_> = (0..3)
+        .map(|_| demo(&db_url, &["--processing-delay-ms", "20"]))
+        .collect();
+    let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
+    storm(&bases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_postgres_execute_each_key_once() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipped: DATABASE_URL not set");
+        return;
+    };
+    // A fresh database of this test's own.
+    let name = format!(
+        "idem_storm_{}",
+        idem_core::key::generate_uuid_v4().replace('-', "")[..12].to_owned()
+    );
+    let (client, conn) = idem_postgres_store::tokio_postgres::connect(
+        &url,
+        idem_postgres_store::tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("DATABASE_URL={url} is set but PostgreSQL cannot be reached: {e}"));
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base_url = url.rsplit_once('/').map_or(url.as_str(), |(h, _)| h);
+    let db_url = format!("{base_url}/{name}");
+    let instances: Vec<_> = (0..3)
+        .map(|_| demo(&db_url, &["--processing-delay-ms", "20"]))
+        .collect();
+    let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
+    storm(&bases).await;
+    drop(instances);
+    let _ = client
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_gives_503_then_recovers_without_restarting_idem() {
+    if std::env::var("REDIS_URL").is_err() {
+        eprintln!("skipped: REDIS_URL not set");
+        return;
+    }
+    let port = free_port();
+    let start_redis = || {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Proc(child)
+    };
+    let redis = start_redis();
+    let (_demo, base) = demo(&format!("redis://127.0.0.1:{port}/"), &[]);
+    let c = client();
+    let url = format!("{base}/payments");
+    let body = r#"{"amount": 5, "recipient": "acct_restart"}"#;
+    assert_eq!(
+        post(&c, &url, Some("restart-key-00001"), body).await.status,
+        201
+    );
+
+    drop(redis); // the server goes away
+    let down = post(&c, &url, Some("restart-key-00002"), body).await;
+    assert_eq!(down.status, 503);
+    assert_eq!(down.problem_slug(), "idempotency-store-unavailable");
+
+    let _redis = start_redis();
+    // The connection comes back on its own: retry until it does (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let r = post(&c, &url, Some("restart-key-00002"), body).await;
+        if r.status != 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "idem did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer.status, 201);
+    assert!(!answer.replayed());
+    assert!(post(&c, &url, Some("restart-key-00002"), body)
+        .await
+        .replayed());
+    // The restarted Redis kept nothing; exactly one payment since, so the
+    // refused request never executed.
+    let list = send(&c, Method::GET, &url, &[], "").await;
+    assert_eq!(list.json()["count"], 1);
+}
