@@ -18,6 +18,7 @@
 //! # let _ = (store_key, fp);
 //! ```
 
+pub mod cache;
 pub mod clock;
 pub mod fingerprint;
 pub mod json;
@@ -30,6 +31,7 @@ pub mod record;
 pub mod scope;
 pub mod store;
 
+pub use cache::CachedStore;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use fingerprint::{Fingerprint, FingerprintMode};
 pub use key::{IdempotencyKey, KeyError, KeyRules};

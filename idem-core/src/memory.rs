@@ -52,7 +52,7 @@ pub struct MemoryStore {
 /// Store keys are already uniform HMAC output: hashing them again with SipHash
 /// is wasted work, so the first 8 bytes are the hash.
 #[derive(Clone, Copy, Default)]
-struct KeyHasher;
+pub(crate) struct KeyHasher;
 
 impl BuildHasher for KeyHasher {
     type Hasher = PrefixHasher;
@@ -61,7 +61,7 @@ impl BuildHasher for KeyHasher {
     }
 }
 
-struct PrefixHasher(u64);
+pub(crate) struct PrefixHasher(u64);
 
 impl Hasher for PrefixHasher {
     fn finish(&self) -> u64 {

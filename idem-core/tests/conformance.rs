@@ -14,3 +14,19 @@ async fn memory(config: StoreConfig) -> Option<Arc<dyn Store>> {
 }
 
 idem_testkit::store_conformance!(memory);
+
+/// The same contract through the local cache of completed records.
+mod cached {
+    use super::*;
+    use idem_core::CachedStore;
+
+    async fn cached_memory(config: StoreConfig) -> Option<Arc<dyn Store>> {
+        let mut inner = MemoryStore::new().with_clock(config.clock.clone());
+        if let Some(c) = config.capacity {
+            inner = inner.with_capacity(c);
+        }
+        Some(Arc::new(CachedStore::new(inner, config.clock).capacity(64)))
+    }
+
+    idem_testkit::store_conformance!(cached_memory);
+}

@@ -55,6 +55,9 @@ pub struct DemoArgs {
     /// Hold a duplicate of an in-progress request up to this many milliseconds, then replay (instead of 409).
     #[arg(long, env = "IDEM_WAIT_MS")]
     pub wait_ms: Option<u64>,
+    /// Keep up to this many completed answers in a local cache in front of the store (0: off).
+    #[arg(long, env = "IDEM_LOCAL_CACHE", default_value_t = 0)]
+    pub local_cache: usize,
     /// Serve the handlers WITHOUT the idempotency layer: a benchmark baseline only.
     #[arg(long, hide = true)]
     pub bench_without_layer: bool,

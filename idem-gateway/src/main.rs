@@ -54,6 +54,7 @@ async fn demo_cmd(args: DemoArgs) -> anyhow::Result<()> {
         ttl: Duration::from_secs(args.ttl),
         lease: Duration::from_secs(args.lock_timeout.max(1)),
         wait: args.wait_ms.map(Duration::from_millis),
+        local_cache: args.local_cache,
         without_layer: args.bench_without_layer,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use idem_core::{MemoryStore, Secret, Store};
+use idem_core::{CachedStore, MemoryStore, Secret, Store, SystemClock};
 use idem_postgres_store::{PostgresOptions, PostgresStore};
 use idem_redis_store::{RedisOptions, RedisStore};
 use idem_sqlite_store::SqliteStore;
@@ -117,7 +117,21 @@ pub enum Backend {
 /// 0600) so a restart still replays; for Redis and PostgreSQL, from the store
 /// itself, created by the first instance so every instance sharing the store
 /// agrees; for memory, a random one.
-pub fn open(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<OpenedStore> {
+pub fn open(
+    url: &StoreUrl,
+    secret_file: Option<&Path>,
+    local_cache: usize,
+) -> anyhow::Result<OpenedStore> {
+    let mut opened = open_store(url, secret_file)?;
+    if local_cache > 0 {
+        // Replays of hot keys answered locally (see idem_core::cache).
+        let cached = CachedStore::new(opened.store, Arc::new(SystemClock)).capacity(local_cache);
+        opened.store = Arc::new(cached);
+    }
+    Ok(opened)
+}
+
+fn open_store(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<OpenedStore> {
     let explicit = match secret_file {
         Some(p) => Some(Secret::read_file(p).with_context(|| {
             format!(

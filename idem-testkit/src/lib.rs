@@ -21,6 +21,7 @@
 //! idem_testkit::store_conformance!(memory);
 //! ```
 
+pub mod load;
 pub mod suite;
 
 use std::sync::Arc;

@@ -49,6 +49,8 @@ pub struct DemoConfig {
     pub lease: Duration,
     /// Wait mode for duplicates (opt-in). The default is off (409 at once).
     pub wait: Option<Duration>,
+    /// Entries of the local cache of completed records (0: off). The default is 0.
+    pub local_cache: usize,
     /// Serve the same handlers without the layer: a baseline for benchmarks only.
     pub without_layer: bool,
 }
@@ -63,6 +65,7 @@ impl Default for DemoConfig {
             ttl: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(30),
             wait: None,
+            local_cache: 0,
             without_layer: false,
         }
     }
@@ -311,7 +314,11 @@ pub fn policy(config: &DemoConfig) -> Policy {
 
 /// Builds the demo's router (with the layer unless `without_layer`).
 pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
-    let opened = stores::open(&config.store, config.secret_file.as_deref())?;
+    let opened = stores::open(
+        &config.store,
+        config.secret_file.as_deref(),
+        config.local_cache,
+    )?;
     let payments = Payments::open(&opened.backend).await?;
     let state = AppState {
         payments,

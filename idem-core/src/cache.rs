@@ -1,0 +1,335 @@
+//! `CachedStore`: a bounded local cache of completed records in front of a
+//! remote store, so replays of hot keys skip the network.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use idem_core::{cache::CachedStore, MemoryStore, SystemClock};
+//!
+//! // In practice the inner store is Redis or PostgreSQL.
+//! let store = CachedStore::new(MemoryStore::new(), Arc::new(SystemClock))
+//!     .capacity(10_000)
+//!     .max_age(Duration::from_secs(60));
+//! ```
+//!
+//! Only completed records are cached: they never change until they expire,
+//! so a cached answer is the stored answer. An entry is dropped at the
+//! record's own expiry, at `max_age` (whichever is first), when this instance
+//! releases or deletes the key, and when the cache is full (an arbitrary
+//! entry makes room: a miss only costs a round trip). A record deleted through
+//! *another* instance can still be replayed here until `max_age` runs out;
+//! keep `max_age` short where admin deletes must take effect at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::{millis, SharedClock};
+use crate::fingerprint::Fingerprint;
+use crate::memory::KeyHasher;
+use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
+use crate::scope::{Secret, StoreKey};
+use crate::store::{Store, StoreError, StoreStats};
+
+const SHARDS: usize = 64;
+
+struct Entry {
+    fingerprint: Fingerprint,
+    response: StoredResponse,
+    until_ms: u64,
+}
+
+/// A store wrapped with a local cache of completed records.
+pub struct CachedStore<S> {
+    inner: S,
+    clock: SharedClock,
+    // Keyed like MemoryStore: store keys are uniform HMAC output, so their
+    // first bytes are the hash (no SipHash on the replay path).
+    shards: Box<[Mutex<HashMap<StoreKey, Entry, KeyHasher>>]>,
+    /// Entries held, across shards; reserved before an insert so the total
+    /// never passes `capacity`.
+    len: AtomicUsize,
+    capacity: usize,
+    max_age: Duration,
+    max_body: usize,
+}
+
+impl<S> std::fmt::Debug for CachedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("capacity", &self.capacity)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> CachedStore<S> {
+    /// Caches `inner`'s completed records, reading time from `clock` (the
+    /// same clock as the store's). The default capacity is 10,000 entries, the
+    /// default max age 60 s, and bodies over 64 KiB are not cached.
+    pub fn new(inner: S, clock: SharedClock) -> Self {
+        Self {
+            inner,
+            clock,
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            len: AtomicUsize::new(0),
+            capacity: 10_000,
+            max_age: Duration::from_secs(60),
+            max_body: 64 << 10,
+        }
+    }
+
+    /// Sets the most entries held. The default is 10,000.
+    pub fn capacity(mut self, entries: usize) -> Self {
+        self.capacity = entries;
+        self
+    }
+
+    /// Sets the longest an entry is kept. The default is 60 s.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Sets the largest body cached, in bytes. The default is 64 KiB.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &StoreKey) -> &Mutex<HashMap<StoreKey, Entry, KeyHasher>> {
+        &self.shards[key.0[31] as usize % SHARDS]
+    }
+
+    fn forget(&self, key: &StoreKey) {
+        if lock(self.shard(key)).remove(key).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn reserve(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn remember(&self, key: &StoreKey, record: Record, now: u64) {
+        let RecordState::Completed {
+            response,
+            expires_at_ms,
+        } = record.state
+        else {
+            return;
+        };
+        if response.body.len() > self.max_body {
+            return;
+        }
+        let until_ms = expires_at_ms.min(now.saturating_add(millis(self.max_age)));
+        let mut shard = lock(self.shard(key));
+        if !shard.contains_key(key) && !self.reserve() {
+            // Full: drop this shard's expired entries, else one entry of it
+            // (a miss only costs a round trip), and take its place.
+            let before = shard.len();
+            shard.retain(|_, e| e.until_ms > now);
+            if shard.len() == before {
+                if let Some(victim) = shard.keys().next().copied() {
+                    shard.remove(&victim);
+                }
+            }
+            let freed = before - shard.len();
+            if freed == 0 {
+                return; // nothing of this shard to give up: do not cache
+            }
+            // One freed slot is taken by this entry.
+            self.len.fetch_sub(freed - 1, Ordering::AcqRel);
+        }
+        shard.insert(
+            *key,
+            Entry {
+                fingerprint: record.fingerprint,
+                response,
+                until_ms,
+            },
+        );
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Never left half-updated by a panic here: keep using it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl<S: Store> Store for CachedStore<S> {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let now = self.clock.now_ms();
+        {
+            let mut shard = lock(self.shard(key));
+            match shard.get(key) {
+                Some(e) if e.until_ms > now => {
+                    return Ok(if e.fingerprint == *fingerprint {
+                        Begin::Completed(e.response.clone())
+                    } else {
+                        Begin::Mismatch
+                    });
+                }
+                Some(_) => {
+                    shard.remove(key);
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                }
+                None => {}
+            }
+        }
+        let outcome = self.inner.begin(key, fingerprint, lease).await?;
+        if matches!(outcome, Begin::Completed(_)) {
+            // The record's expiry is not part of `begin`'s answer: one read
+            // on a miss, so the entry never outlives the record.
+            if let Some(record) = self.inner.get(key).await? {
+                self.remember(key, record, now);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.complete(key, fence, response, ttl).await
+    }
+
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        self.forget(key);
+        self.inner.release(key, fence).await
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew(key, fence, lease).await
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.forget(key);
+        self.inner.delete(key).await
+    }
+
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        let now = self.clock.now_ms();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let before = shard.len();
+            shard.retain(|_, e| e.until_ms > now);
+            self.len.fetch_sub(before - shard.len(), Ordering::AcqRel);
+        }
+        self.inner.purge_expired(limit).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.inner.stats().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        self.inner.shared_secret().await
+    }
+}
+
+#[async_trait]
+impl Store for std::sync::Arc<dyn Store> {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fp: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        (**self).begin(key, fp, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        r: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        (**self).complete(key, fence, r, ttl).await
+    }
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        (**self).release(key, fence).await
+    }
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        (**self).renew(key, fence, lease).await
+    }
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        (**self).get(key).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        (**self).delete(key).await
+    }
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        (**self).purge_expired(limit).await
+    }
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        (**self).stats().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        (**self).ping().await
+    }
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        (**self).shared_secret().await
+    }
+}
