@@ -315,11 +315,8 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
             for r in map.values() {
-                match (&r.state, r.is_live(now)) {
-                    (_, false) => s.expired += 1,
-                    (RecordState::InProgress { .. }, true) => s.in_progress += 1,
-                    (RecordState::Completed { .. }, true) => s.completed += 1,
-                }
+                let in_progress = matches!(r.state, RecordState::InProgress { .. });
+                s.count(in_progress, r.is_live(now), 1);
             }
         }
         Ok(s)

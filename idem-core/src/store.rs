@@ -78,6 +78,18 @@ pub struct StoreStats {
     pub expired: u64,
 }
 
+impl StoreStats {
+    /// Counts `n` records that are in progress (or completed) and live (or
+    /// past their deadline).
+    pub fn count(&mut self, in_progress: bool, live: bool, n: u64) {
+        match (in_progress, live) {
+            (_, false) => self.expired += n,
+            (true, true) => self.in_progress += n,
+            (false, true) => self.completed += n,
+        }
+    }
+}
+
 /// A place to keep idempotency records.
 ///
 /// Each method is one atomic operation on one key. `begin` in particular is a

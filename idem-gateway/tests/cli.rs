@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{client, post, send};
+use common::{client, demo, post, send, Proc};
 use http::Method;
 
 fn idem() -> Command {
@@ -53,46 +52,12 @@ fn keygen_strategies() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/file.json"));
 }
 
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `idem demo` on a free port and waits for its "listening" line.
-fn start_demo(db: &std::path::Path, extra: &[&str]) -> (Demo, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = idem()
-        .args([
-            "demo",
-            "--listen",
-            &listen,
-            "--store",
-            &format!("sqlite://{}", db.display()),
-        ])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening on") => break,
-            Some(Ok(_)) => {}
-            other => panic!("demo did not start: {other:?}"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Demo(child), format!("http://{listen}"))
+/// Starts `idem demo` on the SQLite file `db`.
+fn start_demo(db: &std::path::Path, extra: &[&str]) -> (Proc, String) {
+    let store = format!("sqlite://{}", db.display());
+    let mut args = vec!["--store", store.as_str()];
+    args.extend_from_slice(extra);
+    demo(&args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,52 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, post, send};
+use common::{client, demo, free_port, post, send, Proc};
 use http::Method;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Starts `idem demo` against `store` and waits for its "listening" line.
-fn demo(store: &str, extra: &[&str]) -> (Proc, String) {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(["demo", "--listen", &listen, "--store", store])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening on") => break,
-            Some(Ok(_)) => {}
-            other => panic!("demo did not start: {other:?}"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), format!("http://{listen}"))
-}
 
 /// `url` with its database number replaced by `db`.
 fn with_db(url: &str, db: u8) -> String {
@@ -132,7 +92,7 @@ async fn three_instances_on_one_redis_execute_each_key_once() {
         .unwrap_or_else(|e| panic!("redis-cli: {e}"));
     assert!(out.status.success(), "flushdb on {db_url}: {out:?}");
     let instances: Vec<_> = (0..3)
-        .map(|_| demo(&db_url, &["--processing-delay-ms", "20"]))
+        .map(|_| demo(&["--store", &db_url, "--processing-delay-ms", "20"]))
         .collect();
     let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases).await;
@@ -163,7 +123,7 @@ async fn three_instances_on_one_postgres_execute_each_key_once() {
     let base_url = url.rsplit_once('/').map_or(url.as_str(), |(h, _)| h);
     let db_url = format!("{base_url}/{name}");
     let instances: Vec<_> = (0..3)
-        .map(|_| demo(&db_url, &["--processing-delay-ms", "20"]))
+        .map(|_| demo(&["--store", &db_url, "--processing-delay-ms", "20"]))
         .collect();
     let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases).await;
@@ -203,7 +163,7 @@ async fn redis_restart_gives_503_then_recovers_without_restarting_idem() {
         Proc(child)
     };
     let redis = start_redis();
-    let (_demo, base) = demo(&format!("redis://127.0.0.1:{port}/"), &[]);
+    let (_demo, base) = demo(&["--store", &format!("redis://127.0.0.1:{port}/")]);
     let c = client();
     let url = format!("{base}/payments");
     let body = r#"{"amount": 5, "recipient": "acct_restart"}"#;

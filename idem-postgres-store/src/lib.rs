@@ -528,12 +528,7 @@ impl Store for PostgresStore {
             .map_err(PostgresStoreError::from)?
         {
             let (state, live, n): (i16, bool, i64) = (row.get(0), row.get(1), row.get(2));
-            let n = n as u64;
-            match (state, live) {
-                (_, false) => s.expired += n,
-                (0, true) => s.in_progress += n,
-                (_, true) => s.completed += n,
-            }
+            s.count(state == 0, live, n as u64);
         }
         Ok(s)
     }

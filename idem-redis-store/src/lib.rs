@@ -522,11 +522,8 @@ impl Store for RedisStore {
                 continue;
             };
             let r = decode(&v).map_err(RedisStoreError::from)?;
-            match (&r.state, r.is_live(now)) {
-                (_, false) => s.expired += 1,
-                (RecordState::InProgress { .. }, true) => s.in_progress += 1,
-                (RecordState::Completed { .. }, true) => s.completed += 1,
-            }
+            let in_progress = matches!(r.state, RecordState::InProgress { .. });
+            s.count(in_progress, r.is_live(now), 1);
         }
         Ok(s)
     }

@@ -682,12 +682,7 @@ impl Store for SqliteStore {
                 let mut s = StoreStats::default();
                 while let Some(r) = rows.next()? {
                     let (state, live, n): (i64, bool, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                    let n = n as u64;
-                    match (state, live) {
-                        (_, false) => s.expired += n,
-                        (0, true) => s.in_progress += n,
-                        (_, true) => s.completed += n,
-                    }
+                    s.count(state == 0, live, n as u64);
                 }
                 Ok(s)
             })
