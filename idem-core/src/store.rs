@@ -166,3 +166,58 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 }
+
+/// A shared store is a store, so wrappers such as
+/// [`CachedStore`](crate::cache::CachedStore) take one.
+#[async_trait]
+impl Store for std::sync::Arc<dyn Store> {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fp: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        (**self).begin(key, fp, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        r: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        (**self).complete(key, fence, r, ttl).await
+    }
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        (**self).release(key, fence).await
+    }
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        (**self).renew(key, fence, lease).await
+    }
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        (**self).get(key).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        (**self).delete(key).await
+    }
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        (**self).purge_expired(limit).await
+    }
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        (**self).stats().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        (**self).ping().await
+    }
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        (**self).shared_secret().await
+    }
+}
