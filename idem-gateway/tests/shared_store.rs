@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, demo, free_port, post, send, Proc};
+use common::{client, demo, free_port, post, post_until_store_answers, send, Proc};
 use http::Method;
 
 /// `url` with its database number replaced by `db`.
@@ -179,15 +179,10 @@ async fn redis_restart_gives_503_then_recovers_without_restarting_idem() {
 
     let _redis = start_redis();
     // The connection comes back on its own: retry until it does (bounded).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let answer = loop {
-        let r = post(&c, &url, Some("restart-key-00002"), body).await;
-        if r.status != 503 {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "idem did not recover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // The connection comes back on its own: retry until it does (bounded).
+    let answer =
+        post_until_store_answers(&c, &url, "restart-key-00002", body, Duration::from_secs(10))
+            .await;
     assert_eq!(answer.status, 201);
     assert!(!answer.replayed());
     assert!(post(&c, &url, Some("restart-key-00002"), body)

@@ -257,10 +257,7 @@ impl RedisStore {
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, RedisStoreError> {
-        Ok(match self.conn().await? {
-            Conn::Single(mut c) => inv.invoke_async(&mut c).await?,
-            Conn::Cluster(mut c) => inv.invoke_async(&mut c).await?,
-        })
+        Ok(inv.invoke_async(&mut self.conn().await?).await?)
     }
 
     fn key(&self, key: &StoreKey) -> Vec<u8> {
@@ -306,12 +303,10 @@ impl RedisStore {
     }
 
     async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RedisStoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        Ok(match self.conn().await? {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await?,
-            Conn::Cluster(mut c) => cmd.query_async(&mut c).await?,
-        })
+        Ok(redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.conn().await?)
+            .await?)
     }
 }
 
@@ -484,18 +479,11 @@ impl Store for RedisStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(key));
-        let n: i64 = match self.conn().await? {
-            Conn::Single(mut c) => cmd
-                .query_async(&mut c)
-                .await
-                .map_err(RedisStoreError::from)?,
-            Conn::Cluster(mut c) => cmd
-                .query_async(&mut c)
-                .await
-                .map_err(RedisStoreError::from)?,
-        };
+        let n: i64 = redis::cmd("DEL")
+            .arg(self.key(key))
+            .query_async(&mut self.conn().await?)
+            .await
+            .map_err(RedisStoreError::from)?;
         Ok(n == 1)
     }
 
@@ -529,17 +517,10 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let cmd = redis::cmd("PING");
-        match self.conn().await? {
-            Conn::Single(mut c) => cmd
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(RedisStoreError::from)?,
-            Conn::Cluster(mut c) => cmd
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(RedisStoreError::from)?,
-        }
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.conn().await?)
+            .await
+            .map_err(RedisStoreError::from)?;
         Ok(())
     }
 
@@ -556,24 +537,14 @@ impl Store for RedisStore {
         set.arg(&key).arg(&candidate).arg("NX");
         let mut get = redis::cmd("GET");
         get.arg(&key);
-        let value: Vec<u8> = match self.conn().await? {
-            Conn::Single(mut c) => {
-                set.query_async::<()>(&mut c)
-                    .await
-                    .map_err(RedisStoreError::from)?;
-                get.query_async(&mut c)
-                    .await
-                    .map_err(RedisStoreError::from)?
-            }
-            Conn::Cluster(mut c) => {
-                set.query_async::<()>(&mut c)
-                    .await
-                    .map_err(RedisStoreError::from)?;
-                get.query_async(&mut c)
-                    .await
-                    .map_err(RedisStoreError::from)?
-            }
-        };
+        let mut conn = self.conn().await?;
+        set.query_async::<()>(&mut conn)
+            .await
+            .map_err(RedisStoreError::from)?;
+        let value: Vec<u8> = get
+            .query_async(&mut conn)
+            .await
+            .map_err(RedisStoreError::from)?;
         Secret::from_bytes(value)
             .map(Some)
             .map_err(|e| StoreError::backend(BACKEND, e))

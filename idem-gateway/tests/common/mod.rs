@@ -125,3 +125,25 @@ pub fn demo(args: &[&str]) -> (Proc, String) {
     std::thread::spawn(move || for _ in lines {});
     (Proc(child), format!("http://{listen}"))
 }
+
+/// POSTs until the answer is not 503 (the store is back), for at most `within`.
+pub async fn post_until_store_answers(
+    client: &HttpClient,
+    url: &str,
+    key: &str,
+    body: &str,
+    within: std::time::Duration,
+) -> Answer {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = post(client, url, Some(key), body).await;
+        if r.status != 503 {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idem did not recover within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
