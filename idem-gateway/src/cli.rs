@@ -22,10 +22,72 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway: a reverse proxy that makes an upstream's POSTs idempotent.
+    Gateway(GatewayArgs),
     /// Run the demo payments service behind the idempotency layer.
     Demo(DemoArgs),
     /// Print a new idempotency key (UUID v4 by default).
     Keygen(KeygenArgs),
+}
+
+/// Flags of `idem gateway`. Each overrides the same key of the `--config`
+/// file (docs/config.md); unset, the file's value or the default applies.
+#[derive(Debug, Args, Default, Clone)]
+pub struct GatewayArgs {
+    /// The service to protect: http://HOST:PORT[/PREFIX].
+    #[arg(long, env = "IDEM_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "IDEM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where records live: sqlite://PATH, memory://, redis://…, redis+cluster://…, postgres://… [default: sqlite://idem.db].
+    #[arg(long, env = "IDEM_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// A TOML file with these settings and per-route rules (docs/config.md).
+    #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it, and exit (0: valid, 2: invalid).
+    #[arg(long)]
+    pub check: bool,
+    /// How long a completed answer is kept: seconds, or 500ms, 30s, 15m, 24h, 7d [default: 24h].
+    #[arg(long, env = "IDEM_TTL", value_name = "SECONDS")]
+    pub ttl: Option<String>,
+    /// The execution lease, renewed while the upstream works; a crashed holder blocks its key this long [default: 30s].
+    #[arg(long = "lock-timeout", env = "IDEM_LOCK_TIMEOUT", value_name = "SECONDS")]
+    pub lock_timeout: Option<String>,
+    /// Largest covered request body, in bytes; larger ones get 413 [default: 1048576].
+    #[arg(long, env = "IDEM_MAX_BODY", value_name = "BYTES")]
+    pub max_body: Option<String>,
+    /// Largest response body stored in full, in bytes [default: 1048576].
+    #[arg(long, env = "IDEM_MAX_STORED_RESPONSE", value_name = "BYTES")]
+    pub max_stored_response: Option<String>,
+    /// Header naming the user (scope); "none" puts every request in one scope [default: authorization].
+    #[arg(long, env = "IDEM_SCOPE_HEADER", value_name = "NAME")]
+    pub scope_header: Option<String>,
+    /// File holding the secret behind store keys [default for SQLite: PATH.secret; shared stores keep one].
+    #[arg(long, env = "IDEM_SECRET_FILE", value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Address of the admin listener (/metrics, /healthz, /readyz); "none" turns it off [default: 127.0.0.1:9090].
+    #[arg(long, env = "IDEM_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// How long to wait for the upstream's response headers, and between its body chunks [default: 30s].
+    #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
+    pub upstream_timeout: Option<String>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish [default: 30s].
+    #[arg(long, env = "IDEM_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    pub drain_timeout: Option<String>,
+    /// How long a client may take to send its request headers [default: 10s].
+    #[arg(long, env = "IDEM_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
+    pub header_read_timeout: Option<String>,
+    /// Hold a duplicate of an in-progress request up to this long, then replay (instead of 409) [default: off].
+    #[arg(long, env = "IDEM_WAIT", value_name = "SECONDS")]
+    pub wait: Option<String>,
+    /// Keep up to this many completed answers in a local cache in front of a remote store [default: 0, off].
+    #[arg(long, env = "IDEM_LOCAL_CACHE", value_name = "ENTRIES")]
+    pub local_cache: Option<String>,
+    /// Proxy WITHOUT the idempotency layer: a benchmark baseline only.
+    #[arg(long, hide = true)]
+    pub bench_without_layer: bool,
 }
 
 /// Flags of `idem demo`.

@@ -1,4 +1,4 @@
-//! The `idem` binary's library: the demo payments service, key generation,
+//! The `idem` binary's library: the gateway, the demo payments service, key generation,
 //! store URLs, and the command line. `main.rs` only parses flags and calls in.
 //!
 //! # Examples
@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod gateway;
 pub mod keygen;
 pub mod stores;
 

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use idem_gateway::cli::{Cli, Command, DemoArgs, KeygenArgs};
 use idem_gateway::demo::{self, DemoConfig};
+use idem_gateway::gateway::{self, GatewayConfig};
 use idem_gateway::keygen::{self, Strategy};
 
 fn main() -> anyhow::Result<()> {
@@ -18,14 +19,45 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Keygen(args) => keygen_cmd(args),
-        Command::Demo(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(demo_cmd(args))
+        Command::Gateway(args) => {
+            let config = match GatewayConfig::resolve(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("idem gateway: invalid configuration: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            if args.check {
+                print!("{}", config.summary());
+                println!("configuration OK");
+                return Ok(());
+            }
+            runtime()?.block_on(gateway_cmd(config))
         }
+        Command::Demo(args) => runtime()?.block_on(demo_cmd(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn gateway_cmd(config: GatewayConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+    let admin = match &config.admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin-listen; \"none\" turns it off)"))?,
+        ),
+        None => None,
+    };
+    gateway::run(listener, admin, config, idem_gateway::shutdown_signal()).await
 }
 
 fn keygen_cmd(args: KeygenArgs) -> anyhow::Result<()> {

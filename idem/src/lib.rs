@@ -24,6 +24,7 @@
 
 mod context;
 pub mod layer;
+pub mod metrics;
 
 pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome};
 pub use idem_core::{
@@ -33,6 +34,7 @@ pub use idem_core::{
     StoreKey, StoredResponse, SystemClock, WebhookKeys,
 };
 pub use layer::{Idempotency, IdempotencyLayer, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
+pub use metrics::Metrics;
 
 /// Errors of the `idem` crate's helpers. Refusals of requests are responses,
 /// not errors.

@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -7,6 +8,7 @@ use idem_core::{Policy, Secret, Store, StoreError};
 use tower_layer::Layer;
 
 use super::service::Idempotency;
+use crate::metrics::{Metrics, RouteMetrics};
 
 /// Where the secret behind store keys comes from.
 pub(crate) enum SecretSource {
@@ -24,6 +26,37 @@ pub(crate) struct Shared {
     pub(crate) scope_header: Option<HeaderName>,
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
+    pub(crate) metrics: Metrics,
+    /// One series per policy route, then the default; made at first use so
+    /// that builder calls in any order agree.
+    pub(crate) route_metrics: OnceLock<Vec<Arc<RouteMetrics>>>,
+    pub(crate) in_flight: Arc<InFlight>,
+}
+
+/// Executions running in their own tasks (SPEC rule 12), counted so that a
+/// shutdown can wait for them to store their answers.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Decrements the in-flight count when an execution task ends, however it ends.
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Applies the idempotency contract (SPEC rules 1–12) to a service.
@@ -70,6 +103,9 @@ impl IdempotencyLayer {
                 scope_header: Some(http::header::AUTHORIZATION),
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
+                metrics: Metrics::new(),
+                route_metrics: OnceLock::new(),
+                in_flight: Arc::default(),
             }),
         }
     }
@@ -89,10 +125,17 @@ impl IdempotencyLayer {
                     scope_header: s.scope_header.clone(),
                     problem_base: s.problem_base.clone(),
                     store_timeout: s.store_timeout,
+                    metrics: s.metrics.clone(),
+                    route_metrics: OnceLock::new(),
+                    in_flight: s.in_flight.clone(),
                 };
                 f(&mut copy);
                 self.shared = Arc::new(copy);
             }
+        }
+        // The routes or the registry may have changed.
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.route_metrics = OnceLock::new();
         }
         self
     }
@@ -132,13 +175,63 @@ impl IdempotencyLayer {
         self.with(|s| s.store_timeout = timeout)
     }
 
+    /// Records metrics into `metrics`, a registry that may be shared with
+    /// other layers. The default is a registry of this layer's own, given by
+    /// [`metrics_handle`](Self::metrics_handle).
+    pub fn metrics(self, metrics: Metrics) -> Self {
+        self.with(|s| s.metrics = metrics)
+    }
+
+    /// The registry this layer records into, to expose as `/metrics`.
+    pub fn metrics_handle(&self) -> Metrics {
+        self.shared.metrics.clone()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }
+
+    /// How many executions are running (each in its own task, so that a
+    /// client disconnect cannot cancel it).
+    pub fn executions_in_flight(&self) -> usize {
+        self.shared.in_flight.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no execution is running: a graceful shutdown awaits it
+    /// (with a deadline) after it stopped accepting requests, so every
+    /// execution stores its answer before the process exits.
+    pub async fn drained(&self) {
+        let in_flight = &self.shared.in_flight;
+        loop {
+            let notified = in_flight.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake-up in between is not lost.
+            notified.as_mut().enable();
+            if in_flight.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Shared {
+    /// The metrics of route `index` (`None`: the default policy).
+    pub(crate) fn route_metrics(&self, index: Option<usize>) -> &RouteMetrics {
+        let all = self.route_metrics.get_or_init(|| {
+            let backend = self.store.backend();
+            self.policy
+                .routes
+                .iter()
+                .map(|(p, _)| self.metrics.route(p.as_str(), backend))
+                .chain(std::iter::once(self.metrics.route("*", backend)))
+                .collect()
+        });
+        let i = index.unwrap_or(all.len() - 1).min(all.len() - 1);
+        &all[i]
+    }
+
     /// The secret behind store keys.
     pub(crate) async fn secret(&self) -> Result<&Secret, StoreError> {
         match &self.secret {

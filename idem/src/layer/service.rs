@@ -22,6 +22,7 @@ use super::body::{BoxError, RequestBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::Shared;
 use crate::context::IdempotencyContext;
+use crate::metrics::{ErrorKind, RouteMetrics, StoreOp};
 
 /// The header a replayed answer carries: `Idempotent-Replayed: true`.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -104,6 +105,27 @@ impl Route {
             Some(i) => &self.shared.policy.routes[i].1,
             None => &self.shared.policy.default,
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &RouteMetrics {
+        self.shared.route_metrics(self.index)
+    }
+
+    /// Counts a refusal or failure in `idempotency_errors_total`.
+    fn count(&self, kind: ProblemKind) {
+        let kind = match kind {
+            ProblemKind::KeyMissing => ErrorKind::MissingKey,
+            ProblemKind::KeyInvalid => ErrorKind::InvalidKey,
+            ProblemKind::KeyInUse => ErrorKind::InProgress,
+            ProblemKind::KeyReused => ErrorKind::Mismatch,
+            ProblemKind::StoreUnavailable | ProblemKind::StoreFull => ErrorKind::StoreUnavailable,
+            ProblemKind::BodyTooLarge => ErrorKind::TooLarge,
+            ProblemKind::ExecutionFailed
+            | ProblemKind::UpstreamUnavailable
+            | ProblemKind::UpstreamTimeout => ErrorKind::Upstream,
+            _ => return,
+        };
+        self.metrics().error(kind);
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -280,7 +302,10 @@ where
 {
     let shared = route.shared.clone();
     let policy = route.policy();
-    let refuse = |kind, detail: String| Ok(problem_response(&shared, &Problem::new(kind, detail)));
+    let refuse = |kind, detail: String| {
+        route.count(kind);
+        Ok(problem_response(&shared, &Problem::new(kind, detail)))
+    };
 
     // Rules 1 and 2: the key, before the body is read.
     let (parts, body) = req.into_parts();
@@ -347,6 +372,7 @@ where
     let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
     let mut poll = Duration::from_millis(5);
     loop {
+        let started = std::time::Instant::now();
         let begun = match tokio::time::timeout(
             shared.store_timeout,
             shared.store.begin(&store_key, &fingerprint, policy.lease),
@@ -356,9 +382,11 @@ where
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
         };
+        route.metrics().store(StoreOp::Begin, started.elapsed());
         match begun {
             Ok(Begin::Started(fence)) => {
                 tracing::debug!(route = route.name(), key = %span_key, "executing");
+                route.metrics().miss();
                 let mut parts = parts;
                 parts.extensions.insert(IdempotencyContext::new(
                     route.clone(),
@@ -369,6 +397,7 @@ where
             }
             Ok(Begin::Completed(stored)) => {
                 tracing::debug!(route = route.name(), key = %span_key, "replaying");
+                route.metrics().hit();
                 return Ok(replay(stored));
             }
             Ok(Begin::Mismatch) => {
@@ -387,6 +416,7 @@ where
                         continue;
                     }
                 }
+                route.count(ProblemKind::KeyInUse);
                 return Ok(problem_response(
                     &shared,
                     &Problem::new(
@@ -413,6 +443,7 @@ async fn store_failure<S, ReqBody, ResBody>(
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
 {
+    route.count(ProblemKind::StoreUnavailable);
     if route.policy().fail_open {
         tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
         let req = Request::from_parts(parts, RequestBody::buffered(bytes));
@@ -498,12 +529,22 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let shared = route.shared.clone();
+    let guard = shared.in_flight.enter();
     let task = tokio::spawn(async move {
+        let _guard = guard;
         let req = Request::from_parts(parts, RequestBody::buffered(body));
         let policy = route.policy();
+        let started = std::time::Instant::now();
         let work = AssertUnwindSafe(run_inner(inner, req, policy)).catch_unwind();
         let outcome = with_renewal(&route, &key, fence, work).await;
+        route.metrics().processing(started.elapsed());
         let shared = &route.shared;
+        if !matches!(
+            outcome,
+            Ok(Ok(Outcome::Full(..))) | Ok(Ok(Outcome::Oversize(..)))
+        ) {
+            route.metrics().error(ErrorKind::Upstream);
+        }
         match outcome {
             Err(_panic) => {
                 release(&route, &key, fence).await;
@@ -589,9 +630,12 @@ async fn with_renewal<F: std::future::Future>(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match tokio::time::timeout(shared.store_timeout, shared.store.renew(key, fence, lease))
-                .await
-            {
+            let started = std::time::Instant::now();
+            let renewed =
+                tokio::time::timeout(shared.store_timeout, shared.store.renew(key, fence, lease))
+                    .await;
+            route.metrics().store(StoreOp::Renew, started.elapsed());
+            match renewed {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
                     tracing::warn!(key = %key.short(), "lease lost: another request took this key over; this execution's answer will not be stored");
@@ -616,12 +660,14 @@ async fn complete(route: &Route, key: &StoreKey, fence: Fence, stored: &StoredRe
     let shared = &route.shared;
     let ttl = route.policy().ttl;
     for attempt in 0..3u32 {
-        match tokio::time::timeout(
+        let started = std::time::Instant::now();
+        let done = tokio::time::timeout(
             shared.store_timeout,
             shared.store.complete(key, fence, stored, ttl),
         )
-        .await
-        {
+        .await;
+        route.metrics().store(StoreOp::Complete, started.elapsed());
+        match done {
             Ok(Ok(true)) => return,
             Ok(Ok(false)) => {
                 tracing::warn!(key = %key.short(), "execution finished after its lease was taken over; its answer was not stored");
@@ -642,7 +688,10 @@ async fn complete(route: &Route, key: &StoreKey, fence: Fence, stored: &StoredRe
 pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
     let shared = &route.shared;
     for attempt in 0..3u32 {
-        match tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await {
+        let started = std::time::Instant::now();
+        let done = tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await;
+        route.metrics().store(StoreOp::Release, started.elapsed());
+        match done {
             Ok(Ok(_)) => return,
             Ok(Err(e)) => {
                 tracing::warn!(key = %key.short(), error = %e, attempt, "releasing the key failed")

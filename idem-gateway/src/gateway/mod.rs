@@ -1,0 +1,240 @@
+//! `idem gateway`: a reverse proxy that gives any upstream the SPEC's
+//! idempotency semantics. It wraps the same [`IdempotencyLayer`] a Rust
+//! service would use around a [`Proxy`](proxy::Proxy), so the contract is
+//! implemented once.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use idem_gateway::cli::GatewayArgs;
+//! use idem_gateway::gateway::{run, GatewayConfig};
+//!
+//! let config = GatewayConfig::resolve(&GatewayArgs {
+//!     upstream: Some("http://127.0.0.1:3000".into()),
+//!     store: Some("memory://".into()),
+//!     ..Default::default()
+//! })?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! run(listener, None, config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod admin;
+pub mod config;
+pub mod proxy;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use idem::layer::BoxError;
+use idem::{IdempotencyLayer, Metrics};
+use tokio::net::TcpListener;
+use tower_layer::Layer;
+
+pub use config::GatewayConfig;
+use proxy::Proxy;
+
+use crate::stores;
+
+/// Serves the gateway on `listener` (and the admin API on `admin`) until
+/// `shutdown` resolves; then stops accepting, lets in-flight requests finish
+/// and store their answers within the drain timeout, and returns.
+pub async fn run(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let opened = stores::open(
+        &config.store,
+        config.secret_file.as_deref(),
+        config.local_cache,
+    )?;
+    let metrics = Metrics::new();
+    let layer = IdempotencyLayer::new(opened.store.clone())
+        .policy(config.policy.clone())
+        .scope_header(config.scope_header.clone())
+        .problem_base(config.problem_base.clone())
+        .store_timeout(config.store_timeout)
+        .metrics(metrics.clone());
+    let layer = match opened.secret {
+        Some(secret) => layer.secret(secret),
+        None => layer.secret_from_store(),
+    };
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let (admin_stop, admin_task) = match admin {
+        Some(admin) => {
+            let addr = admin.local_addr()?;
+            let state = admin::AdminState {
+                metrics,
+                store: opened.store.clone(),
+                draining: draining.clone(),
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let served = axum::serve(admin, admin::router(state))
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the admin listener failed");
+                }
+            });
+            tracing::info!("admin API on http://{addr} (/metrics, /healthz, /readyz)");
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+
+    tracing::info!(
+        "idem gateway listening on http://{} -> {} (store: {}{})",
+        listener.local_addr()?,
+        config.upstream,
+        config.store,
+        if config.without_layer {
+            ", WITHOUT the idempotency layer"
+        } else {
+            ""
+        }
+    );
+    let result = if config.without_layer {
+        let proxy: Proxy<Incoming> = Proxy::new(
+            config.upstream.clone(),
+            config.upstream_timeout,
+            config.problem_base.clone(),
+        );
+        serve(listener, &config, move |ip| proxy.for_client(ip), shutdown).await
+    } else {
+        let proxy: Proxy<idem::layer::RequestBody<Incoming>> = Proxy::new(
+            config.upstream.clone(),
+            config.upstream_timeout,
+            config.problem_base.clone(),
+        );
+        let svc_layer = layer.clone();
+        let started = tokio::time::Instant::now();
+        let flag = draining.clone();
+        let served = serve(
+            listener,
+            &config,
+            move |ip| svc_layer.layer(proxy.for_client(ip)),
+            async move {
+                shutdown.await;
+                flag.store(true, Ordering::SeqCst);
+            },
+        )
+        .await;
+        // Executions whose client went away run on in their own tasks
+        // (SPEC rule 12): give them the rest of the drain time to store
+        // their answers.
+        let left = config.drain_timeout.saturating_sub(started.elapsed().min(config.drain_timeout));
+        if layer.executions_in_flight() > 0
+            && tokio::time::timeout(left.max(Duration::from_millis(100)), layer.drained())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                in_flight = layer.executions_in_flight(),
+                "drain timeout: executions still running are abandoned; their keys stay in progress until their leases end"
+            );
+        }
+        served
+    };
+    if let Some(tx) = admin_stop {
+        let _ = tx.send(());
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    result
+}
+
+/// The accept loop, for any service (the gateway, or the bare proxy the
+/// benchmarks compare it with).
+async fn serve<S, B, F>(
+    listener: TcpListener,
+    config: &GatewayConfig,
+    make: F,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    F: Fn(IpAddr) -> S,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(make(peer.ip()));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(
+        connections = open,
+        "shutting down: no new connections; letting in-flight requests finish"
+    );
+    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain timeout of {:?} reached with requests still in flight",
+            config.drain_timeout
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Prometheus metrics with the SPEC's names, labelled by `route` and `backend`.
+//!
+//! Every [`IdempotencyLayer`](crate::IdempotencyLayer) records into a
+//! [`Metrics`] registry; [`Metrics::render`] gives the Prometheus text format
+//! for a `/metrics` endpoint. Several layers can share one registry.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{routing::{get, post}, Router};
+//! use idem::{metrics::Metrics, IdempotencyLayer, MemoryStore};
+//!
+//! let metrics = Metrics::new();
+//! let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new())).metrics(metrics.clone());
+//! let app: Router = Router::new()
+//!     .route("/payments", post(|| async { "charged" }))
+//!     .layer(layer)
+//!     .route("/metrics", get(move || async move { metrics.render() }));
+//! ```
+//!
+//! Counters and histograms are plain atomics, one set per route of each
+//! layer, found by index: recording costs a few relaxed atomic adds and no
+//! lock or map lookup on the request path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why a covered request was refused or failed: the `kind` label of
+/// `idempotency_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// 409: the key is being executed by another request.
+    InProgress,
+    /// 422: the key was used for a different request.
+    Mismatch,
+    /// 400: no key.
+    MissingKey,
+    /// 400: a malformed key.
+    InvalidKey,
+    /// 503: the store failed (or was full).
+    StoreUnavailable,
+    /// 413: the request body was over the limit.
+    TooLarge,
+    /// The execution failed: a status that is not stored (5xx, 408, 429),
+    /// an error, a panic, or a broken response body.
+    Upstream,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 7] = [
+        Self::InProgress,
+        Self::Mismatch,
+        Self::MissingKey,
+        Self::InvalidKey,
+        Self::StoreUnavailable,
+        Self::TooLarge,
+        Self::Upstream,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Mismatch => "mismatch",
+            Self::MissingKey => "missing_key",
+            Self::InvalidKey => "invalid_key",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::TooLarge => "too_large",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// A store operation: the `op` label of `idempotency_store_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// `begin`.
+    Begin,
+    /// `complete`.
+    Complete,
+    /// `release`.
+    Release,
+    /// `renew`.
+    Renew,
+}
+
+impl StoreOp {
+    const ALL: [StoreOp; 4] = [Self::Begin, Self::Complete, Self::Release, Self::Renew];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Begin => "begin",
+            Self::Complete => "complete",
+            Self::Release => "release",
+            Self::Renew => "renew",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of execution-time buckets.
+const PROCESSING_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Upper bounds (seconds) of store-latency buckets: stores answer in
+/// microseconds (memory) to milliseconds (network), so they start lower.
+const STORE_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+struct Histogram {
+    bounds: &'static [f64; 14],
+    /// Per bucket (not cumulative; summed when rendered), then +Inf.
+    counts: [AtomicU64; 15],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64; 14]) -> Self {
+        Self {
+            bounds,
+            counts: Default::default(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0u64;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// The series of one route of one layer.
+pub(crate) struct RouteMetrics {
+    labels: String,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: [AtomicU64; 7],
+    processing: Histogram,
+    store: [Histogram; 4],
+}
+
+impl RouteMetrics {
+    fn new(route: &str, backend: &str) -> Self {
+        Self {
+            labels: format!("route=\"{}\",backend=\"{}\"", escape(route), escape(backend)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: Default::default(),
+            processing: Histogram::new(&PROCESSING_BUCKETS),
+            store: std::array::from_fn(|_| Histogram::new(&STORE_BUCKETS)),
+        }
+    }
+
+    /// A replay.
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An execution.
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn error(&self, kind: ErrorKind) {
+        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn processing(&self, d: Duration) {
+        self.processing.observe(d);
+    }
+
+    pub(crate) fn store(&self, op: StoreOp, d: Duration) {
+        let i = StoreOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
+        self.store[i].observe(d);
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A registry of idempotency metrics. Cloning gives another handle to the
+/// same registry.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    series: Arc<Mutex<Vec<Arc<RouteMetrics>>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The series for `route` on `backend`, created on first use; two layers
+    /// naming the same route and backend share it.
+    pub(crate) fn route(&self, route: &str, backend: &str) -> Arc<RouteMetrics> {
+        let wanted = RouteMetrics::new(route, backend);
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = series.iter().find(|s| s.labels == wanted.labels) {
+            return found.clone();
+        }
+        let made = Arc::new(wanted);
+        series.push(made.clone());
+        made
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let series: Vec<Arc<RouteMetrics>> = self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut out = String::with_capacity(1024 + series.len() * 8192);
+        out.push_str("# HELP idempotency_cache_hits_total Covered requests answered with a stored response (replays).\n");
+        out.push_str("# TYPE idempotency_cache_hits_total counter\n");
+        for s in &series {
+            let _ = writeln!(
+                out,
+                "idempotency_cache_hits_total{{{}}} {}",
+                s.labels,
+                s.hits.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP idempotency_cache_misses_total Covered requests that executed.\n");
+        out.push_str("# TYPE idempotency_cache_misses_total counter\n");
+        for s in &series {
+            let _ = writeln!(
+                out,
+                "idempotency_cache_misses_total{{{}}} {}",
+                s.labels,
+                s.misses.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP idempotency_errors_total Covered requests refused or failed, by kind.\n",
+        );
+        out.push_str("# TYPE idempotency_errors_total counter\n");
+        for s in &series {
+            for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "idempotency_errors_total{{{},kind=\"{}\"}} {}",
+                    s.labels,
+                    kind.as_str(),
+                    s.errors[i].load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP idempotency_processing_seconds Time executing covered requests.\n");
+        out.push_str("# TYPE idempotency_processing_seconds histogram\n");
+        for s in &series {
+            s.processing
+                .render(&mut out, "idempotency_processing_seconds", &s.labels);
+        }
+        out.push_str("# HELP idempotency_store_seconds Store latency by operation.\n");
+        out.push_str("# TYPE idempotency_store_seconds histogram\n");
+        for s in &series {
+            for (i, op) in StoreOp::ALL.iter().enumerate() {
+                let labels = format!("{},op=\"{}\"", s.labels, op.as_str());
+                s.store[i].render(&mut out, "idempotency_store_seconds", &labels);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let m = Metrics::new();
+        let r = m.route("/payments", "memory");
+        r.hit();
+        r.miss();
+        r.miss();
+        r.error(ErrorKind::Mismatch);
+        r.processing(Duration::from_millis(3));
+        r.processing(Duration::from_secs(100));
+        r.store(StoreOp::Begin, Duration::from_micros(50));
+        let text = m.render();
+        assert!(text.contains(
+            "idempotency_cache_hits_total{route=\"/payments\",backend=\"memory\"} 1\n"
+        ));
+        assert!(text.contains(
+            "idempotency_cache_misses_total{route=\"/payments\",backend=\"memory\"} 2\n"
+        ));
+        assert!(text.contains(
+            "idempotency_errors_total{route=\"/payments\",backend=\"memory\",kind=\"mismatch\"} 1\n"
+        ));
+        assert!(text.contains("idempotency_processing_seconds_bucket{route=\"/payments\",backend=\"memory\",le=\"0.005\"} 1\n"));
+        assert!(text.contains("idempotency_processing_seconds_bucket{route=\"/payments\",backend=\"memory\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("idempotency_store_seconds_bucket{route=\"/payments\",backend=\"memory\",op=\"begin\",le=\"0.0001\"} 1\n"));
+        // The same route and backend is one series.
+        m.route("/payments", "memory").hit();
+        assert!(m.render().contains(
+            "idempotency_cache_hits_total{route=\"/payments\",backend=\"memory\"} 2\n"
+        ));
+    }
+}
