@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: a reverse proxy that makes an upstream's POSTs idempotent.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// Run the demo payments service behind the idempotency layer.
     Demo(DemoArgs),
     /// Print a new idempotency key (UUID v4 by default).
@@ -53,7 +53,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "IDEM_TTL", value_name = "SECONDS")]
     pub ttl: Option<String>,
     /// The execution lease, renewed while the upstream works; a crashed holder blocks its key this long [default: 30s].
-    #[arg(long = "lock-timeout", env = "IDEM_LOCK_TIMEOUT", value_name = "SECONDS")]
+    #[arg(
+        long = "lock-timeout",
+        env = "IDEM_LOCK_TIMEOUT",
+        value_name = "SECONDS"
+    )]
     pub lock_timeout: Option<String>,
     /// Largest covered request body, in bytes; larger ones get 413 [default: 1048576].
     #[arg(long, env = "IDEM_MAX_BODY", value_name = "BYTES")]

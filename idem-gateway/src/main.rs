@@ -50,11 +50,9 @@ async fn gateway_cmd(config: GatewayConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let admin = match &config.admin_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (--admin-listen; \"none\" turns it off)"))?,
-        ),
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (--admin-listen; \"none\" turns it off)")
+        })?),
         None => None,
     };
     gateway::run(listener, admin, config, idem_gateway::shutdown_signal()).await

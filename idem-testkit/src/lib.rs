@@ -1,4 +1,5 @@
-//! Test helpers for idem: the store conformance suite.
+//! Test helpers for idem: the store conformance suite, the store load
+//! generator, and a counting upstream for gateway tests.
 //!
 //! The suite is the definition of a store: a backend is done when
 //! [`store_conformance!`] passes on it, concurrency races included.
@@ -23,6 +24,7 @@
 
 pub mod load;
 pub mod suite;
+pub mod upstream;
 
 use std::sync::Arc;
 

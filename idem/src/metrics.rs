@@ -168,7 +168,11 @@ pub(crate) struct RouteMetrics {
 impl RouteMetrics {
     fn new(route: &str, backend: &str) -> Self {
         Self {
-            labels: format!("route=\"{}\",backend=\"{}\"", escape(route), escape(backend)),
+            labels: format!(
+                "route=\"{}\",backend=\"{}\"",
+                escape(route),
+                escape(backend)
+            ),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             errors: Default::default(),
@@ -317,9 +321,8 @@ mod tests {
         r.processing(Duration::from_secs(100));
         r.store(StoreOp::Begin, Duration::from_micros(50));
         let text = m.render();
-        assert!(text.contains(
-            "idempotency_cache_hits_total{route=\"/payments\",backend=\"memory\"} 1\n"
-        ));
+        assert!(text
+            .contains("idempotency_cache_hits_total{route=\"/payments\",backend=\"memory\"} 1\n"));
         assert!(text.contains(
             "idempotency_cache_misses_total{route=\"/payments\",backend=\"memory\"} 2\n"
         ));
@@ -331,8 +334,8 @@ mod tests {
         assert!(text.contains("idempotency_store_seconds_bucket{route=\"/payments\",backend=\"memory\",op=\"begin\",le=\"0.0001\"} 1\n"));
         // The same route and backend is one series.
         m.route("/payments", "memory").hit();
-        assert!(m.render().contains(
-            "idempotency_cache_hits_total{route=\"/payments\",backend=\"memory\"} 2\n"
-        ));
+        assert!(m
+            .render()
+            .contains("idempotency_cache_hits_total{route=\"/payments\",backend=\"memory\"} 2\n"));
     }
 }

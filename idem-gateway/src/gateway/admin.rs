@@ -42,13 +42,20 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 /// store does not answer within a second (covered requests would get 503).
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        )
+            .into_response();
     }
     match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the {} store failed: {e}\n", state.store.backend()),
+            format!(
+                "not ready: the {} store failed: {e}\n",
+                state.store.backend()
+            ),
         )
             .into_response(),
         Err(_) => (

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use http::{HeaderName, Method, Uri};
-use idem::{
-    FingerprintMode, KeyRules, PathPattern, Policy, RoutePolicy, StatusSet, WebhookKeys,
-};
+use idem::{FingerprintMode, KeyRules, PathPattern, Policy, RoutePolicy, StatusSet, WebhookKeys};
 use serde::Deserialize;
 
 use crate::cli::GatewayArgs;
@@ -203,9 +201,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write seconds (30) or 500ms, 30s, 15m, 24h, 7d"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration; write seconds (30) or 500ms, 30s, 15m, 24h, 7d")
+    })?;
     let scale = match unit.trim() {
         "" | "s" => 1.0,
         "ms" => 0.001,
@@ -357,7 +355,8 @@ impl RouteFile {
         }
         p.key_rules = rules;
         if let Some(f) = &self.fingerprint {
-            p.fingerprint = FingerprintMode::from_str(f).map_err(|e| anyhow!("{at}fingerprint: {e}"))?;
+            p.fingerprint =
+                FingerprintMode::from_str(f).map_err(|e| anyhow!("{at}fingerprint: {e}"))?;
         }
         if let Some(list) = &self.no_store {
             p.no_store = StatusSet::parse(list.iter().map(String::as_str))
@@ -441,16 +440,45 @@ impl GatewayConfig {
             s => Some(header_name(&from("--scope-header", "scope_header"), &s)?),
         };
 
-        let dur = |flag_v: &Option<String>, file_v: &Option<toml::Value>, name: &str, key: &str, default: Duration| -> anyhow::Result<Duration> {
+        let dur = |flag_v: &Option<String>,
+                   file_v: &Option<toml::Value>,
+                   name: &str,
+                   key: &str,
+                   default: Duration|
+         -> anyhow::Result<Duration> {
             match flag(flag_v).or_else(|| file_v.clone()) {
                 Some(v) => duration_of(&from(name, key), &v),
                 None => Ok(default),
             }
         };
-        let upstream_timeout = dur(&args.upstream_timeout, &file.upstream_timeout, "--upstream-timeout", "upstream_timeout", Duration::from_secs(30))?;
-        let drain_timeout = dur(&args.drain_timeout, &file.drain_timeout, "--drain-timeout", "drain_timeout", Duration::from_secs(30))?;
-        let header_read_timeout = dur(&args.header_read_timeout, &file.header_read_timeout, "--header-read-timeout", "header_read_timeout", Duration::from_secs(10))?;
-        let store_timeout = dur(&None, &file.store_timeout, "store_timeout", "store_timeout", Duration::from_secs(5))?;
+        let upstream_timeout = dur(
+            &args.upstream_timeout,
+            &file.upstream_timeout,
+            "--upstream-timeout",
+            "upstream_timeout",
+            Duration::from_secs(30),
+        )?;
+        let drain_timeout = dur(
+            &args.drain_timeout,
+            &file.drain_timeout,
+            "--drain-timeout",
+            "drain_timeout",
+            Duration::from_secs(30),
+        )?;
+        let header_read_timeout = dur(
+            &args.header_read_timeout,
+            &file.header_read_timeout,
+            "--header-read-timeout",
+            "header_read_timeout",
+            Duration::from_secs(10),
+        )?;
+        let store_timeout = dur(
+            &None,
+            &file.store_timeout,
+            "store_timeout",
+            "store_timeout",
+            Duration::from_secs(5),
+        )?;
         for (d, name) in [
             (upstream_timeout, "upstream_timeout"),
             (header_read_timeout, "header_read_timeout"),
@@ -487,9 +515,17 @@ impl GatewayConfig {
             let msg = e.to_string();
             for (key, name, set) in [
                 ("ttl", "--ttl", args.ttl.is_some()),
-                ("lock_timeout", "--lock-timeout", args.lock_timeout.is_some()),
+                (
+                    "lock_timeout",
+                    "--lock-timeout",
+                    args.lock_timeout.is_some(),
+                ),
                 ("max_body", "--max-body", args.max_body.is_some()),
-                ("max_stored_response", "--max-stored-response", args.max_stored_response.is_some()),
+                (
+                    "max_stored_response",
+                    "--max-stored-response",
+                    args.max_stored_response.is_some(),
+                ),
                 ("wait", "--wait", args.wait.is_some()),
             ] {
                 if set && msg.starts_with(&format!("{key}:")) {
@@ -650,7 +686,11 @@ mod tests {
         assert_eq!(c.policy.default.max_request_body, 64 << 10);
         assert_eq!(c.policy.routes[0].1.ttl, Duration::from_secs(86_400));
         assert_eq!(c.policy.routes[0].1.max_request_body, 64 << 10);
-        let webhook = c.policy.routes[1].1.webhook.as_ref().expect("webhook route");
+        let webhook = c.policy.routes[1]
+            .1
+            .webhook
+            .as_ref()
+            .expect("webhook route");
         assert_eq!(webhook.headers, vec![HeaderName::from_static("x-delivery")]);
         Ok(())
     }
@@ -659,13 +699,31 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             ("upstream = \"http://a:1\"\nttll = 3\n", "ttll"),
-            ("upstream = \"http://a:1\"\n[[routes]]\npath = \"/x\"\nfingerprint = \"sha\"\n", "routes[0].fingerprint"),
-            ("upstream = \"http://a:1\"\n[[routes]]\npath = \"x\"\n", "routes[0].path"),
-            ("upstream = \"http://a:1\"\nlock_timeout = \"forever\"\n", "lock_timeout"),
-            ("upstream = \"http://a:1\"\nno_store = [\"6xx\"]\n", "no_store"),
+            (
+                "upstream = \"http://a:1\"\n[[routes]]\npath = \"/x\"\nfingerprint = \"sha\"\n",
+                "routes[0].fingerprint",
+            ),
+            (
+                "upstream = \"http://a:1\"\n[[routes]]\npath = \"x\"\n",
+                "routes[0].path",
+            ),
+            (
+                "upstream = \"http://a:1\"\nlock_timeout = \"forever\"\n",
+                "lock_timeout",
+            ),
+            (
+                "upstream = \"http://a:1\"\nno_store = [\"6xx\"]\n",
+                "no_store",
+            ),
             ("upstream = \"ftp://a:1\"\n", "upstream"),
-            ("upstream = \"http://a:1\"\nstore = \"mongodb://x\"\n", "store"),
-            ("upstream = \"http://a:1\"\n[[routes]]\npath = \"/x\"\nmethods = [\"PO ST\"]\n", "routes[0].methods"),
+            (
+                "upstream = \"http://a:1\"\nstore = \"mongodb://x\"\n",
+                "store",
+            ),
+            (
+                "upstream = \"http://a:1\"\n[[routes]]\npath = \"/x\"\nmethods = [\"PO ST\"]\n",
+                "routes[0].methods",
+            ),
         ];
         for (text, key) in cases {
             let err = match resolve_text(text, GatewayArgs::default()) {
@@ -685,6 +743,9 @@ mod tests {
         })
         .map(|_| ())
         .map_err(|e| format!("{e:#}"));
-        assert!(matches!(&err, Err(e) if e.starts_with("--lock-timeout")), "{err:?}");
+        assert!(
+            matches!(&err, Err(e) if e.starts_with("--lock-timeout")),
+            "{err:?}"
+        );
     }
 }

@@ -142,7 +142,9 @@ pub async fn run(
         // Executions whose client went away run on in their own tasks
         // (SPEC rule 12): give them the rest of the drain time to store
         // their answers.
-        let left = config.drain_timeout.saturating_sub(started.elapsed().min(config.drain_timeout));
+        let left = config
+            .drain_timeout
+            .saturating_sub(started.elapsed().min(config.drain_timeout));
         if layer.executions_in_flight() > 0
             && tokio::time::timeout(left.max(Duration::from_millis(100)), layer.drained())
                 .await

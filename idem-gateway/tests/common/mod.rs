@@ -104,9 +104,22 @@ pub fn free_port() -> u16 {
 /// Starts the `idem` binary's `demo` on a free port with `args`, waits for
 /// its "listening" line, and returns it with its base URL.
 pub fn demo(args: &[&str]) -> (Proc, String) {
+    idem(&["demo"], args)
+}
+
+/// Starts `idem gateway` on a free port (admin listener off unless `args`
+/// names one) and returns it with its base URL.
+pub fn gateway(args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["--admin-listen", "none"];
+    all.extend_from_slice(args);
+    idem(&["gateway"], &all)
+}
+
+fn idem(sub: &[&str], args: &[&str]) -> (Proc, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(["demo", "--listen", &listen])
+        .args(sub)
+        .args(["--listen", &listen])
         .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -118,7 +131,7 @@ pub fn demo(args: &[&str]) -> (Proc, String) {
         match lines.next() {
             Some(Ok(line)) if line.contains("listening on") => break,
             Some(Ok(_)) => {}
-            other => panic!("demo did not start: {other:?}"),
+            other => panic!("idem {sub:?} did not start: {other:?}"),
         }
     }
     // Keep draining its log so it never blocks on a full pipe.

@@ -689,7 +689,8 @@ pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
     let shared = &route.shared;
     for attempt in 0..3u32 {
         let started = std::time::Instant::now();
-        let done = tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await;
+        let done =
+            tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await;
         route.metrics().store(StoreOp::Release, started.elapsed());
         match done {
             Ok(Ok(_)) => return,

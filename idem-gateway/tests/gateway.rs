@@ -1,0 +1,734 @@
+//! `idem gateway` in process, in front of a counting upstream: every SPEC
+//! rule through the proxy, upstream failures, hostile clients, h2c and the
+//! admin listener. "Nothing executed" is always a count of upstream requests.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{client, post, send, Answer, HttpClient};
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use idem_gateway::cli::GatewayArgs;
+use idem_gateway::gateway::{run, GatewayConfig};
+use idem_testkit::upstream::CountingUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BODY: &str = r#"{"amount": 10, "currency": "EUR"}"#;
+
+struct Gateway {
+    url: String,
+    admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Gateway {
+    async fn start(upstream: &str, tweak: impl FnOnce(&mut GatewayArgs)) -> Self {
+        let mut args = GatewayArgs {
+            upstream: Some(upstream.to_owned()),
+            store: Some("memory://".into()),
+            ..GatewayArgs::default()
+        };
+        tweak(&mut args);
+        let config = GatewayConfig::resolve(&args).unwrap_or_else(|e| panic!("config: {e:#}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, Some(admin), config, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            url,
+            admin: admin_url,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+async fn post_with(
+    c: &HttpClient,
+    url: &str,
+    key: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut h = vec![
+        ("content-type", "application/json"),
+        ("idempotency-key", key),
+    ];
+    h.extend_from_slice(extra);
+    send(c, Method::POST, url, &h, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_1_and_2_missing_or_malformed_keys_execute_nothing() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let c = client();
+    let r = post(&c, &gw.at("/payments"), None, BODY).await;
+    assert_eq!(
+        (r.status.as_u16(), r.problem_slug().as_str()),
+        (400, "idempotency-key-missing")
+    );
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    for bad in ["short", "has spaces in it", "", "\"unterminated-sf-string"] {
+        let r = post(&c, &gw.at("/payments"), Some(bad), BODY).await;
+        assert_eq!(
+            (r.status.as_u16(), r.problem_slug().as_str()),
+            (400, "idempotency-key-invalid"),
+            "{bad:?}"
+        );
+    }
+    // Bytes outside visible ASCII, sent raw.
+    let raw = b"POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: abc\xffdefghijkl\r\ncontent-length: 2\r\n\r\n{}";
+    let answer = raw_exchange(&gw.url, raw).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("idempotency-key-invalid"), "{answer}");
+    assert_eq!(up.executions(), 0);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_3_and_4_first_executes_then_replays_byte_for_byte() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let c = client();
+    let key = "order-0001-abcdef";
+    let first = post_with(
+        &c,
+        &gw.at("/payments?x=1"),
+        key,
+        &[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("authorization", "Bearer alice"),
+        ],
+        BODY,
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    assert!(!first.replayed());
+    assert_eq!(first.json()["path"], "/payments");
+    // The key is forwarded, hop-by-hop headers are not, X-Forwarded-* are set.
+    let seen = up.last_headers();
+    assert_eq!(seen["idempotency-key"], key);
+    assert!(!seen.contains_key("x-hop"));
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen["x-forwarded-host"],
+        gw.url.trim_start_matches("http://")
+    );
+    assert_eq!(seen["host"], up.url().trim_start_matches("http://"));
+    // JSON with another key order and spacing is the same request.
+    let again = post_with(
+        &c,
+        &gw.at("/payments?x=1"),
+        key,
+        &[("authorization", "Bearer alice")],
+        r#"{"currency":"EUR","amount":10}"#,
+    )
+    .await;
+    assert_eq!(again.status, 201);
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["x-upstream-n"], first.headers["x-upstream-n"]);
+    // Another user with the same key is another record.
+    let bob = post_with(
+        &c,
+        &gw.at("/payments?x=1"),
+        key,
+        &[("authorization", "Bearer bob")],
+        BODY,
+    )
+    .await;
+    assert!(!bob.replayed());
+    assert_eq!(up.executions_of(key), 2);
+    // Uncovered methods pass through untouched, every time.
+    for _ in 0..2 {
+        let g = send(&c, Method::GET, &gw.at("/payments"), &[], "").await;
+        assert_eq!(g.status, 201);
+        assert!(!g.replayed());
+    }
+    assert_eq!(up.executions(), 4);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_5_concurrent_duplicates_get_409_and_execute_once() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let c = client();
+    let url = gw.at("/payments");
+    let mut racers = Vec::new();
+    for _ in 0..16 {
+        let (c, url) = (c.clone(), url.clone());
+        racers.push(tokio::spawn(async move {
+            post_with(
+                &c,
+                &url,
+                "race-key-000001",
+                &[("x-test-delay-ms", "400")],
+                BODY,
+            )
+            .await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for r in racers {
+        let a = r.await.expect("racer");
+        if a.status == 409 {
+            assert_eq!(a.problem_slug(), "idempotency-key-in-use");
+            assert!(a.headers.contains_key("retry-after"));
+        }
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        15,
+        "{statuses:?}"
+    );
+    assert_eq!(up.executions(), 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_5_wait_mode_replays_instead_of_409() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.wait = Some("2s".into())).await;
+    let c = client();
+    let url = gw.at("/payments");
+    let first = {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move {
+            post_with(
+                &c,
+                &url,
+                "wait-key-000001",
+                &[("x-test-delay-ms", "300")],
+                BODY,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = post_with(&c, &url, "wait-key-000001", &[], BODY).await;
+    let first = first.await.expect("first");
+    assert_eq!(second.status, 201);
+    assert!(second.replayed());
+    assert_eq!(second.body, first.body);
+    assert_eq!(up.executions(), 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_6_a_reused_key_gets_422() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let c = client();
+    assert_eq!(
+        post(&c, &gw.at("/payments"), Some("reused-key-0001"), BODY)
+            .await
+            .status,
+        201
+    );
+    let other_body = post(
+        &c,
+        &gw.at("/payments"),
+        Some("reused-key-0001"),
+        r#"{"amount": 99}"#,
+    )
+    .await;
+    assert_eq!(
+        (
+            other_body.status.as_u16(),
+            other_body.problem_slug().as_str()
+        ),
+        (422, "idempotency-key-reused")
+    );
+    let other_path = post(&c, &gw.at("/refunds"), Some("reused-key-0001"), BODY).await;
+    assert_eq!(other_path.status, 422);
+    assert_eq!(up.executions(), 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_7_failures_are_not_stored_and_a_retry_executes() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let c = client();
+    for status in ["500", "503", "429", "408"] {
+        let key = format!("fail-key-{status}-0001");
+        let r = post_with(
+            &c,
+            &gw.at("/payments"),
+            &key,
+            &[("x-test-status", status)],
+            BODY,
+        )
+        .await;
+        assert_eq!(r.status.as_str(), status);
+        let retry = post_with(&c, &gw.at("/payments"), &key, &[], BODY).await;
+        assert_eq!(retry.status, 201, "retry after {status}");
+        assert!(!retry.replayed());
+        assert_eq!(up.executions_of(&key), 2);
+    }
+    // A 4xx answer is an answer: stored and replayed.
+    let r = post_with(
+        &c,
+        &gw.at("/payments"),
+        "client-error-0001",
+        &[("x-test-status", "400")],
+        BODY,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let again = post(&c, &gw.at("/payments"), Some("client-error-0001"), BODY).await;
+    assert_eq!(again.status, 400);
+    assert!(again.replayed());
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_502_and_releases_the_key() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let addr = up.addr();
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let gw = Gateway::start(&format!("http://{addr}"), |_| {}).await;
+    let c = client();
+    let r = post(&c, &gw.at("/payments"), Some("down-key-000001"), BODY).await;
+    assert_eq!(
+        (r.status.as_u16(), r.problem_slug().as_str()),
+        (502, "upstream-unavailable")
+    );
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("cannot connect"));
+    // The upstream comes back on the same port: the retry executes.
+    let up = CountingUpstream::start_on(addr)
+        .await
+        .expect("upstream again");
+    let retry = post(&c, &gw.at("/payments"), Some("down-key-000001"), BODY).await;
+    assert_eq!(retry.status, 201);
+    assert!(!retry.replayed());
+    assert_eq!(up.executions(), 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeout_is_504_and_releases_the_key() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.upstream_timeout = Some("200ms".into())).await;
+    let c = client();
+    let slow = post_with(
+        &c,
+        &gw.at("/payments"),
+        "slow-key-000001",
+        &[("x-test-delay-ms", "1000")],
+        BODY,
+    )
+    .await;
+    assert_eq!(
+        (slow.status.as_u16(), slow.problem_slug().as_str()),
+        (504, "upstream-timeout")
+    );
+    let retry = post(&c, &gw.at("/payments"), Some("slow-key-000001"), BODY).await;
+    assert_eq!(retry.status, 201);
+    assert!(!retry.replayed());
+    assert_eq!(up.executions_of("slow-key-000001"), 2);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_9_expired_answers_execute_again() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.ttl = Some("300ms".into())).await;
+    let c = client();
+    assert_eq!(
+        post(&c, &gw.at("/payments"), Some("ttl-key-0000001"), BODY)
+            .await
+            .status,
+        201
+    );
+    assert!(post(&c, &gw.at("/payments"), Some("ttl-key-0000001"), BODY)
+        .await
+        .replayed());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = post(&c, &gw.at("/payments"), Some("ttl-key-0000001"), BODY).await;
+    assert!(!after.replayed());
+    assert_eq!(up.executions(), 2);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_10_an_unreachable_store_is_503_and_uncovered_requests_pass() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dead = common::free_port();
+    let gw = Gateway::start(&up.url(), |a| {
+        a.store = Some(format!("redis://127.0.0.1:{dead}/0"));
+    })
+    .await;
+    let c = client();
+    let r = post(&c, &gw.at("/payments"), Some("store-down-00001"), BODY).await;
+    assert_eq!(
+        (r.status.as_u16(), r.problem_slug().as_str()),
+        (503, "idempotency-store-unavailable")
+    );
+    assert_eq!(up.executions(), 0);
+    let g = send(&c, Method::GET, &gw.at("/payments"), &[], "").await;
+    assert_eq!(g.status, 201);
+    let ready = send(&c, Method::GET, &format!("{}/readyz", gw.admin), &[], "").await;
+    assert_eq!(ready.status, 503);
+    let health = send(&c, Method::GET, &format!("{}/healthz", gw.admin), &[], "").await;
+    assert_eq!(health.status, 200);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_11_a_body_over_the_limit_is_413() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.max_body = Some("1KiB".into())).await;
+    let c = client();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    let r = post(&c, &gw.at("/payments"), Some("big-body-000001"), &big).await;
+    assert_eq!(
+        (r.status.as_u16(), r.problem_slug().as_str()),
+        (413, "request-body-too-large")
+    );
+    assert_eq!(up.executions(), 0);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_12_a_client_that_disconnects_does_not_cancel_the_execution() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let c = client();
+    let url = gw.at("/payments");
+    let (c2, url2) = (c.clone(), url.clone());
+    let gone = tokio::spawn(async move {
+        post_with(
+            &c2,
+            &url2,
+            "gone-key-000001",
+            &[("x-test-delay-ms", "300")],
+            BODY,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gone.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retry = post(&c, &url, Some("gone-key-000001"), BODY).await;
+    assert_eq!(retry.status, 201);
+    assert!(retry.replayed());
+    assert_eq!(up.executions(), 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_too_large_to_store_is_never_executed_twice() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.max_stored_response = Some("4KiB".into())).await;
+    let c = client();
+    let first = post_with(
+        &c,
+        &gw.at("/reports"),
+        "big-answer-00001",
+        &[("x-test-body-bytes", "100000")],
+        BODY,
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.body.len(), 100_000);
+    let again = post(&c, &gw.at("/reports"), Some("big-answer-00001"), BODY).await;
+    assert!(again.replayed());
+    assert_eq!(again.headers["idempotent-body-omitted"], "100000");
+    assert!(again.body.is_empty());
+    assert_eq!(up.executions(), 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_routes_webhooks_and_uncovered_paths() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("idem.toml");
+    std::fs::write(
+        &file,
+        r#"
+methods = []                     # only the routes below are covered
+
+[[routes]]
+path = "/payments/**"
+methods = ["POST"]
+
+[[routes]]
+path = "/webhooks/{source}"
+methods = ["POST"]
+webhook = true
+"#,
+    )
+    .expect("write config");
+    let gw = Gateway::start(&up.url(), |a| a.config = Some(file.clone())).await;
+    let c = client();
+    // Not covered: no key needed, executes every time.
+    for _ in 0..2 {
+        assert_eq!(post(&c, &gw.at("/search"), None, BODY).await.status, 201);
+    }
+    // Covered.
+    assert_eq!(
+        post(&c, &gw.at("/payments/eu"), None, BODY).await.status,
+        400
+    );
+    // Webhook deliveries: by Webhook-Id, else by the body's hash.
+    let event = r#"{"id":"evt_1","type":"payment.succeeded"}"#;
+    for _ in 0..3 {
+        let r = send(
+            &c,
+            Method::POST,
+            &gw.at("/webhooks/stripe"),
+            &[("webhook-id", "msg_00000000001")],
+            event,
+        )
+        .await;
+        assert_eq!(r.status, 201);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            send(&c, Method::POST, &gw.at("/webhooks/github"), &[], event)
+                .await
+                .status,
+            201
+        );
+    }
+    assert_eq!(up.executions(), 2 + 1 + 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_get_the_same_contract() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let req = http::Request::post(gw.at("/payments"))
+            .header("idempotency-key", "h2c-key-0000001")
+            .body(Full::new(Bytes::from(BODY)))
+            .expect("request");
+        let res = h2.request(req).await.expect("h2c request");
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        assert_eq!(res.status(), 201);
+        let replayed = res.headers().contains_key("idempotent-replayed");
+        bodies.push((
+            replayed,
+            res.into_body().collect().await.expect("body").to_bytes(),
+        ));
+    }
+    assert!(!bodies[0].0 && bodies[1].0);
+    assert_eq!(bodies[0].1, bodies[1].1);
+    assert_eq!(up.executions(), 1);
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+/// Writes `raw` on a new connection and reads until the gateway closes it
+/// or 2 s pass.
+async fn raw_exchange(base: &str, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    // One answer is enough for these tests.
+                    if String::from_utf8_lossy(&out).contains("\r\n\r\n") && !raw.is_empty() {
+                        let text = String::from_utf8_lossy(&out).to_string();
+                        if text.contains("content-length: 0") || text.ends_with('}') {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_get_a_clean_refusal_and_the_gateway_keeps_serving() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.header_read_timeout = Some("300ms".into())).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+
+    // Slowloris: headers that never end are cut off after the timeout.
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: slowloris-0001\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slow connection was not closed");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+
+    // Headers over the size limit.
+    let mut huge =
+        b"POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: huge-header-0001\r\nx-pad: "
+            .to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 200_000));
+    huge.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
+    let answer = raw_exchange(&gw.url, &huge).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+
+    // Garbage instead of HTTP.
+    let answer = raw_exchange(&gw.url, b"\x16\x03\x01 this is not http\r\n\r\n").await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    // A lying Content-Length: the body never comes; the upstream is not called.
+    let answer = raw_exchange(&gw.url, b"POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: liar-key-00001\r\ncontent-length: 100\r\n\r\n{}").await;
+    assert!(!answer.contains(" 201 "), "{answer}");
+
+    assert_eq!(up.executions(), 0);
+    // Still serving.
+    let c = client();
+    assert_eq!(
+        post(&c, &gw.at("/payments"), Some("after-hostile-01"), BODY)
+            .await
+            .status,
+        201
+    );
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_each_outcome() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.max_body = Some("1KiB".into())).await;
+    let c = client();
+    let url = gw.at("/payments");
+    post(&c, &url, Some("metric-key-00001"), BODY).await;
+    post(&c, &url, Some("metric-key-00001"), BODY).await;
+    post(&c, &url, Some("metric-key-00001"), "{}").await;
+    post(&c, &url, None, BODY).await;
+    post(&c, &url, Some("bad key"), BODY).await;
+    post(&c, &url, Some("metric-key-00002"), &"x".repeat(2048)).await;
+    post_with(
+        &c,
+        &url,
+        "metric-key-00003",
+        &[("x-test-status", "502")],
+        BODY,
+    )
+    .await;
+    let text = send(&c, Method::GET, &format!("{}/metrics", gw.admin), &[], "").await;
+    assert_eq!(text.status, 200);
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    let l = r#"route="*",backend="memory""#;
+    assert_eq!(
+        metric(&text, &format!("idempotency_cache_hits_total{{{l}}}")),
+        1
+    );
+    assert_eq!(
+        metric(&text, &format!("idempotency_cache_misses_total{{{l}}}")),
+        2
+    );
+    for (kind, n) in [
+        ("mismatch", 1),
+        ("missing_key", 1),
+        ("invalid_key", 1),
+        ("too_large", 1),
+        ("upstream", 1),
+        ("in_progress", 0),
+    ] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("idempotency_errors_total{{{l},kind=\"{kind}\"}}")
+            ),
+            n,
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            &format!("idempotency_processing_seconds_count{{{l}}}")
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("idempotency_store_seconds_count{{{l},op=\"begin\"}}")
+        ),
+        4
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("idempotency_store_seconds_count{{{l},op=\"complete\"}}")
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("idempotency_store_seconds_count{{{l},op=\"release\"}}")
+        ),
+        1
+    );
+    gw.shutdown().await.expect("clean shutdown");
+}

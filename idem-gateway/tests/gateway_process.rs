@@ -1,0 +1,343 @@
+//! `idem gateway` as a user runs it: `--check`, SIGTERM drain, `kill -9`
+//! with lease takeover, and three gateways sharing one Redis, then one
+//! PostgreSQL, in front of one counting upstream.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{client, gateway, post, send, HttpClient, Proc};
+use http::Method;
+use idem_testkit::upstream::CountingUpstream;
+
+const BODY: &str = r#"{"amount": 10, "currency": "EUR"}"#;
+
+fn idem_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn check_validates_and_names_the_bad_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "upstream = \"http://127.0.0.1:3000\"\nttl = \"6h\"\n[[routes]]\npath = \"/payments/**\"\nttl = \"24h\"\n",
+    )
+    .expect("write");
+    let out = idem_cmd(&[
+        "gateway",
+        "--config",
+        good.to_str().expect("utf8"),
+        "--check",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("/payments/**"), "{stdout}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "upstream = \"http://127.0.0.1:3000\"\n[[routes]]\npath = \"/x\"\nttl = \"a week\"\n",
+    )
+    .expect("write");
+    let out = idem_cmd(&[
+        "gateway",
+        "--config",
+        bad.to_str().expect("utf8"),
+        "--check",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("routes[0].ttl"), "{stderr}");
+
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(
+        &unknown,
+        "upstream = \"http://127.0.0.1:3000\"\nlisten_on = \"x\"\n",
+    )
+    .expect("write");
+    let out = idem_cmd(&[
+        "gateway",
+        "--config",
+        unknown.to_str().expect("utf8"),
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_on"));
+
+    // A flag overrides the file, and a bad flag is named as a flag.
+    let out = idem_cmd(&[
+        "gateway",
+        "--config",
+        good.to_str().expect("utf8"),
+        "--ttl",
+        "soon",
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
+    // So does its IDEM_* variable.
+    let out = Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(["gateway", "--check"])
+        .env("IDEM_UPSTREAM", "http://127.0.0.1:4000")
+        .env("IDEM_LOCK_TIMEOUT", "5s")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("http://127.0.0.1:4000") && stdout.contains("lock_timeout=5s"),
+        "{stdout}"
+    );
+
+    let out = idem_cmd(&["gateway", "--check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let pid = p.0.id().to_string();
+    let ok = Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_the_answer_survives_a_restart() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("idem.db").display());
+    let (mut gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
+    let c = client();
+    let url = format!("{base}/payments");
+    let in_flight = {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move {
+            common::send(
+                &c,
+                Method::POST,
+                &url,
+                &[
+                    ("idempotency-key", "drain-key-00001"),
+                    ("x-test-delay-ms", "700"),
+                ],
+                BODY,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&gw, "-TERM");
+    let answer = in_flight.await.expect("in-flight request");
+    assert_eq!(answer.status, 201, "the in-flight request finished");
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = gw.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "exit status {status:?}");
+
+    // A new gateway on the same file replays the answer.
+    let (_gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
+    let c = client();
+    let replay = post(
+        &c,
+        &format!("{base}/payments"),
+        Some("drain-key-00001"),
+        BODY,
+    )
+    .await;
+    assert_eq!(replay.status, 201);
+    assert!(replay.replayed());
+    assert_eq!(replay.body, answer.body);
+    assert_eq!(up.executions(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_8_a_killed_gateway_blocks_its_key_for_one_lease_only() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("idem.db").display());
+    let args = [
+        "--upstream",
+        &up.url(),
+        "--store",
+        &store,
+        "--lock-timeout",
+        "1",
+    ];
+    let (gw, base) = gateway(&args);
+    let c = client();
+    let url = format!("{base}/payments");
+    {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move {
+            common::send(
+                &c,
+                Method::POST,
+                &url,
+                &[
+                    ("idempotency-key", "killed-key-0001"),
+                    ("x-test-delay-ms", "3000"),
+                ],
+                BODY,
+            )
+            .await
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.executions() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never got the request"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&gw, "-KILL");
+    drop(gw);
+    let (_gw, base) = gateway(&args);
+    let c = client();
+    let url = format!("{base}/payments");
+    let held = post(&c, &url, Some("killed-key-0001"), BODY).await;
+    assert_eq!(held.status, 409, "the dead holder's lease is still alive");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let taken = post(&c, &url, Some("killed-key-0001"), BODY).await;
+    assert_eq!(taken.status, 201);
+    assert!(!taken.replayed());
+    assert_eq!(up.executions_of("killed-key-0001"), 2);
+}
+
+/// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`:
+/// each key reaches the upstream once, and every gateway replays it.
+async fn storm(bases: &[String], up: &CountingUpstream) {
+    let c: HttpClient = client();
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::new();
+    for k in 0..100 {
+        for d in 0..64 {
+            let url = format!("{}/orders", bases[(k + d) % bases.len()]);
+            let (c, limit) = (c.clone(), limit.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire().await;
+                let key = format!("gw-storm-key-{k:04}");
+                let body = format!(r#"{{"amount": {}}}"#, k + 1);
+                common::send(
+                    &c,
+                    Method::POST,
+                    &url,
+                    &[("idempotency-key", &key), ("x-test-delay-ms", "20")],
+                    &body,
+                )
+                .await
+                .status
+                .as_u16()
+            }));
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        *statuses.entry(t.await.expect("racer")).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+    for k in 0..100 {
+        let key = format!("gw-storm-key-{k:04}");
+        assert_eq!(up.executions_of(&key), 1, "{key} ({statuses:?})");
+        let mut seen = None;
+        for base in bases {
+            let body = format!(r#"{{"amount": {}}}"#, k + 1);
+            let r = post(&c, &format!("{base}/orders"), Some(&key), &body).await;
+            assert!(r.replayed(), "{key} on {base}");
+            assert!(
+                seen.is_none() || seen.as_ref() == Some(&r.body),
+                "gateways disagree on {key}"
+            );
+            seen = Some(r.body);
+        }
+    }
+    assert_eq!(up.executions(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_on_one_redis_execute_each_key_once() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipped: REDIS_URL not set");
+        return;
+    };
+    let base = url.trim_end_matches('/');
+    let base = base.rsplit_once('/').map_or(base, |(h, last)| {
+        if last.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            base
+        }
+    });
+    let db_url = format!("{base}/12");
+    let out = Command::new("redis-cli")
+        .args(["-u", &db_url, "flushdb"])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "flushdb on {db_url}: {out:?}");
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gws: Vec<_> = (0..3)
+        .map(|_| gateway(&["--upstream", &up.url(), "--store", &db_url]))
+        .collect();
+    let bases: Vec<String> = gws.iter().map(|(_, b)| b.clone()).collect();
+    storm(&bases, &up).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_on_one_postgres_execute_each_key_once() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipped: DATABASE_URL not set");
+        return;
+    };
+    let name = format!(
+        "idem_gw_storm_{}",
+        &idem_core::key::generate_uuid_v4().replace('-', "")[..12]
+    );
+    let (pg, conn) = idem_postgres_store::tokio_postgres::connect(
+        &url,
+        idem_postgres_store::tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("DATABASE_URL={url} is set but PostgreSQL cannot be reached: {e}"));
+    tokio::spawn(conn);
+    pg.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let db_url = format!(
+        "{}/{name}",
+        url.rsplit_once('/').map_or(url.as_str(), |(h, _)| h)
+    );
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gws: Vec<_> = (0..3)
+        .map(|_| gateway(&["--upstream", &up.url(), "--store", &db_url]))
+        .collect();
+    let bases: Vec<String> = gws.iter().map(|(_, b)| b.clone()).collect();
+    storm(&bases, &up).await;
+    drop(gws);
+    let _ = pg
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await;
+    let _ = send;
+}

@@ -1,0 +1,153 @@
+//! A counting upstream: an HTTP server that records every request it gets,
+//! so gateway tests can assert "nothing executed" by counting (STYLE habit 5).
+//!
+//! Requests steer it with headers (headers are not part of the fingerprint,
+//! so they do not change which request is "the same"):
+//! - `x-test-delay-ms: N`: answer after N milliseconds;
+//! - `x-test-status: N`: answer with status N;
+//! - `x-test-body-bytes: N`: answer with a body of N bytes.
+//!
+//! Otherwise it answers 201 with JSON: `{"n": <its count>, "method", "path",
+//! "key", "body_len"}`.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! let upstream = idem_testkit::upstream::CountingUpstream::start().await?;
+//! // ... point the gateway at upstream.url() and send requests ...
+//! assert_eq!(upstream.executions(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+#[derive(Default)]
+struct Seen {
+    total: usize,
+    by_key: HashMap<String, usize>,
+    last_headers: HeaderMap,
+}
+
+/// The running upstream; it stops when dropped.
+pub struct CountingUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn header_num(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}
+
+async fn handle(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let key = parts
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    // Counted on arrival, before any delay: an execution that is abandoned
+    // half-way still counts.
+    let n = {
+        let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+        s.total += 1;
+        *s.by_key.entry(key.clone()).or_default() += 1;
+        s.last_headers = parts.headers.clone();
+        s.total
+    };
+    let body: Bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    if let Some(ms) = header_num(&parts.headers, "x-test-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = header_num(&parts.headers, "x-test-status")
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::CREATED);
+    if let Some(len) = header_num(&parts.headers, "x-test-body-bytes") {
+        return (status, vec![b'x'; len as usize]).into_response();
+    }
+    let json = format!(
+        "{{\"n\":{n},\"method\":\"{}\",\"path\":\"{}\",\"key\":\"{}\",\"body_len\":{}}}",
+        parts.method,
+        parts.uri.path().replace('"', ""),
+        key.replace('"', ""),
+        body.len()
+    );
+    (
+        status,
+        [
+            ("content-type", "application/json"),
+            ("x-upstream-n", &n.to_string()),
+        ],
+        json,
+    )
+        .into_response()
+}
+
+impl CountingUpstream {
+    /// Starts on a free loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    /// Starts on `addr` (to bring an upstream back on the port it had).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let app = Router::new().fallback(handle).with_state(seen.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, seen, task })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests received, of any kind.
+    pub fn executions(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    /// Requests received with `Idempotency-Key: key`.
+    pub fn executions_of(&self, key: &str) -> usize {
+        let s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        s.by_key.get(key).copied().unwrap_or(0)
+    }
+
+    /// The headers of the last request received.
+    pub fn last_headers(&self) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_headers
+            .clone()
+    }
+}
