@@ -7,6 +7,7 @@ use idem_core::problem::DEFAULT_PROBLEM_BASE;
 use idem_core::{Policy, Secret, Store, StoreError};
 use tower_layer::Layer;
 
+use super::renew::Renewals;
 use super::service::Idempotency;
 use crate::metrics::{Metrics, RouteMetrics};
 
@@ -31,6 +32,7 @@ pub(crate) struct Shared {
     /// that builder calls in any order agree.
     pub(crate) route_metrics: OnceLock<Vec<Arc<RouteMetrics>>>,
     pub(crate) in_flight: Arc<InFlight>,
+    pub(crate) renewals: Arc<Renewals>,
 }
 
 /// Executions running in their own tasks (SPEC rule 12), counted so that a
@@ -106,6 +108,7 @@ impl IdempotencyLayer {
                 metrics: Metrics::new(),
                 route_metrics: OnceLock::new(),
                 in_flight: Arc::default(),
+                renewals: Arc::default(),
             }),
         }
     }
@@ -128,6 +131,7 @@ impl IdempotencyLayer {
                     metrics: s.metrics.clone(),
                     route_metrics: OnceLock::new(),
                     in_flight: s.in_flight.clone(),
+                    renewals: Arc::default(),
                 };
                 f(&mut copy);
                 self.shared = Arc::new(copy);
@@ -217,6 +221,20 @@ impl IdempotencyLayer {
 }
 
 impl Shared {
+    /// How often the renewal task looks for due leases: a sixth of the
+    /// shortest lease (so a renewal is at most that late), within 5 ms..1 s.
+    pub(crate) fn renewal_tick(&self) -> Duration {
+        let shortest = self
+            .policy
+            .routes
+            .iter()
+            .map(|(_, p)| p.lease)
+            .chain(std::iter::once(self.policy.default.lease))
+            .min()
+            .unwrap_or(Duration::from_secs(30));
+        (shortest / 6).clamp(Duration::from_millis(5), Duration::from_secs(1))
+    }
+
     /// The metrics of route `index` (`None`: the default policy).
     pub(crate) fn route_metrics(&self, index: Option<usize>) -> &RouteMetrics {
         let all = self.route_metrics.get_or_init(|| {

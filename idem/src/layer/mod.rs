@@ -16,6 +16,7 @@ mod body;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod renew;
 mod service;
 
 pub use body::{BoxError, RequestBody, ResponseBody};

@@ -199,11 +199,20 @@ fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
     res
 }
 
+/// The headers to store, each value copied: a value parsed by hyper is a
+/// slice of its connection's whole read buffer, and a record that kept it
+/// would keep kilobytes alive per key (measured: the memory store grew by
+/// a read buffer per request, and first executions ran at 0.66× the plain
+/// proxy instead of 0.9×).
 fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     headers
         .iter()
         .filter(|(n, _)| !NOT_STORED.contains(&n.as_str()))
-        .map(|(n, v)| (n.clone(), v.clone()))
+        .map(|(n, v)| {
+            let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+            copy.set_sensitive(v.is_sensitive());
+            (n.clone(), copy)
+        })
         .collect()
 }
 
@@ -509,9 +518,10 @@ where
     Ok(Outcome::Full(parts, buf.freeze()))
 }
 
-/// Runs the execution in its own task so that a client disconnecting (which
-/// drops this future) cannot cancel it half-way (SPEC rule 12): the task runs
-/// to completion and stores its answer for the client's retry.
+/// Runs the execution so that a client disconnecting (which drops this
+/// future) cannot cancel it half-way (SPEC rule 12): if dropped unfinished,
+/// the execution moves to a task of its own, runs to completion and stores
+/// its answer for the client's retry. See [`Detached`].
 async fn execute<S, ReqBody, ResBody>(
     route: Route,
     inner: S,
@@ -530,7 +540,7 @@ where
 {
     let shared = route.shared.clone();
     let guard = shared.in_flight.enter();
-    let task = tokio::spawn(async move {
+    let task = Detached::new(async move {
         let _guard = guard;
         let req = Request::from_parts(parts, RequestBody::buffered(body));
         let policy = route.policy();
@@ -598,22 +608,58 @@ where
             }
         }
     });
-    match task.await {
-        Ok(result) => result,
-        Err(e) => {
-            tracing::error!(error = %e, "idempotent execution task failed");
-            Ok(problem_response(
-                &shared,
-                &Problem::new(
-                    ProblemKind::ExecutionFailed,
-                    "the execution was interrupted; retry",
-                ),
-            ))
+    task.await
+}
+
+/// A future that is polled in place while its caller waits for it, and
+/// moves to a task of its own if the caller drops it before it finished.
+///
+/// Spawning every execution up front would give the same guarantee, but
+/// costs a task and a cross-thread wake-up per request; in place is the
+/// common case (the client waits), so only abandoned executions pay.
+pub(crate) struct Detached<T: Send + 'static> {
+    fut: Option<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>>,
+}
+
+impl<T: Send + 'static> Detached<T> {
+    pub(crate) fn new(fut: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Self {
+            fut: Some(Box::pin(fut)),
         }
     }
 }
 
-/// Runs `work` while renewing the lease every third of it, so a long
+impl<T: Send + 'static> std::future::Future for Detached<T> {
+    type Output = T;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for Detached<T> {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        let _ = fut.await;
+                    });
+                }
+                Err(_) => tracing::error!(
+                    "an execution was dropped outside the runtime (shutting down?); its key stays in progress until its lease ends"
+                ),
+            }
+        }
+    }
+}
+
+/// Runs `work` while its lease is renewed every third of it, so a long
 /// execution is never taken over while alive, and a crashed one blocks its
 /// key for at most one lease.
 async fn with_renewal<F: std::future::Future>(
@@ -622,36 +668,8 @@ async fn with_renewal<F: std::future::Future>(
     fence: Fence,
     work: F,
 ) -> F::Output {
-    let shared = &route.shared;
-    let lease = route.policy().lease;
-    let period = (lease / 3).max(Duration::from_millis(10));
-    let renew = async {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let started = std::time::Instant::now();
-            let renewed =
-                tokio::time::timeout(shared.store_timeout, shared.store.renew(key, fence, lease))
-                    .await;
-            route.metrics().store(StoreOp::Renew, started.elapsed());
-            match renewed {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => {
-                    tracing::warn!(key = %key.short(), "lease lost: another request took this key over; this execution's answer will not be stored");
-                    std::future::pending::<()>().await;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(key = %key.short(), error = %e, "lease renewal failed; retrying")
-                }
-                Err(_) => tracing::warn!(key = %key.short(), "lease renewal timed out; retrying"),
-            }
-        }
-    };
-    tokio::select! {
-        out = work => out,
-        () = renew => unreachable!("renewal never ends"),
-    }
+    let _renewed = route.shared.renewals.register(route, *key, fence);
+    work.await
 }
 
 /// Stores the answer, retrying briefly: a store blip here must not leave the

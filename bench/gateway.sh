@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# HTTP load test of `idem gateway`: the same upstream behind a plain hyper
+# reverse proxy (no idempotency) and behind the gateway, side by side,
+# alternating runs, medians reported. See docs/BENCHMARKS.md.
+#
+# Usage: bench/gateway.sh [runs=3] [seconds=8] [connections=64]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}; SECS=${2:-8}; CONNS=${3:-64}
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+cargo build --release -q -p idem-gateway --bins --examples
+BIN=target/release/idem
+EX=target/release/examples
+WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+OUT="$WORK/results.tsv"
+UP=127.0.0.1:18200
+
+wait_port() { # name port
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && return; sleep 0.05; done
+  echo "$1 did not start" >&2; cat "$WORK/$1.log" >&2; exit 1
+}
+
+"$EX/bench_upstream" "$UP" >"$WORK/upstream.log" 2>&1 & wait_port upstream 18200
+"$EX/plain_proxy" 127.0.0.1:18201 "$UP" >"$WORK/plain.log" 2>&1 & wait_port plain 18201
+gw() { # name port args...
+  local name=$1 port=$2; shift 2
+  "$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn "$@" >"$WORK/$name.log" 2>&1 &
+  wait_port "$name" "$port"
+}
+gw memory 18202 --store memory://
+gw sqlite 18203 --store "sqlite://$WORK/bench.db"
+gw nolayer 18204 --store memory:// --bench-without-layer
+
+run() { # scenario variant port script
+  local res rps p99 non2xx
+  res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "bench/$4" "http://127.0.0.1:$3/payments")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$res")
+  non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$res"); non2xx=${non2xx:-0}
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p99" "$non2xx" | tee -a "$OUT"
+}
+
+# Warm-up (also executes the 16 replay keys once on each gateway).
+for p in 18201 18202 18203 18204; do wrk -t1 -c8 -d2s -s bench/replays.lua "http://127.0.0.1:$p/payments" >/dev/null; done
+
+printf 'scenario\tvariant\treq/s\tp99\tnon-2xx\n'
+for i in $(seq "$RUNS"); do
+  run first plain 18201 new-keys.lua
+  run first gateway-memory 18202 new-keys.lua
+  run first gateway-sqlite 18203 new-keys.lua
+  run first gateway-no-layer 18204 new-keys.lua
+  run replay plain 18201 replays.lua
+  run replay gateway-memory 18202 replays.lua
+  run replay gateway-sqlite 18203 replays.lua
+done
+
+python3 - "$OUT" <<'PY'
+import sys, statistics, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+def ms(s):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if s.endswith(unit): return float(s[:-len(unit)]) * f
+    return float(s)
+rps = collections.defaultdict(list); p99 = collections.defaultdict(list)
+for sc, var, r, p, _ in rows:
+    rps[(sc, var)].append(float(r)); p99[(sc, var)].append(ms(p))
+print("\nmedians of %d runs" % len(rps[("first", "plain")]))
+print("| scenario | variant | req/s | p99 ms | req/s vs plain proxy | p99 vs plain proxy |")
+print("|---|---|---|---|---|---|")
+for sc in ("first", "replay"):
+    base_r = statistics.median(rps[(sc, "plain")]); base_p = statistics.median(p99[(sc, "plain")])
+    for var in ("plain", "gateway-memory", "gateway-sqlite", "gateway-no-layer"):
+        if (sc, var) not in rps: continue
+        r = statistics.median(rps[(sc, var)]); p = statistics.median(p99[(sc, var)])
+        print(f"| {sc} | {var} | {r:,.0f} | {p:.2f} | {r/base_r:.2f}x | {p/base_p:.2f}x |")
+PY
