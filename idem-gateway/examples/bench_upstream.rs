@@ -16,7 +16,9 @@ use hyper_util::server::conn::auto;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18200".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18200".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("bench upstream listening on http://{addr}");
     let counter = Arc::new(AtomicU64::new(0));
@@ -28,7 +30,12 @@ async fn main() -> anyhow::Result<()> {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let counter = counter.clone();
                 async move {
-                    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let json = format!(
                         r#"{{"id":"pay_{n:016x}","amount":42.5,"currency":"EUR","status":"succeeded","received":{}}}"#,
@@ -36,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
                     );
                     let mut res = Response::new(Full::new(Bytes::from(json)));
                     *res.status_mut() = StatusCode::CREATED;
-                    res.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+                    res.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
                     Ok::<_, Infallible>(res)
                 }
             });

@@ -32,7 +32,10 @@ const HOP_BY_HOP: [&str; 9] = [
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:18201".into());
-    let upstream: Authority = args.next().unwrap_or_else(|| "127.0.0.1:18200".into()).parse()?;
+    let upstream: Authority = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:18200".into())
+        .parse()?;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -49,7 +52,11 @@ async fn main() -> anyhow::Result<()> {
                 let (client, upstream) = (client.clone(), upstream.clone());
                 async move {
                     let (mut parts, body) = req.into_parts();
-                    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                    let pq = parts
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_owned();
                     parts.uri = Uri::builder()
                         .scheme(Scheme::HTTP)
                         .authority(upstream)
@@ -63,20 +70,25 @@ async fn main() -> anyhow::Result<()> {
                         parts.headers.insert("x-forwarded-for", v);
                     }
                     parts.version = http::Version::HTTP_11;
-                    let res: Response<Body> = match client.request(Request::from_parts(parts, body)).await {
-                        Ok(res) => {
-                            let (mut parts, body) = res.into_parts();
-                            for h in HOP_BY_HOP {
-                                parts.headers.remove(h);
+                    let res: Response<Body> =
+                        match client.request(Request::from_parts(parts, body)).await {
+                            Ok(res) => {
+                                let (mut parts, body) = res.into_parts();
+                                for h in HOP_BY_HOP {
+                                    parts.headers.remove(h);
+                                }
+                                Response::from_parts(parts, body.boxed())
                             }
-                            Response::from_parts(parts, body.boxed())
-                        }
-                        Err(_) => {
-                            let mut r = Response::new(Full::new(Bytes::from_static(b"bad gateway")).map_err(|never| match never {}).boxed());
-                            *r.status_mut() = StatusCode::BAD_GATEWAY;
-                            r
-                        }
-                    };
+                            Err(_) => {
+                                let mut r = Response::new(
+                                    Full::new(Bytes::from_static(b"bad gateway"))
+                                        .map_err(|never| match never {})
+                                        .boxed(),
+                                );
+                                *r.status_mut() = StatusCode::BAD_GATEWAY;
+                                r
+                            }
+                        };
                     Ok::<_, http::Error>(res)
                 }
             });

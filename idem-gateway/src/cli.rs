@@ -28,6 +28,59 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print a new idempotency key (UUID v4 by default).
     Keygen(KeygenArgs),
+    /// Inspect, delete, purge and count records in a store.
+    Keys(KeysArgs),
+}
+
+/// Flags of `idem keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// The store: sqlite://PATH, redis://…, redis+cluster://…, postgres://….
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_STORE",
+        default_value = "sqlite://idem.db"
+    )]
+    pub store: StoreUrl,
+    /// File holding the secret behind store keys (default for SQLite: PATH.secret; shared stores keep one).
+    #[arg(long, global = true, env = "IDEM_SECRET_FILE", value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+/// `idem keys` actions.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Show the record of a key: state, fingerprint, expiry, the stored answer.
+    Inspect {
+        /// The Idempotency-Key as the client sent it.
+        key: String,
+        /// The scope header's value the client sent (e.g. "Bearer sk_live_…"); omit for the anonymous scope.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Remove the record of a key, whatever its state: its next request executes again.
+    Delete {
+        /// The Idempotency-Key as the client sent it.
+        key: String,
+        /// The scope header's value the client sent; omit for the anonymous scope.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Remove every expired record now (the gateway also sweeps on its own).
+    PurgeExpired {
+        /// Records removed per batch (one transaction each).
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
+    /// Count records by state.
+    Stats,
 }
 
 /// Flags of `idem gateway`. Each overrides the same key of the `--config`
@@ -74,6 +127,9 @@ pub struct GatewayArgs {
     /// Address of the admin listener (/metrics, /healthz, /readyz); "none" turns it off [default: 127.0.0.1:9090].
     #[arg(long, env = "IDEM_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
+    /// File holding the bearer token of the admin API (/admin/…); without it the admin API is off.
+    #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// How long to wait for the upstream's response headers, and between its body chunks [default: 30s].
     #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
     pub upstream_timeout: Option<String>,

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod demo;
 pub mod gateway;
 pub mod keygen;
+pub mod keys;
 pub mod stores;
 
 /// Resolves on SIGTERM or SIGINT.

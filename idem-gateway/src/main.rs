@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use idem_gateway::cli::{Cli, Command, DemoArgs, KeygenArgs};
+use idem_gateway::cli::{Cli, Command, DemoArgs, KeygenArgs, KeysAction, KeysArgs};
 use idem_gateway::demo::{self, DemoConfig};
 use idem_gateway::gateway::{self, GatewayConfig};
 use idem_gateway::keygen::{self, Strategy};
@@ -35,7 +35,88 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(gateway_cmd(config))
         }
         Command::Demo(args) => runtime()?.block_on(demo_cmd(args)),
+        Command::Keys(args) => runtime()?.block_on(keys_cmd(args)),
     }
+}
+
+async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let admin = idem_gateway::keys::KeyAdmin::open(&args.store, args.secret_file.as_deref())?;
+    let json = args.json;
+    let print = |v: serde_json::Value, text: String| {
+        if json {
+            println!("{v}");
+        } else {
+            print!("{text}");
+        }
+    };
+    match args.action {
+        KeysAction::Inspect { key, scope } => match admin.inspect(&key, scope.as_deref()).await? {
+            Some(view) => print(serde_json::to_value(&view)?, view.to_string()),
+            None => {
+                print(
+                    serde_json::Value::Null,
+                    format!(
+                        "no live record for {key:?}{}\n",
+                        if scope.is_some() {
+                            " in that scope"
+                        } else {
+                            " in the anonymous scope (pass --scope if the client sent one)"
+                        }
+                    ),
+                );
+                std::process::exit(1);
+            }
+        },
+        KeysAction::Delete { key, scope } => {
+            let deleted = admin.delete(&key, scope.as_deref()).await?;
+            print(
+                serde_json::json!({ "deleted": deleted }),
+                if deleted {
+                    format!("deleted the record of {key:?}\n")
+                } else {
+                    format!("no record for {key:?}; nothing deleted\n")
+                },
+            );
+            if !deleted {
+                std::process::exit(1);
+            }
+        }
+        KeysAction::PurgeExpired { batch } => {
+            let started = std::time::Instant::now();
+            let tty = std::io::stderr().is_terminal() && !json;
+            let total = admin
+                .purge_expired(batch.max(1), |n| {
+                    let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                    if tty {
+                        eprint!("\rpurged {n} expired records ({rate:.0}/s) ");
+                        let _ = std::io::stderr().flush();
+                    } else if !json {
+                        eprintln!("purged {n} expired records so far");
+                    }
+                })
+                .await?;
+            if tty {
+                eprintln!();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            print(
+                serde_json::json!({ "purged": total, "seconds": secs }),
+                format!("purged {total} expired records in {secs:.2}s\n"),
+            );
+        }
+        KeysAction::Stats => {
+            let s = admin.stats().await?;
+            print(
+                serde_json::json!({ "in_progress": s.in_progress, "completed": s.completed, "expired": s.expired }),
+                format!(
+                    "in_progress  {}\ncompleted    {}\nexpired      {}\n",
+                    s.in_progress, s.completed, s.expired
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -70,6 +70,7 @@ with_route_keys! {
         upstream: Option<String>,
         listen: Option<String>,
         admin_listen: Option<String>,
+        admin_token_file: Option<PathBuf>,
         store: Option<String>,
         secret_file: Option<PathBuf>,
         scope_header: Option<String>,
@@ -167,6 +168,8 @@ pub struct GatewayConfig {
     pub listen: String,
     /// The admin listener's address; `None` turns it off. The default is `127.0.0.1:9090`.
     pub admin_listen: Option<String>,
+    /// The admin API's bearer token file; `None`: the admin API is off.
+    pub admin_token_file: Option<PathBuf>,
     /// The store. The default is `sqlite://idem.db`.
     pub store: StoreUrl,
     /// The secret file, if not the store's default.
@@ -570,6 +573,7 @@ impl GatewayConfig {
             admin_listen,
             store,
             secret_file: args.secret_file.clone().or(file.secret_file),
+            admin_token_file: args.admin_token_file.clone().or(file.admin_token_file),
             scope_header,
             local_cache,
             problem_base: file

@@ -71,8 +71,8 @@ pub async fn run(
         .problem_base(config.problem_base.clone())
         .store_timeout(config.store_timeout)
         .metrics(metrics.clone());
-    let layer = match opened.secret {
-        Some(secret) => layer.secret(secret),
+    let layer = match &opened.secret {
+        Some(secret) => layer.secret(secret.clone()),
         None => layer.secret_from_store(),
     };
 
@@ -80,10 +80,16 @@ pub async fn run(
     let (admin_stop, admin_task) = match admin {
         Some(admin) => {
             let addr = admin.local_addr()?;
+            let token = match &config.admin_token_file {
+                Some(path) => Some(read_token(path)?),
+                None => None,
+            };
             let state = admin::AdminState {
                 metrics,
                 store: opened.store.clone(),
                 draining: draining.clone(),
+                keys: crate::keys::KeyAdmin::new(opened.store.clone(), opened.secret.clone()),
+                token,
             };
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {
@@ -164,6 +170,34 @@ pub async fn run(
         let _ = task.await;
     }
     result
+}
+
+/// Reads the admin API's bearer token: the file's content, trimmed.
+fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "the admin token in {} is shorter than 16 characters; write a long random one, e.g. openssl rand -hex 32 > {}",
+            path.display(),
+            path.display()
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "the admin token file {} can be read by other users; chmod 600 it",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(Arc::from(token))
 }
 
 /// The accept loop, for any service (the gateway, or the bare proxy the
