@@ -14,9 +14,27 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, env = "IDEM_LOG", default_value = "info")]
     pub log: tracing::Level,
+    /// Log format: text (for people) or json (one object per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the span's fields (route, backend, key hash, outcome).
+    Json,
 }
 
 /// The subcommands.

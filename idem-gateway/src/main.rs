@@ -4,19 +4,27 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use idem_gateway::cli::{Cli, Command, DemoArgs, KeygenArgs, KeysAction, KeysArgs};
+use idem_gateway::cli::{Cli, Command, DemoArgs, KeygenArgs, KeysAction, KeysArgs, LogFormat};
 use idem_gateway::demo::{self, DemoConfig};
 use idem_gateway::gateway::{self, GatewayConfig};
 use idem_gateway::keygen::{self, Strategy};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(cli.log)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match cli.command {
         Command::Keygen(args) => keygen_cmd(args),
         Command::Gateway(args) => {

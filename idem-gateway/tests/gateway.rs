@@ -659,76 +659,92 @@ async fn metrics_move_with_each_outcome() {
     let gw = Gateway::start(&up.url(), |a| a.max_body = Some("1KiB".into())).await;
     let c = client();
     let url = gw.at("/payments");
-    post(&c, &url, Some("metric-key-00001"), BODY).await;
-    post(&c, &url, Some("metric-key-00001"), BODY).await;
-    post(&c, &url, Some("metric-key-00001"), "{}").await;
-    post(&c, &url, None, BODY).await;
-    post(&c, &url, Some("bad key"), BODY).await;
-    post(&c, &url, Some("metric-key-00002"), &"x".repeat(2048)).await;
-    post_with(
-        &c,
-        &url,
-        "metric-key-00003",
-        &[("x-test-status", "502")],
-        BODY,
-    )
-    .await;
+    post(&c, &url, Some("metric-key-00001"), BODY).await; // executed
+    post(&c, &url, Some("metric-key-00001"), BODY).await; // replayed
+    post(&c, &url, Some("metric-key-00001"), "{}").await; // mismatch
+    post(&c, &url, None, BODY).await; // missing key
+    post(&c, &url, Some("bad key"), BODY).await; // invalid key
+    post(&c, &url, Some("metric-key-00002"), &"x".repeat(2048)).await; // too large
+    let fail = [("x-test-status", "502")];
+    post_with(&c, &url, "metric-key-00003", &fail, BODY).await; // executed, upstream error
+                                                                // A duplicate while the first still executes: in progress.
+    let slow = {
+        let (c, url) = (c.clone(), url.clone());
+        let delay = [("x-test-delay-ms", "300")];
+        tokio::spawn(async move { post_with(&c, &url, "metric-key-00004", &delay, BODY).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        post(&c, &url, Some("metric-key-00004"), BODY).await.status,
+        409
+    );
+    assert_eq!(slow.await.expect("slow").status, 201);
+
     let text = send(&c, Method::GET, &format!("{}/metrics", gw.admin), &[], "").await;
     assert_eq!(text.status, 200);
     let text = String::from_utf8_lossy(&text.body).into_owned();
     let l = r#"route="*",backend="memory""#;
-    assert_eq!(
-        metric(&text, &format!("idempotency_cache_hits_total{{{l}}}")),
-        1
-    );
-    assert_eq!(
-        metric(&text, &format!("idempotency_cache_misses_total{{{l}}}")),
-        2
-    );
-    for (kind, n) in [
-        ("mismatch", 1),
-        ("missing_key", 1),
-        ("invalid_key", 1),
-        ("too_large", 1),
-        ("upstream", 1),
-        ("in_progress", 0),
-    ] {
-        assert_eq!(
-            metric(
-                &text,
-                &format!("idempotency_errors_total{{{l},kind=\"{kind}\"}}")
-            ),
-            n,
-            "{kind}"
-        );
+    let expected = [
+        (format!("idempotency_cache_hits_total{{{l}}}"), 1),
+        (format!("idempotency_cache_misses_total{{{l}}}"), 3),
+        (
+            format!("idempotency_errors_total{{{l},kind=\"mismatch\"}}"),
+            1,
+        ),
+        (
+            format!("idempotency_errors_total{{{l},kind=\"missing_key\"}}"),
+            1,
+        ),
+        (
+            format!("idempotency_errors_total{{{l},kind=\"invalid_key\"}}"),
+            1,
+        ),
+        (
+            format!("idempotency_errors_total{{{l},kind=\"too_large\"}}"),
+            1,
+        ),
+        (
+            format!("idempotency_errors_total{{{l},kind=\"upstream\"}}"),
+            1,
+        ),
+        (
+            format!("idempotency_errors_total{{{l},kind=\"in_progress\"}}"),
+            1,
+        ),
+        (
+            format!("idempotency_errors_total{{{l},kind=\"store_unavailable\"}}"),
+            0,
+        ),
+        (format!("idempotency_processing_seconds_count{{{l}}}"), 3),
+        (
+            format!("idempotency_store_seconds_count{{{l},op=\"begin\"}}"),
+            6,
+        ),
+        (
+            format!("idempotency_store_seconds_count{{{l},op=\"complete\"}}"),
+            2,
+        ),
+        (
+            format!("idempotency_store_seconds_count{{{l},op=\"release\"}}"),
+            1,
+        ),
+    ];
+    for (series, n) in expected {
+        assert_eq!(metric(&text, &series), n, "{series}");
     }
-    assert_eq!(
-        metric(
-            &text,
-            &format!("idempotency_processing_seconds_count{{{l}}}")
-        ),
-        2
-    );
-    assert_eq!(
-        metric(
-            &text,
-            &format!("idempotency_store_seconds_count{{{l},op=\"begin\"}}")
-        ),
-        4
-    );
-    assert_eq!(
-        metric(
-            &text,
-            &format!("idempotency_store_seconds_count{{{l},op=\"complete\"}}")
-        ),
-        1
-    );
-    assert_eq!(
-        metric(
-            &text,
-            &format!("idempotency_store_seconds_count{{{l},op=\"release\"}}")
-        ),
-        1
-    );
+    gw.shutdown().await.expect("clean shutdown");
+
+    // store_unavailable, labelled with the failing backend.
+    let dead = common::free_port();
+    let gw = Gateway::start(&up.url(), |a| {
+        a.store = Some(format!("redis://127.0.0.1:{dead}/0"));
+    })
+    .await;
+    let r = post(&c, &gw.at("/payments"), Some("metric-key-00005"), BODY).await;
+    assert_eq!(r.status, 503);
+    let text = send(&c, Method::GET, &format!("{}/metrics", gw.admin), &[], "").await;
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    let series = r#"idempotency_errors_total{route="*",backend="redis",kind="store_unavailable"}"#;
+    assert_eq!(metric(&text, series), 1);
     gw.shutdown().await.expect("clean shutdown");
 }

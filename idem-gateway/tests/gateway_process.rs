@@ -341,3 +341,86 @@ async fn three_gateways_on_one_postgres_execute_each_key_once() {
         .await;
     let _ = send;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_outcome_and_never_the_key_or_the_scope() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("idem.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = common::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args([
+            "--log",
+            "debug",
+            "--log-format",
+            "json",
+            "gateway",
+            "--upstream",
+            &up.url(),
+        ])
+        .args([
+            "--store",
+            "memory://",
+            "--admin-listen",
+            "none",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let gw = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/payments");
+    let secret_key = "very-secret-key-0001";
+    let scope = "Bearer sk_live_do_not_log_me";
+    for _ in 0..2 {
+        let r = send(
+            &c,
+            Method::POST,
+            &url,
+            &[("idempotency-key", secret_key), ("authorization", scope)],
+            BODY,
+        )
+        .await;
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(send(&c, Method::POST, &url, &[], BODY).await.status, 400);
+    signal(&gw, "-TERM");
+    drop(gw);
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    assert!(!text.contains(secret_key), "the raw key was logged");
+    assert!(
+        !text.contains("sk_live_do_not_log_me"),
+        "the scope was logged"
+    );
+    let mut outcomes = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["fields"]["message"] == "covered request answered" {
+            let span = &v["span"];
+            assert_eq!(span["name"], "idempotency");
+            assert_eq!(span["backend"], "memory");
+            assert_eq!(span["route"], "*");
+            outcomes.push(span["outcome"].as_str().unwrap_or_default().to_owned());
+            if let Some(key) = span["key"].as_str() {
+                assert!(
+                    key.len() == 8 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{key}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        outcomes,
+        ["executed", "replayed", "idempotency-key-missing"],
+        "{text}"
+    );
+}

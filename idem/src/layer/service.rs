@@ -17,6 +17,7 @@ use idem_core::{
     StoreError, StoreKey, StoredResponse,
 };
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::{BoxError, RequestBody, ResponseBody};
 use super::future::ResponseFuture;
@@ -165,10 +166,37 @@ where
                 // usual dance); a fresh clone stays for the next request.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::protocol(protocol(route, inner, req))
+                // One span per covered request: route, backend, a short hash
+                // of the store key (never the key or the scope: both can be
+                // secrets) and the outcome, for every event logged inside.
+                let span = tracing::info_span!(
+                    "idempotency",
+                    route = route.name(),
+                    backend = self.shared.store.backend(),
+                    key = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                );
+                ResponseFuture::protocol(
+                    async move {
+                        let res = protocol(route, inner, req).await;
+                        if let Ok(r) = &res {
+                            tracing::debug!(
+                                status = r.status().as_u16(),
+                                "covered request answered"
+                            );
+                        }
+                        res
+                    }
+                    .instrument(span),
+                )
             }
         }
     }
+}
+
+/// Records the covered request's outcome on its span.
+fn outcome(o: &'static str) {
+    tracing::Span::current().record("outcome", o);
 }
 
 /// A refusal as an `application/problem+json` response.
@@ -311,7 +339,8 @@ where
 {
     let shared = route.shared.clone();
     let policy = route.policy();
-    let refuse = |kind, detail: String| {
+    let refuse = |kind: ProblemKind, detail: String| {
+        outcome(kind.slug());
         route.count(kind);
         Ok(problem_response(&shared, &Problem::new(kind, detail)))
     };
@@ -339,6 +368,7 @@ where
             );
         }
         // An optional key that was not sent: no protection asked for.
+        outcome("unprotected");
         let req = Request::from_parts(parts, RequestBody::streaming(body));
         return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
     }
@@ -377,6 +407,7 @@ where
     };
     let store_key = StoreKey::derive(secret, scope.as_deref(), key.as_str());
     let span_key = store_key.short();
+    tracing::Span::current().record("key", span_key.as_str());
 
     let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
     let mut poll = Duration::from_millis(5);
@@ -394,8 +425,9 @@ where
         route.metrics().store(StoreOp::Begin, started.elapsed());
         match begun {
             Ok(Begin::Started(fence)) => {
-                tracing::debug!(route = route.name(), key = %span_key, "executing");
+                tracing::debug!("executing");
                 route.metrics().miss();
+                outcome("executed");
                 let mut parts = parts;
                 parts.extensions.insert(IdempotencyContext::new(
                     route.clone(),
@@ -405,8 +437,9 @@ where
                 return execute(route, inner, parts, bytes, store_key, fence).await;
             }
             Ok(Begin::Completed(stored)) => {
-                tracing::debug!(route = route.name(), key = %span_key, "replaying");
+                tracing::debug!("replaying");
                 route.metrics().hit();
+                outcome("replayed");
                 return Ok(replay(stored));
             }
             Ok(Begin::Mismatch) => {
@@ -426,6 +459,7 @@ where
                     }
                 }
                 route.count(ProblemKind::KeyInUse);
+                outcome(ProblemKind::KeyInUse.slug());
                 return Ok(problem_response(
                     &shared,
                     &Problem::new(
@@ -454,10 +488,12 @@ where
 {
     route.count(ProblemKind::StoreUnavailable);
     if route.policy().fail_open {
+        outcome("fail-open");
         tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
         let req = Request::from_parts(parts, RequestBody::buffered(bytes));
         return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
     }
+    outcome(ProblemKind::StoreUnavailable.slug());
     tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
     let kind = match e {
         StoreError::CapacityExceeded { .. } => ProblemKind::StoreFull,
@@ -554,6 +590,7 @@ where
             Ok(Ok(Outcome::Full(..))) | Ok(Ok(Outcome::Oversize(..)))
         ) {
             route.metrics().error(ErrorKind::Upstream);
+            self::outcome("executed-not-stored");
         }
         match outcome {
             Err(_panic) => {
@@ -619,12 +656,14 @@ where
 /// common case (the client waits), so only abandoned executions pay.
 pub(crate) struct Detached<T: Send + 'static> {
     fut: Option<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>>,
+    span: tracing::Span,
 }
 
 impl<T: Send + 'static> Detached<T> {
     pub(crate) fn new(fut: impl std::future::Future<Output = T> + Send + 'static) -> Self {
         Self {
             fut: Some(Box::pin(fut)),
+            span: tracing::Span::current(),
         }
     }
 }
@@ -647,9 +686,13 @@ impl<T: Send + 'static> Drop for Detached<T> {
         if let Some(fut) = self.fut.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(async move {
-                        let _ = fut.await;
-                    });
+                    let span = std::mem::replace(&mut self.span, tracing::Span::none());
+                    handle.spawn(
+                        async move {
+                            let _ = fut.await;
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(_) => tracing::error!(
                     "an execution was dropped outside the runtime (shutting down?); its key stays in progress until its lease ends"
