@@ -29,6 +29,7 @@ pub mod problem;
 mod random;
 pub mod record;
 pub mod scope;
+pub mod signed;
 pub mod store;
 
 pub use cache::CachedStore;

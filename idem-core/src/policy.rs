@@ -133,6 +133,10 @@ pub struct RoutePolicy {
     /// Webhook mode: where the key comes from. The default is `None` (the
     /// `Idempotency-Key` header).
     pub webhook: Option<WebhookKeys>,
+    /// Whether keys must be signed for their user (`KEY.SIGNATURE`, see
+    /// [`crate::signed`]); unsigned or forged keys are refused with 400.
+    /// The layer needs the signing secret. The default is false.
+    pub require_signed_keys: bool,
 }
 
 impl Default for RoutePolicy {
@@ -150,6 +154,7 @@ impl Default for RoutePolicy {
             fail_open: false,
             wait: None,
             webhook: None,
+            require_signed_keys: false,
         }
     }
 }
@@ -212,6 +217,10 @@ impl RoutePolicy {
     setter!(
         /// Sets webhook mode. The default is off.
         webhook: Option<WebhookKeys>
+    );
+    setter!(
+        /// Requires signed keys (`KEY.SIGNATURE`). The default is false.
+        require_signed_keys: bool
     );
 
     /// Whether `method` is covered.

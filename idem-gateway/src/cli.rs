@@ -99,6 +99,28 @@ pub enum KeysAction {
     },
     /// Count records by state.
     Stats,
+    /// Issue a signed key (KEY.SIGNATURE) for a user, for routes that require signed keys.
+    Sign {
+        /// The key (a new UUID v4 when omitted).
+        key: Option<String>,
+        /// The user's scope header value, exactly as their requests send it (e.g. "Bearer sk_live_…").
+        #[arg(long)]
+        user: String,
+        /// File holding the key-signing secret (the gateway's --key-signing-secret-file).
+        #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
+        signing_secret_file: PathBuf,
+    },
+    /// Check a signed key for a user: exit 0 and print the key, or exit 1 and say why.
+    Verify {
+        /// The signed key, KEY.SIGNATURE.
+        signed: String,
+        /// The user's scope header value.
+        #[arg(long)]
+        user: String,
+        /// File holding the key-signing secret.
+        #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
+        signing_secret_file: PathBuf,
+    },
 }
 
 /// Flags of `idem gateway`. Each overrides the same key of the `--config`
@@ -148,6 +170,12 @@ pub struct GatewayArgs {
     /// File holding the bearer token of the admin API (/admin/…); without it the admin API is off.
     #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+    /// Require keys signed for their user (KEY.SIGNATURE; see `idem keys sign`) on every covered route.
+    #[arg(long, env = "IDEM_REQUIRE_SIGNED_KEYS")]
+    pub require_signed_keys: bool,
+    /// File holding the secret that signs keys (needed with signed keys).
+    #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
+    pub key_signing_secret_file: Option<PathBuf>,
     /// How long to wait for the upstream's response headers, and between its body chunks [default: 30s].
     #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
     pub upstream_timeout: Option<String>,

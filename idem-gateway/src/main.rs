@@ -49,6 +49,42 @@ fn main() -> anyhow::Result<()> {
 
 async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
+    match &args.action {
+        KeysAction::Sign {
+            key,
+            user,
+            signing_secret_file,
+        } => {
+            let secret = read_signing_secret(signing_secret_file)?;
+            let key = key.clone().unwrap_or_else(idem_core::key::generate_uuid_v4);
+            idem_core::KeyRules::new(1, 8192)
+                .validate(&key)
+                .with_context(|| format!("{key:?} cannot be signed"))?;
+            println!(
+                "{}",
+                idem_core::signed::sign(&secret, &key, user.as_bytes())
+            );
+            return Ok(());
+        }
+        KeysAction::Verify {
+            signed,
+            user,
+            signing_secret_file,
+        } => {
+            let secret = read_signing_secret(signing_secret_file)?;
+            match idem_core::signed::verify(&secret, signed, user.as_bytes()) {
+                Ok(key) => {
+                    println!("valid: key {key} signed for this user");
+                    return Ok(());
+                }
+                Err(e) => {
+                    eprintln!("invalid: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        _ => {}
+    }
     let admin = idem_gateway::keys::KeyAdmin::open(&args.store, args.secret_file.as_deref())?;
     let json = args.json;
     let print = |v: serde_json::Value, text: String| {
@@ -113,6 +149,7 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
                 format!("purged {total} expired records in {secs:.2}s\n"),
             );
         }
+        KeysAction::Sign { .. } | KeysAction::Verify { .. } => unreachable!("handled above"),
         KeysAction::Stats => {
             let s = admin.stats().await?;
             print(
@@ -125,6 +162,16 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn read_signing_secret(path: &std::path::Path) -> anyhow::Result<idem_core::Secret> {
+    idem_core::Secret::read_file(path).with_context(|| {
+        format!(
+            "cannot read the key-signing secret {}; create one with: openssl rand -hex 32 > {}",
+            path.display(),
+            path.display()
+        )
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

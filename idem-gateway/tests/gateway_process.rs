@@ -424,3 +424,90 @@ async fn json_logs_carry_the_outcome_and_never_the_key_or_the_scope() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_keys_issued_by_the_cli_are_required_by_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("signing.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("secret");
+    let secret_arg = secret.to_str().expect("utf8");
+    let out = idem_cmd(&[
+        "keys",
+        "sign",
+        "order-0001-abcdef",
+        "--user",
+        "Bearer alice",
+        "--signing-secret-file",
+        secret_arg,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let signed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(signed.starts_with("order-0001-abcdef."), "{signed}");
+    let verify = |user: &str, key: &str| {
+        idem_cmd(&[
+            "keys",
+            "verify",
+            key,
+            "--user",
+            user,
+            "--signing-secret-file",
+            secret_arg,
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(verify("Bearer alice", &signed), Some(0));
+    assert_eq!(verify("Bearer bob", &signed), Some(1));
+    assert_eq!(verify("Bearer alice", "order-0001-abcdef"), Some(1));
+
+    // Required without a secret: refused at --check, naming the setting.
+    let out = idem_cmd(&[
+        "gateway",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--require-signed-keys",
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("require_signed_keys"));
+
+    let up = CountingUpstream::start().await.expect("upstream");
+    let (_gw, base) = gateway(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory://",
+        "--require-signed-keys",
+        "--key-signing-secret-file",
+        secret_arg,
+    ]);
+    let c = client();
+    let url = format!("{base}/payments");
+    let pay = |key: String, user: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            send(
+                &c,
+                Method::POST,
+                &url,
+                &[("idempotency-key", &key), ("authorization", user)],
+                BODY,
+            )
+            .await
+        }
+    };
+    assert_eq!(pay(signed.clone(), "Bearer alice").await.status, 201);
+    assert!(pay(signed.clone(), "Bearer alice").await.replayed());
+    for (key, user) in [
+        (signed.clone(), "Bearer bob"),
+        (signed[..signed.len() - 8].to_owned(), "Bearer alice"),
+        ("order-0001-abcdef".to_owned(), "Bearer alice"),
+    ] {
+        let r = pay(key, user).await;
+        assert_eq!(
+            (r.status.as_u16(), r.problem_slug().as_str()),
+            (400, "idempotency-key-invalid")
+        );
+    }
+    assert_eq!(up.executions(), 1);
+}

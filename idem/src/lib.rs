@@ -28,8 +28,8 @@ pub mod metrics;
 
 pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome};
 pub use idem_core::{
-    clock, fingerprint, json, key, memory, policy, problem, record, scope, store, Begin, Clock,
-    Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules, ManualClock, MemoryStore,
+    clock, fingerprint, json, key, memory, policy, problem, record, scope, signed, store, Begin,
+    Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules, ManualClock, MemoryStore,
     PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret, StatusSet, Store, StoreError,
     StoreKey, StoredResponse, SystemClock, WebhookKeys,
 };

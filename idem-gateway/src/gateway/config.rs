@@ -37,6 +37,7 @@ macro_rules! with_route_keys {
             max_stored_response: Option<toml::Value>,
             fail_open: Option<bool>,
             wait: Option<toml::Value>,
+            require_signed_keys: Option<bool>,
         }
 
         impl $name {
@@ -54,6 +55,7 @@ macro_rules! with_route_keys {
                     max_stored_response: self.max_stored_response.clone(),
                     fail_open: self.fail_open,
                     wait: self.wait.clone(),
+                    require_signed_keys: self.require_signed_keys,
                 }
             }
         }
@@ -71,6 +73,7 @@ with_route_keys! {
         listen: Option<String>,
         admin_listen: Option<String>,
         admin_token_file: Option<PathBuf>,
+        key_signing_secret_file: Option<PathBuf>,
         store: Option<String>,
         secret_file: Option<PathBuf>,
         scope_header: Option<String>,
@@ -101,6 +104,7 @@ struct RouteFile {
     max_stored_response: Option<toml::Value>,
     fail_open: Option<bool>,
     wait: Option<toml::Value>,
+    require_signed_keys: Option<bool>,
 }
 
 with_route_keys! {
@@ -170,6 +174,8 @@ pub struct GatewayConfig {
     pub admin_listen: Option<String>,
     /// The admin API's bearer token file; `None`: the admin API is off.
     pub admin_token_file: Option<PathBuf>,
+    /// The secret that signs keys, for routes that require signed keys.
+    pub key_signing_secret_file: Option<PathBuf>,
     /// The store. The default is `sqlite://idem.db`.
     pub store: StoreUrl,
     /// The secret file, if not the store's default.
@@ -310,7 +316,8 @@ impl RouteFile {
             max_body,
             max_stored_response,
             fail_open,
-            wait
+            wait,
+            require_signed_keys
         )
     }
 
@@ -376,6 +383,9 @@ impl RouteFile {
         }
         if let Some(v) = &self.wait {
             p.wait = wait_of(&format!("{at}wait"), v)?;
+        }
+        if let Some(v) = self.require_signed_keys {
+            p.require_signed_keys = v;
         }
         Ok(p)
     }
@@ -510,6 +520,7 @@ impl GatewayConfig {
             max_body: flag(&args.max_body),
             max_stored_response: flag(&args.max_stored_response),
             wait: flag(&args.wait),
+            require_signed_keys: args.require_signed_keys.then_some(true),
             ..RouteFile::default()
         };
         let defaults = file_defaults.overlay(&flags);
@@ -567,6 +578,16 @@ impl GatewayConfig {
             policy.routes.push((pattern, p));
         }
 
+        let key_signing_secret_file = args
+            .key_signing_secret_file
+            .clone()
+            .or(file.key_signing_secret_file);
+        let signed_routes = std::iter::once(&policy.default)
+            .chain(policy.routes.iter().map(|(_, p)| p))
+            .any(|p| p.require_signed_keys && p.webhook.is_none());
+        if signed_routes && key_signing_secret_file.is_none() {
+            bail!("require_signed_keys: routes require signed keys, but no key_signing_secret_file (--key-signing-secret-file) is set");
+        }
         Ok(Self {
             upstream,
             listen,
@@ -574,6 +595,7 @@ impl GatewayConfig {
             store,
             secret_file: args.secret_file.clone().or(file.secret_file),
             admin_token_file: args.admin_token_file.clone().or(file.admin_token_file),
+            key_signing_secret_file,
             scope_header,
             local_cache,
             problem_base: file
@@ -609,7 +631,7 @@ impl GatewayConfig {
         let line = |name: &str, p: &RoutePolicy| {
             let methods: Vec<&str> = p.methods.iter().map(Method::as_str).collect();
             format!(
-                "{name:<24} methods={} ttl={:?} lock_timeout={:?} key_required={} fingerprint={:?} max_body={} wait={:?} webhook={}",
+                "{name:<24} methods={} ttl={:?} lock_timeout={:?} key_required={} fingerprint={:?} max_body={} wait={:?} webhook={} signed_keys={}",
                 if methods.is_empty() { "-".to_owned() } else { methods.join(",") },
                 p.ttl,
                 p.lease,
@@ -617,7 +639,8 @@ impl GatewayConfig {
                 p.fingerprint,
                 p.max_request_body,
                 p.wait,
-                p.webhook.is_some()
+                p.webhook.is_some(),
+                p.require_signed_keys
             )
         };
         for (pattern, p) in &self.policy.routes {

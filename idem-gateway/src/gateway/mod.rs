@@ -71,6 +71,16 @@ pub async fn run(
         .problem_base(config.problem_base.clone())
         .store_timeout(config.store_timeout)
         .metrics(metrics.clone());
+    let layer = match &config.key_signing_secret_file {
+        Some(path) => layer.key_signing_secret(idem::Secret::read_file(path).map_err(|e| {
+            anyhow::anyhow!(
+                "key_signing_secret_file {}: {e}; create one with: openssl rand -hex 32 > {}",
+                path.display(),
+                path.display()
+            )
+        })?),
+        None => layer,
+    };
     let layer = match &opened.secret {
         Some(secret) => layer.secret(secret.clone()),
         None => layer.secret_from_store(),

@@ -27,6 +27,7 @@ pub(crate) struct Shared {
     pub(crate) scope_header: Option<HeaderName>,
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
+    pub(crate) signing_secret: Option<Secret>,
     pub(crate) metrics: Metrics,
     /// One series per policy route, then the default; made at first use so
     /// that builder calls in any order agree.
@@ -105,6 +106,7 @@ impl IdempotencyLayer {
                 scope_header: Some(http::header::AUTHORIZATION),
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
+                signing_secret: None,
                 metrics: Metrics::new(),
                 route_metrics: OnceLock::new(),
                 in_flight: Arc::default(),
@@ -128,6 +130,7 @@ impl IdempotencyLayer {
                     scope_header: s.scope_header.clone(),
                     problem_base: s.problem_base.clone(),
                     store_timeout: s.store_timeout,
+                    signing_secret: s.signing_secret.clone(),
                     metrics: s.metrics.clone(),
                     route_metrics: OnceLock::new(),
                     in_flight: s.in_flight.clone(),
@@ -177,6 +180,15 @@ impl IdempotencyLayer {
     /// (SPEC rule 10). The default is 5 s.
     pub fn store_timeout(self, timeout: Duration) -> Self {
         self.with(|s| s.store_timeout = timeout)
+    }
+
+    /// Sets the secret that signs keys, for routes whose policy has
+    /// [`require_signed_keys`](idem_core::RoutePolicy::require_signed_keys):
+    /// their requests must carry `KEY.SIGNATURE` issued by
+    /// [`idem_core::signed::sign`] for the request's scope. The default is
+    /// none (such routes refuse every key).
+    pub fn key_signing_secret(self, secret: Secret) -> Self {
+        self.with(|s| s.signing_secret = Some(secret))
     }
 
     /// Records metrics into `metrics`, a registry that may be shared with

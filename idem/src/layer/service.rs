@@ -12,8 +12,9 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use idem_core::key::{raw_body_key, IDEMPOTENCY_KEY};
 use idem_core::problem::PROBLEM_JSON;
+use idem_core::signed;
 use idem_core::{
-    Begin, Fence, Fingerprint, IdempotencyKey, KeyError, Problem, ProblemKind, RoutePolicy,
+    Begin, Fence, Fingerprint, IdempotencyKey, KeyError, Problem, ProblemKind, RoutePolicy, Secret,
     StoreError, StoreKey, StoredResponse,
 };
 use tower_service::Service;
@@ -244,11 +245,15 @@ fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-/// The key the request carries, per the route's key source.
+/// The key the request carries, per the route's key source; with signed
+/// keys required, the signature is checked for `user` and the key part
+/// returned.
 fn header_key(
     headers: &HeaderMap,
     policy: &RoutePolicy,
-) -> Result<Option<IdempotencyKey>, KeyError> {
+    signing: Option<&Secret>,
+    user: Option<&[u8]>,
+) -> Result<Option<IdempotencyKey>, String> {
     let rules = &policy.key_rules;
     let names: &[HeaderName] = match &policy.webhook {
         Some(w) => &w.headers,
@@ -258,9 +263,26 @@ fn header_key(
         let mut values = headers.get_all(name).iter();
         if let Some(value) = values.next() {
             if values.next().is_some() {
-                return Err(KeyError::Repeated);
+                return Err(KeyError::Repeated.to_string());
             }
-            return rules.parse_bytes(value.as_bytes()).map(Some);
+            if !policy.require_signed_keys || policy.webhook.is_some() {
+                return rules
+                    .parse_bytes(value.as_bytes())
+                    .map(Some)
+                    .map_err(|e| e.to_string());
+            }
+            let Some(secret) = signing else {
+                return Err("this route requires signed keys, but the server has no key-signing secret; nothing was executed".into());
+            };
+            let raw = value.to_str().map_err(|_| KeyError::NotAscii.to_string())?;
+            // A Structured-Field string and a bare token are the same key.
+            let raw = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                Some(inner) => inner,
+                None => raw,
+            };
+            let key =
+                signed::verify(secret, raw, user.unwrap_or_default()).map_err(|e| e.to_string())?;
+            return rules.parse(key).map(Some).map_err(|e| e.to_string());
         }
     }
     Ok(None)
@@ -347,9 +369,15 @@ where
 
     // Rules 1 and 2: the key, before the body is read.
     let (parts, body) = req.into_parts();
-    let key = match header_key(&parts.headers, policy) {
+    let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
+    let key = match header_key(
+        &parts.headers,
+        policy,
+        shared.signing_secret.as_ref(),
+        scope.as_deref(),
+    ) {
         Ok(k) => k,
-        Err(e) => return refuse(ProblemKind::KeyInvalid, e.to_string()),
+        Err(e) => return refuse(ProblemKind::KeyInvalid, e),
     };
     let body_keyed = key.is_none()
         && policy
@@ -400,7 +428,6 @@ where
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let fingerprint =
         Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
-    let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
     let secret = match shared.secret().await {
         Ok(s) => s,
         Err(e) => return store_failure(&route, inner, parts, bytes, e).await,
