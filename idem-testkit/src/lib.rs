@@ -23,6 +23,7 @@
 //! ```
 
 pub mod load;
+pub mod net;
 pub mod suite;
 pub mod upstream;
 
