@@ -52,7 +52,6 @@ async fn tokio_postgres_run(url: &str, secs: u64, conc: u64, run: u64) -> f64 {
             while Instant::now() < deadline {
                 let c = pool.get().await.expect("connection");
                 let begin = c.prepare_cached(BEGIN).await.expect("prepare");
-                let complete = c.prepare_cached(COMPLETE).await.expect("prepare");
                 let k = key(w, n, run);
                 let now = now_ms();
                 let rows = c
@@ -62,10 +61,9 @@ async fn tokio_postgres_run(url: &str, secs: u64, conc: u64, run: u64) -> f64 {
                 assert!(rows[0].get::<_, bool>(0));
                 drop(c);
                 let c = pool.get().await.expect("connection");
-                let complete2 = c.prepare_cached(COMPLETE).await.expect("prepare");
-                let _ = complete;
+                let complete = c.prepare_cached(COMPLETE).await.expect("prepare");
                 let updated = c
-                    .execute(&complete2, &[&k, &(n as i64), &body, &(now + 86_400_000)])
+                    .execute(&complete, &[&k, &(n as i64), &body, &(now + 86_400_000)])
                     .await
                     .expect("complete");
                 assert_eq!(updated, 1);
