@@ -99,6 +99,39 @@ impl Default for WebhookKeys {
     }
 }
 
+/// Whether a replay carries the stored `Set-Cookie` headers.
+///
+/// A cookie set by the first execution (a session, a CSRF token) belongs to
+/// the client that made it. Within a scope the store key already binds the
+/// record to that user, so replaying it is safe; in the anonymous scope,
+/// anyone who learns or guesses a key would receive another client's cookies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SetCookieReplay {
+    /// Replayed to requests that carry a scope; dropped in the anonymous
+    /// scope. The default.
+    #[default]
+    Scoped,
+    /// Always replayed: byte-for-byte replays, cookies included.
+    Always,
+    /// Never replayed.
+    Never,
+}
+
+impl std::str::FromStr for SetCookieReplay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "scoped" => Ok(Self::Scoped),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "unknown Set-Cookie replay policy {other:?}; use scoped, always or never"
+            )),
+        }
+    }
+}
+
 /// How one route is treated. Every setting has a default; builders name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePolicy {
@@ -137,6 +170,9 @@ pub struct RoutePolicy {
     /// [`crate::signed`]); unsigned or forged keys are refused with 400.
     /// The layer needs the signing secret. The default is false.
     pub require_signed_keys: bool,
+    /// Whether replays carry the stored `Set-Cookie` headers. The default
+    /// is [`SetCookieReplay::Scoped`].
+    pub replay_set_cookie: SetCookieReplay,
 }
 
 impl Default for RoutePolicy {
@@ -155,6 +191,7 @@ impl Default for RoutePolicy {
             wait: None,
             webhook: None,
             require_signed_keys: false,
+            replay_set_cookie: SetCookieReplay::Scoped,
         }
     }
 }
@@ -221,6 +258,10 @@ impl RoutePolicy {
     setter!(
         /// Requires signed keys (`KEY.SIGNATURE`). The default is false.
         require_signed_keys: bool
+    );
+    setter!(
+        /// Sets whether replays carry `Set-Cookie`. The default is scoped.
+        replay_set_cookie: SetCookieReplay
     );
 
     /// Whether `method` is covered.

@@ -42,6 +42,9 @@ pub enum ProblemKind {
     UpstreamUnavailable,
     /// The upstream did not answer in time (gateway, rule 7).
     UpstreamTimeout,
+    /// Too many covered requests in flight: refused before anything is read
+    /// or executed, so memory stays bounded.
+    Overloaded,
 }
 
 impl ProblemKind {
@@ -59,6 +62,7 @@ impl ProblemKind {
             Self::ExecutionFailed => "execution-failed",
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
+            Self::Overloaded => "server-overloaded",
         }
     }
 
@@ -73,6 +77,7 @@ impl ProblemKind {
             Self::ExecutionFailed => 500,
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
+            Self::Overloaded => 503,
         }
     }
 
@@ -90,6 +95,7 @@ impl ProblemKind {
             Self::ExecutionFailed => "The request failed while executing",
             Self::UpstreamUnavailable => "Upstream is unavailable",
             Self::UpstreamTimeout => "Upstream timed out",
+            Self::Overloaded => "Too many requests in flight",
         }
     }
 }

@@ -191,6 +191,12 @@ pub struct GatewayArgs {
     /// Keep up to this many completed answers in a local cache in front of a remote store [default: 0, off].
     #[arg(long, env = "IDEM_LOCAL_CACHE", value_name = "ENTRIES")]
     pub local_cache: Option<String>,
+    /// Open client connections at most; a new one past it gets 503 and is closed [default: 10000].
+    #[arg(long, env = "IDEM_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Covered requests handled at once at most; past it 503 server-overloaded [default: 4096].
+    #[arg(long, env = "IDEM_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<String>,
     /// Proxy WITHOUT the idempotency layer: a benchmark baseline only.
     #[arg(long, hide = true)]
     pub bench_without_layer: bool,

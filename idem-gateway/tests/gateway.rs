@@ -748,3 +748,57 @@ async fn metrics_move_with_each_outcome() {
     assert_eq!(metric(&text, series), 1);
     gw.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_and_connection_limits_refuse_with_503() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| {
+        a.max_in_flight = Some("2".into());
+        a.max_connections = Some("8".into());
+    })
+    .await;
+    let racing = client();
+    let mut racers = Vec::new();
+    for i in 0..6 {
+        let (c, url) = (racing.clone(), gw.at("/payments"));
+        racers.push(tokio::spawn(async move {
+            let key = format!("limit-key-{i:06}");
+            post_with(&c, &url, &key, &[("x-test-delay-ms", "300")], BODY).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for r in racers {
+        let a = r.await.expect("racer");
+        if a.status == 503 {
+            assert_eq!(a.problem_slug(), "server-overloaded");
+            assert!(a.headers.contains_key("retry-after"));
+        }
+        statuses.push(a.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 201, 503, 503, 503, 503]);
+    assert_eq!(up.executions(), 2, "refused requests reached the upstream");
+    drop(racing); // its pooled connections close
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Connections: 8 held open, the 9th is told 503 and closed.
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = raw_exchange(&gw.url, b"").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("server-overloaded"), "{answer}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = client();
+    assert_eq!(
+        post(&c, &gw.at("/payments"), Some("after-limit-0001"), BODY)
+            .await
+            .status,
+        201
+    );
+    gw.shutdown().await.expect("clean shutdown");
+}

@@ -38,6 +38,7 @@ macro_rules! with_route_keys {
             fail_open: Option<bool>,
             wait: Option<toml::Value>,
             require_signed_keys: Option<bool>,
+            replay_set_cookie: Option<String>,
         }
 
         impl $name {
@@ -56,6 +57,7 @@ macro_rules! with_route_keys {
                     fail_open: self.fail_open,
                     wait: self.wait.clone(),
                     require_signed_keys: self.require_signed_keys,
+                    replay_set_cookie: self.replay_set_cookie.clone(),
                 }
             }
         }
@@ -84,6 +86,8 @@ with_route_keys! {
         header_read_timeout: Option<toml::Value>,
         max_header_bytes: Option<toml::Value>,
         store_timeout: Option<toml::Value>,
+        max_connections: Option<toml::Value>,
+        max_in_flight: Option<toml::Value>,
         #[serde(default)]
         routes: Vec<RouteEntry>,
     }
@@ -105,6 +109,7 @@ struct RouteFile {
     fail_open: Option<bool>,
     wait: Option<toml::Value>,
     require_signed_keys: Option<bool>,
+    replay_set_cookie: Option<String>,
 }
 
 with_route_keys! {
@@ -196,6 +201,12 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// How long a store call may take. The default is 5 s.
     pub store_timeout: Duration,
+    /// Open client connections at most; past it a new connection gets 503
+    /// and is closed. The default is 10,000.
+    pub max_connections: usize,
+    /// Covered requests handled at once at most; past it 503
+    /// `server-overloaded`. The default is 4,096.
+    pub max_in_flight: usize,
     /// Which requests are covered, and how.
     pub policy: Policy,
     /// Proxy without the layer (benchmark baseline only).
@@ -317,7 +328,8 @@ impl RouteFile {
             max_stored_response,
             fail_open,
             wait,
-            require_signed_keys
+            require_signed_keys,
+            replay_set_cookie
         )
     }
 
@@ -386,6 +398,11 @@ impl RouteFile {
         }
         if let Some(v) = self.require_signed_keys {
             p.require_signed_keys = v;
+        }
+        if let Some(v) = &self.replay_set_cookie {
+            p.replay_set_cookie = v
+                .parse()
+                .map_err(|e| anyhow!("{at}replay_set_cookie: {e}"))?;
         }
         Ok(p)
     }
@@ -508,6 +525,17 @@ impl GatewayConfig {
         if !(8192..=(16 << 20)).contains(&max_header_bytes) {
             bail!("max_header_bytes: must be between 8KiB and 16MiB, got {max_header_bytes}");
         }
+        let max_connections = match flag(&args.max_connections).or(file.max_connections.clone()) {
+            Some(v) => size_of(&from("--max-connections", "max_connections"), &v)?,
+            None => 10_000,
+        };
+        let max_in_flight = match flag(&args.max_in_flight).or(file.max_in_flight.clone()) {
+            Some(v) => size_of(&from("--max-in-flight", "max_in_flight"), &v)?,
+            None => 4_096,
+        };
+        if max_connections == 0 || max_in_flight == 0 {
+            bail!("max_connections and max_in_flight must be at least 1");
+        }
         let local_cache = match flag(&args.local_cache).or(file.local_cache) {
             Some(v) => size_of(&from("--local-cache", "local_cache"), &v)?,
             None => 0,
@@ -606,6 +634,8 @@ impl GatewayConfig {
             header_read_timeout,
             max_header_bytes,
             store_timeout,
+            max_connections,
+            max_in_flight,
             policy,
             without_layer: args.bench_without_layer,
         })

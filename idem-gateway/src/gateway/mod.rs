@@ -70,6 +70,7 @@ pub async fn run(
         .scope_header(config.scope_header.clone())
         .problem_base(config.problem_base.clone())
         .store_timeout(config.store_timeout)
+        .max_in_flight(config.max_in_flight)
         .metrics(metrics.clone());
     let layer = match &config.key_signing_secret_file {
         Some(path) => layer.key_signing_secret(idem::Secret::read_file(path).map_err(|e| {
@@ -182,6 +183,26 @@ pub async fn run(
     result
 }
 
+/// Answers a connection over `max_connections` with 503 and closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, problem_base: String) {
+    use tokio::io::AsyncWriteExt;
+    let body = idem::Problem::new(
+        idem::ProblemKind::Overloaded,
+        "too many open connections; retry after the Retry-After delay",
+    )
+    .to_json(&problem_base);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&body).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Reads the admin API's bearer token: the file's content, trimmed.
 fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
     use anyhow::Context;
@@ -241,6 +262,7 @@ where
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -255,6 +277,12 @@ where
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the limit: say so and hang up, instead of holding
+            // buffers for a connection there is no room for.
+            tokio::spawn(refuse_connection(stream, config.problem_base.clone()));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(make(peer.ip()));
         let conn = builder
@@ -262,6 +290,7 @@ where
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

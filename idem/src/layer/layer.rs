@@ -28,6 +28,7 @@ pub(crate) struct Shared {
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
     pub(crate) signing_secret: Option<Secret>,
+    pub(crate) max_in_flight: Option<Arc<tokio::sync::Semaphore>>,
     pub(crate) metrics: Metrics,
     /// One series per policy route, then the default; made at first use so
     /// that builder calls in any order agree.
@@ -107,6 +108,7 @@ impl IdempotencyLayer {
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
                 signing_secret: None,
+                max_in_flight: None,
                 metrics: Metrics::new(),
                 route_metrics: OnceLock::new(),
                 in_flight: Arc::default(),
@@ -131,6 +133,7 @@ impl IdempotencyLayer {
                     problem_base: s.problem_base.clone(),
                     store_timeout: s.store_timeout,
                     signing_secret: s.signing_secret.clone(),
+                    max_in_flight: s.max_in_flight.clone(),
                     metrics: s.metrics.clone(),
                     route_metrics: OnceLock::new(),
                     in_flight: s.in_flight.clone(),
@@ -189,6 +192,14 @@ impl IdempotencyLayer {
     /// none (such routes refuse every key).
     pub fn key_signing_secret(self, secret: Secret) -> Self {
         self.with(|s| s.signing_secret = Some(secret))
+    }
+
+    /// Bounds the covered requests handled at once: past `limit`, a covered
+    /// request is refused at once with 503 `server-overloaded` (and
+    /// `Retry-After`), before its body is read or anything executes, so a
+    /// flood cannot grow memory without bound. The default is no limit.
+    pub fn max_in_flight(self, limit: usize) -> Self {
+        self.with(|s| s.max_in_flight = Some(Arc::new(tokio::sync::Semaphore::new(limit))))
     }
 
     /// Records metrics into `metrics`, a registry that may be shared with

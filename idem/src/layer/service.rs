@@ -15,7 +15,7 @@ use idem_core::problem::PROBLEM_JSON;
 use idem_core::signed;
 use idem_core::{
     Begin, Fence, Fingerprint, IdempotencyKey, KeyError, Problem, ProblemKind, RoutePolicy, Secret,
-    StoreError, StoreKey, StoredResponse,
+    SetCookieReplay, StoreError, StoreKey, StoredResponse,
 };
 use tower_service::Service;
 use tracing::Instrument;
@@ -163,6 +163,23 @@ where
         match Route::find(&self.shared, req.method(), req.uri().path()) {
             None => ResponseFuture::passthrough(self.inner.call(req.map(RequestBody::streaming))),
             Some(route) => {
+                let permit = match &self.shared.max_in_flight {
+                    None => None,
+                    Some(limit) => match limit.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            let res = problem_response(
+                                &self.shared,
+                                &Problem::new(
+                                    ProblemKind::Overloaded,
+                                    "too many requests are being handled; nothing was read or executed, retry after the Retry-After delay",
+                                )
+                                .with_retry_after(1),
+                            );
+                            return ResponseFuture::protocol(async move { Ok(res) });
+                        }
+                    },
+                };
                 // The clone that was made ready is the one to call (tower's
                 // usual dance); a fresh clone stays for the next request.
                 let clone = self.inner.clone();
@@ -179,6 +196,7 @@ where
                 );
                 ResponseFuture::protocol(
                     async move {
+                        let _permit = permit;
                         let res = protocol(route, inner, req).await;
                         if let Ok(r) = &res {
                             tracing::debug!(
@@ -214,11 +232,15 @@ pub(crate) fn problem_response<B>(shared: &Shared, problem: &Problem) -> Respons
     res
 }
 
-fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
+/// A stored answer, replayed; `Set-Cookie` dropped when `cookies` is false.
+fn replay<B>(stored: StoredResponse, cookies: bool) -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::full(stored.body));
     *res.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let headers = res.headers_mut();
     for (name, value) in stored.headers {
+        if !cookies && name == http::header::SET_COOKIE {
+            continue;
+        }
         headers.append(name, value);
     }
     headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
@@ -467,7 +489,13 @@ where
                 tracing::debug!("replaying");
                 route.metrics().hit();
                 outcome("replayed");
-                return Ok(replay(stored));
+                let cookies = match policy.replay_set_cookie {
+                    SetCookieReplay::Always => true,
+                    SetCookieReplay::Never => false,
+                    SetCookieReplay::Scoped => scope.is_some(),
+                    _ => false,
+                };
+                return Ok(replay(stored, cookies));
             }
             Ok(Begin::Mismatch) => {
                 return refuse(
