@@ -541,3 +541,15 @@ where
     let stats = store.stats().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats, idem_core::StoreStats::default());
 }
+
+/// Random interleavings of every operation by several actors agree with the
+/// reference model ([`crate::model`]).
+pub async fn model_interleavings<F>(factory: F)
+where
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+{
+    let Some((store, config)) = make(&factory, None).await else {
+        return;
+    };
+    crate::model::model_interleavings(store, config).await;
+}
