@@ -346,6 +346,14 @@ fn glob_escape(prefix: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Decodes a record as the Lua scripts store it: `P` or `C`, the fence (8
+/// bytes), the deadline in ms (8), the fingerprint (32), then for `C` the
+/// stored response. Public for tools and the fuzz targets; it never panics,
+/// whatever the bytes.
+pub fn decode_record(v: &[u8]) -> Result<Record, DecodeError> {
+    decode(v)
+}
+
 /// A record as the scripts store it.
 fn decode(v: &[u8]) -> Result<Record, DecodeError> {
     if v.len() < 49 {

@@ -420,6 +420,17 @@ impl GatewayConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        Self::resolve_file(args, file)
+    }
+
+    /// Resolves the configuration `text` (TOML, as in a `--config` file)
+    /// under the flags `args` (whose `config` is ignored).
+    pub fn from_toml(text: &str, args: &GatewayArgs) -> anyhow::Result<Self> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow!("config: {e}"))?;
+        Self::resolve_file(args, file)
+    }
+
+    fn resolve_file(args: &GatewayArgs, file: FileConfig) -> anyhow::Result<Self> {
         let file_defaults = file.route_keys();
         let from = |flag_name: &str, key: &str| -> String {
             if args.config.is_some() {
