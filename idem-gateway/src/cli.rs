@@ -197,6 +197,9 @@ pub struct GatewayArgs {
     /// Covered requests handled at once at most; past it 503 server-overloaded [default: 4096].
     #[arg(long, env = "IDEM_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<String>,
+    /// Records a memory:// store holds at most; past it new keys get 503 idempotency-store-full [default: 1000000].
+    #[arg(long, env = "IDEM_MEMORY_CAPACITY", value_name = "RECORDS")]
+    pub memory_capacity: Option<String>,
     /// Proxy WITHOUT the idempotency layer: a benchmark baseline only.
     #[arg(long, hide = true)]
     pub bench_without_layer: bool,

@@ -122,7 +122,19 @@ pub fn open(
     secret_file: Option<&Path>,
     local_cache: usize,
 ) -> anyhow::Result<OpenedStore> {
-    let mut opened = open_store(url, secret_file)?;
+    open_with(url, secret_file, local_cache, None)
+}
+
+/// [`open`], with a capacity in records for `memory://` (past it, new keys
+/// are refused with 503 `idempotency-store-full`; live records are never
+/// evicted). `None`: unbounded.
+pub fn open_with(
+    url: &StoreUrl,
+    secret_file: Option<&Path>,
+    local_cache: usize,
+    memory_capacity: Option<usize>,
+) -> anyhow::Result<OpenedStore> {
+    let mut opened = open_store(url, secret_file, memory_capacity)?;
     if local_cache > 0 {
         // Replays of hot keys answered locally (see idem_core::cache).
         let cached = CachedStore::new(opened.store, Arc::new(SystemClock)).capacity(local_cache);
@@ -131,7 +143,11 @@ pub fn open(
     Ok(opened)
 }
 
-fn open_store(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<OpenedStore> {
+fn open_store(
+    url: &StoreUrl,
+    secret_file: Option<&Path>,
+    memory_capacity: Option<usize>,
+) -> anyhow::Result<OpenedStore> {
     let explicit = match secret_file {
         Some(p) => Some(Secret::read_file(p).with_context(|| {
             format!(
@@ -144,7 +160,10 @@ fn open_store(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<Open
     };
     match url {
         StoreUrl::Memory => {
-            let store = Arc::new(MemoryStore::new());
+            let store = Arc::new(match memory_capacity {
+                Some(c) => MemoryStore::new().with_capacity(c),
+                None => MemoryStore::new(),
+            });
             spawn_sweeper(store.clone());
             Ok(OpenedStore {
                 store,

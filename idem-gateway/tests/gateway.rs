@@ -802,3 +802,30 @@ async fn in_flight_and_connection_limits_refuse_with_503() {
     );
     gw.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_keys_stops_at_the_memory_capacity() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.memory_capacity = Some("5".into())).await;
+    let c = client();
+    for i in 0..5 {
+        let key = format!("flood-key-{i:06}");
+        assert_eq!(
+            post(&c, &gw.at("/payments"), Some(&key), BODY).await.status,
+            201
+        );
+    }
+    let full = post(&c, &gw.at("/payments"), Some("flood-key-999999"), BODY).await;
+    assert_eq!(
+        (full.status.as_u16(), full.problem_slug().as_str()),
+        (503, "idempotency-store-full")
+    );
+    // What is stored still replays.
+    assert!(
+        post(&c, &gw.at("/payments"), Some("flood-key-000000"), BODY)
+            .await
+            .replayed()
+    );
+    assert_eq!(up.executions(), 5);
+    gw.shutdown().await.expect("clean shutdown");
+}

@@ -88,6 +88,7 @@ with_route_keys! {
         store_timeout: Option<toml::Value>,
         max_connections: Option<toml::Value>,
         max_in_flight: Option<toml::Value>,
+        memory_capacity: Option<toml::Value>,
         #[serde(default)]
         routes: Vec<RouteEntry>,
     }
@@ -207,6 +208,9 @@ pub struct GatewayConfig {
     /// Covered requests handled at once at most; past it 503
     /// `server-overloaded`. The default is 4,096.
     pub max_in_flight: usize,
+    /// Records a `memory://` store holds at most; past it new keys get 503
+    /// `idempotency-store-full`. The default is 1,000,000.
+    pub memory_capacity: usize,
     /// Which requests are covered, and how.
     pub policy: Policy,
     /// Proxy without the layer (benchmark baseline only).
@@ -544,8 +548,12 @@ impl GatewayConfig {
             Some(v) => size_of(&from("--max-in-flight", "max_in_flight"), &v)?,
             None => 4_096,
         };
-        if max_connections == 0 || max_in_flight == 0 {
-            bail!("max_connections and max_in_flight must be at least 1");
+        let memory_capacity = match flag(&args.memory_capacity).or(file.memory_capacity.clone()) {
+            Some(v) => size_of(&from("--memory-capacity", "memory_capacity"), &v)?,
+            None => 1_000_000,
+        };
+        if max_connections == 0 || max_in_flight == 0 || memory_capacity == 0 {
+            bail!("max_connections, max_in_flight and memory_capacity must be at least 1");
         }
         let local_cache = match flag(&args.local_cache).or(file.local_cache) {
             Some(v) => size_of(&from("--local-cache", "local_cache"), &v)?,
@@ -647,6 +655,7 @@ impl GatewayConfig {
             store_timeout,
             max_connections,
             max_in_flight,
+            memory_capacity,
             policy,
             without_layer: args.bench_without_layer,
         })

@@ -59,10 +59,11 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let opened = stores::open(
+    let opened = stores::open_with(
         &config.store,
         config.secret_file.as_deref(),
         config.local_cache,
+        Some(config.memory_capacity),
     )?;
     let metrics = Metrics::new();
     let layer = IdempotencyLayer::new(opened.store.clone())
