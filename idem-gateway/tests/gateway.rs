@@ -829,3 +829,55 @@ async fn a_flood_of_new_keys_stops_at_the_memory_capacity() {
     assert_eq!(up.executions(), 5);
     gw.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_mid_body_is_not_stored_and_the_retry_executes() {
+    // A raw upstream: it promises 100 bytes, sends 3, and hangs up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                if n == 0 {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 100\r\n\r\nabc")
+                        .await;
+                } else {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let gw = Gateway::start(&format!("http://{addr}"), |_| {}).await;
+    let c = client();
+    let url = gw.at("/payments");
+    let broken = send(
+        &c,
+        Method::POST,
+        &url,
+        &[("idempotency-key", "reset-key-000001")],
+        BODY,
+    )
+    .await;
+    assert_eq!(
+        (broken.status.as_u16(), broken.problem_slug().as_str()),
+        (500, "execution-failed")
+    );
+    let retry = post(&c, &url, Some("reset-key-000001"), BODY).await;
+    assert_eq!(retry.status, 201);
+    assert_eq!(&retry.body[..], b"ok");
+    assert!(!retry.replayed());
+    assert!(post(&c, &url, Some("reset-key-000001"), BODY)
+        .await
+        .replayed());
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    gw.shutdown().await.expect("clean shutdown");
+}
