@@ -763,7 +763,7 @@ async fn in_flight_and_connection_limits_refuse_with_503() {
         let (c, url) = (racing.clone(), gw.at("/payments"));
         racers.push(tokio::spawn(async move {
             let key = format!("limit-key-{i:06}");
-            post_with(&c, &url, &key, &[("x-test-delay-ms", "300")], BODY).await
+            post_with(&c, &url, &key, &[("x-test-delay-ms", "1500")], BODY).await
         }));
     }
     let mut statuses = Vec::new();
@@ -792,14 +792,25 @@ async fn in_flight_and_connection_limits_refuse_with_503() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("server-overloaded"), "{answer}");
     drop(held);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let c = client();
-    assert_eq!(
-        post(&c, &gw.at("/payments"), Some("after-limit-0001"), BODY)
-            .await
-            .status,
-        201
+    // The gateway frees a slot when it sees each connection close.
+    // Until then a new connection is refused (503, or a reset if the
+    // refusal crosses the request), so ask on raw connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let request = format!(
+        "POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: after-limit-0001\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
     );
+    loop {
+        let answer = raw_exchange(&gw.url, request.as_bytes()).await;
+        if answer.starts_with("HTTP/1.1 201") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slot came free: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     gw.shutdown().await.expect("clean shutdown");
 }
 
