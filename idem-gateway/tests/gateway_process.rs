@@ -170,40 +170,38 @@ async fn sigterm_drains_in_flight_requests_and_the_answer_survives_a_restart() {
     assert_eq!(up.executions(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rule_8_a_killed_gateway_blocks_its_key_for_one_lease_only() {
+/// `kill -9` of a gateway mid-request on `store`: another gateway answers 409
+/// while the dead holder's lease lives, then takes the key over and executes
+/// once; a key completed before the kill still replays.
+async fn killed_holder(store: &str) {
     let up = CountingUpstream::start().await.expect("upstream");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = format!("sqlite://{}", dir.path().join("idem.db").display());
     let args = [
         "--upstream",
         &up.url(),
         "--store",
-        &store,
+        store,
         "--lock-timeout",
         "1",
     ];
     let (gw, base) = gateway(&args);
     let c = client();
     let url = format!("{base}/payments");
+    let done_key = format!("done-key-{}", &idem_core::key::generate_uuid_v4()[..8]);
+    let killed_key = format!("killed-key-{}", &idem_core::key::generate_uuid_v4()[..8]);
+    let done = post(&c, &url, Some(&done_key), BODY).await;
+    assert_eq!(done.status, 201);
     {
-        let (c, url) = (c.clone(), url.clone());
+        let (c, url, key) = (c.clone(), url.clone(), killed_key.clone());
         tokio::spawn(async move {
-            common::send(
-                &c,
-                Method::POST,
-                &url,
-                &[
-                    ("idempotency-key", "killed-key-0001"),
-                    ("x-test-delay-ms", "3000"),
-                ],
-                BODY,
-            )
-            .await
+            let slow = [
+                ("idempotency-key", key.as_str()),
+                ("x-test-delay-ms", "3000"),
+            ];
+            common::send(&c, Method::POST, &url, &slow, BODY).await
         });
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while up.executions() == 0 {
+    while up.executions_of(&killed_key) == 0 {
         assert!(
             Instant::now() < deadline,
             "the upstream never got the request"
@@ -215,13 +213,53 @@ async fn rule_8_a_killed_gateway_blocks_its_key_for_one_lease_only() {
     let (_gw, base) = gateway(&args);
     let c = client();
     let url = format!("{base}/payments");
-    let held = post(&c, &url, Some("killed-key-0001"), BODY).await;
+    let held = post(&c, &url, Some(&killed_key), BODY).await;
     assert_eq!(held.status, 409, "the dead holder's lease is still alive");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let taken = post(&c, &url, Some("killed-key-0001"), BODY).await;
+    let taken = post(&c, &url, Some(&killed_key), BODY).await;
     assert_eq!(taken.status, 201);
     assert!(!taken.replayed());
-    assert_eq!(up.executions_of("killed-key-0001"), 2);
+    assert_eq!(up.executions_of(&killed_key), 2);
+    let replay = post(&c, &url, Some(&done_key), BODY).await;
+    assert!(replay.replayed(), "the completed record survived");
+    assert_eq!(replay.body, done.body);
+    assert_eq!(up.executions_of(&done_key), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_8_a_killed_gateway_blocks_its_key_for_one_lease_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    killed_holder(&format!(
+        "sqlite://{}",
+        dir.path().join("idem.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_8_a_killed_gateway_on_redis_blocks_its_key_for_one_lease_only() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipped: REDIS_URL not set");
+        return;
+    };
+    let base = url.trim_end_matches('/');
+    let base = base.rsplit_once('/').map_or(base, |(h, last)| {
+        if last.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            base
+        }
+    });
+    killed_holder(&format!("{base}/13")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_8_a_killed_gateway_on_postgres_blocks_its_key_for_one_lease_only() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipped: DATABASE_URL not set");
+        return;
+    };
+    killed_holder(&url).await;
 }
 
 /// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`:
