@@ -549,3 +549,102 @@ async fn signed_keys_issued_by_the_cli_are_required_by_the_gateway() {
     }
     assert_eq!(up.executions(), 1);
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(dir: &std::path::Path, size: &str, remount: bool) -> bool {
+    let opts = if remount {
+        format!("remount,size={size}")
+    } else {
+        format!("size={size}")
+    };
+    Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_answers_503_keeps_its_records_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if !mount_tmpfs(dir.path(), "3m", false) {
+        eprintln!("skipped: mounting a small tmpfs needs root (mount -t tmpfs)");
+        return;
+    }
+    let _mount = Mount(dir.path().to_path_buf());
+    let db = dir.path().join("idem.db");
+    let up = CountingUpstream::start().await.expect("upstream");
+    let store = format!("sqlite://{}", db.display());
+    let (_gw, base) = gateway(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        &store,
+        "--lock-timeout",
+        "1",
+    ]);
+    let c = client();
+    let url = format!("{base}/reports");
+    let first = post(&c, &url, Some("full-disk-key-first"), BODY).await;
+    assert_eq!(first.status, 201);
+
+    // Answers of 256 KiB until the file system is full.
+    let mut refused = None;
+    for i in 0..64 {
+        let key = format!("full-disk-key-{i:04}");
+        let r = common::send(
+            &c,
+            Method::POST,
+            &url,
+            &[("idempotency-key", &key), ("x-test-body-bytes", "262144")],
+            BODY,
+        )
+        .await;
+        if r.status == 503 {
+            refused = Some((key, r));
+            break;
+        }
+    }
+    let (refused_key, refused) = refused.expect("the disk never filled");
+    assert_eq!(refused.problem_slug(), "idempotency-store-unavailable");
+    eprintln!(
+        "full disk: {refused_key} refused after {} executions",
+        up.executions()
+    );
+    let executed_before = up.executions();
+    assert_eq!(
+        up.executions_of(&refused_key),
+        0,
+        "a refused request executed"
+    );
+
+    // Space comes back: the same gateway recovers without a restart.
+    assert!(mount_tmpfs(dir.path(), "64m", true), "remount");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&c, &url, Some("full-disk-key-after"), BODY).await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", r.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(post(&c, &url, Some("full-disk-key-first"), BODY)
+        .await
+        .replayed());
+    assert_eq!(up.executions(), executed_before + 1);
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+}
