@@ -140,28 +140,7 @@ async fn redis_restart_gives_503_then_recovers_without_restarting_idem() {
         return;
     }
     let port = free_port();
-    let start_redis = || {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("redis-server: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Proc(child)
-    };
+    let start_redis = || common::private_redis(port);
     let redis = start_redis();
     let (_demo, base) = demo(&["--store", &format!("redis://127.0.0.1:{port}/")]);
     let c = client();

@@ -160,3 +160,31 @@ pub async fn post_until_store_answers(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A private `redis-server` on `port` (no persistence), up when this returns;
+/// killed when dropped.
+pub fn private_redis(port: u16) -> Proc {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server: {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "private redis did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Proc(child)
+}
