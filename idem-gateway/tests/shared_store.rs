@@ -6,9 +6,9 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{client, demo, free_port, post, post_until_store_answers, send, Proc};
+use common::{client, demo, free_port, post, post_until_store_answers, send};
 use http::Method;
 
 /// `url` with its database number replaced by `db`.
