@@ -94,7 +94,8 @@ impl std::fmt::Display for RecordView {
 #[derive(Clone)]
 pub struct KeyAdmin {
     store: Arc<dyn Store>,
-    secret: Option<Secret>,
+    /// The given secret, or the store's, read once at first use.
+    secret: Arc<tokio::sync::OnceCell<Secret>>,
 }
 
 impl KeyAdmin {
@@ -105,16 +106,16 @@ impl KeyAdmin {
             bail!("memory:// records live inside the process that holds them; use that gateway's admin API (--admin-listen, --admin-token-file) instead");
         }
         let opened = stores::open(url, secret_file, 0)?;
-        Ok(Self {
-            store: opened.store,
-            secret: opened.secret,
-        })
+        Ok(Self::new(opened.store, opened.secret))
     }
 
     /// Admin operations on an open store with its secret (`None`: the one
     /// the store keeps).
     pub fn new(store: Arc<dyn Store>, secret: Option<Secret>) -> Self {
-        Self { store, secret }
+        Self {
+            store,
+            secret: Arc::new(tokio::sync::OnceCell::new_with(secret)),
+        }
     }
 
     /// The store.
@@ -127,17 +128,18 @@ impl KeyAdmin {
         let key = KeyRules::new(1, 8192)
             .parse(key)
             .with_context(|| format!("{key:?} is not a key"))?;
-        let secret = match &self.secret {
-            Some(s) => s.clone(),
-            None => self
-                .store
-                .shared_secret()
-                .await
-                .context("cannot read the secret kept in the store")?
-                .context("this store keeps no secret: pass --secret-file")?,
-        };
+        let secret = self
+            .secret
+            .get_or_try_init(|| async {
+                self.store
+                    .shared_secret()
+                    .await
+                    .context("cannot read the secret kept in the store")?
+                    .context("this store keeps no secret: pass --secret-file")
+            })
+            .await?;
         Ok(StoreKey::derive(
-            &secret,
+            secret,
             scope.map(str::as_bytes),
             key.as_str(),
         ))

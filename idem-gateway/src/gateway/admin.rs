@@ -159,7 +159,7 @@ async fn stats(State(state): State<AdminState>) -> Response {
 /// A bad key is the caller's fault (400); anything else is the store's (503).
 fn failure(e: anyhow::Error) -> Response {
     let text = format!("{e:#}");
-    if text.contains("is not a key") {
+    if e.downcast_ref::<idem_core::KeyError>().is_some() {
         error(StatusCode::BAD_REQUEST, "bad_key", text)
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", text)

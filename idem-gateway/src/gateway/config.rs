@@ -540,25 +540,48 @@ impl GatewayConfig {
         if !(8192..=(16 << 20)).contains(&max_header_bytes) {
             bail!("max_header_bytes: must be between 8KiB and 16MiB, got {max_header_bytes}");
         }
-        let max_connections = match flag(&args.max_connections).or(file.max_connections.clone()) {
-            Some(v) => size_of(&from("--max-connections", "max_connections"), &v)?,
-            None => 10_000,
+        let count = |flag_v: &Option<String>,
+                     file_v: &Option<toml::Value>,
+                     name: &str,
+                     key: &str,
+                     default: usize|
+         -> anyhow::Result<usize> {
+            match flag(flag_v).or_else(|| file_v.clone()) {
+                Some(v) => size_of(&from(name, key), &v),
+                None => Ok(default),
+            }
         };
-        let max_in_flight = match flag(&args.max_in_flight).or(file.max_in_flight.clone()) {
-            Some(v) => size_of(&from("--max-in-flight", "max_in_flight"), &v)?,
-            None => 4_096,
-        };
-        let memory_capacity = match flag(&args.memory_capacity).or(file.memory_capacity.clone()) {
-            Some(v) => size_of(&from("--memory-capacity", "memory_capacity"), &v)?,
-            None => 1_000_000,
-        };
+        let max_connections = count(
+            &args.max_connections,
+            &file.max_connections,
+            "--max-connections",
+            "max_connections",
+            10_000,
+        )?;
+        let max_in_flight = count(
+            &args.max_in_flight,
+            &file.max_in_flight,
+            "--max-in-flight",
+            "max_in_flight",
+            4_096,
+        )?;
+        let memory_capacity = count(
+            &args.memory_capacity,
+            &file.memory_capacity,
+            "--memory-capacity",
+            "memory_capacity",
+            1_000_000,
+        )?;
         if max_connections == 0 || max_in_flight == 0 || memory_capacity == 0 {
             bail!("max_connections, max_in_flight and memory_capacity must be at least 1");
         }
-        let local_cache = match flag(&args.local_cache).or(file.local_cache) {
-            Some(v) => size_of(&from("--local-cache", "local_cache"), &v)?,
-            None => 0,
-        };
+        let local_cache = count(
+            &args.local_cache,
+            &file.local_cache,
+            "--local-cache",
+            "local_cache",
+            0,
+        )?;
 
         // Flags replace the file's top-level route defaults.
         let flags = RouteFile {

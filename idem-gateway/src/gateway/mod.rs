@@ -137,7 +137,9 @@ pub async fn run(
             config.upstream_timeout,
             config.problem_base.clone(),
         );
-        serve(listener, &config, move |ip| proxy.for_client(ip), shutdown).await
+        serve(listener, &config, move |ip| proxy.for_client(ip), shutdown)
+            .await
+            .map(|_| ())
     } else {
         let proxy: Proxy<idem::layer::RequestBody<Incoming>> = Proxy::new(
             config.upstream.clone(),
@@ -145,7 +147,6 @@ pub async fn run(
             config.problem_base.clone(),
         );
         let svc_layer = layer.clone();
-        let started = tokio::time::Instant::now();
         let flag = draining.clone();
         let served = serve(
             listener,
@@ -158,11 +159,14 @@ pub async fn run(
         )
         .await;
         // Executions whose client went away run on in their own tasks
-        // (SPEC rule 12): give them the rest of the drain time to store
-        // their answers.
-        let left = config
-            .drain_timeout
-            .saturating_sub(started.elapsed().min(config.drain_timeout));
+        // (SPEC rule 12): give them the rest of the drain time, counted
+        // from the shutdown signal, to store their answers.
+        let left = match &served {
+            Ok(draining_since) => config
+                .drain_timeout
+                .saturating_sub(draining_since.elapsed()),
+            Err(_) => Duration::ZERO,
+        };
         if layer.executions_in_flight() > 0
             && tokio::time::timeout(left.max(Duration::from_millis(100)), layer.drained())
                 .await
@@ -173,7 +177,7 @@ pub async fn run(
                 "drain timeout: executions still running are abandoned; their keys stay in progress until their leases end"
             );
         }
-        served
+        served.map(|_| ())
     };
     if let Some(tx) = admin_stop {
         let _ = tx.send(());
@@ -233,13 +237,14 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
 }
 
 /// The accept loop, for any service (the gateway, or the bare proxy the
-/// benchmarks compare it with).
+/// benchmarks compare it with). Returns when the connections have drained,
+/// with the instant the shutdown began.
 async fn serve<S, B, F>(
     listener: TcpListener,
     config: &GatewayConfig,
     make: F,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()>
+) -> anyhow::Result<tokio::time::Instant>
 where
     F: Fn(IpAddr) -> S,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -298,6 +303,7 @@ where
         });
     }
     drop(listener);
+    let draining_since = tokio::time::Instant::now();
     let open = graceful.count();
     tracing::info!(
         connections = open,
@@ -312,5 +318,5 @@ where
             config.drain_timeout
         );
     }
-    Ok(())
+    Ok(draining_since)
 }
