@@ -31,14 +31,7 @@ gw memory 18202 --store memory://
 gw sqlite 18203 --store "sqlite://$WORK/bench.db"
 gw nolayer 18204 --store memory:// --bench-without-layer
 
-run() { # scenario variant port script
-  local res rps p99 non2xx
-  res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "bench/$4" "http://127.0.0.1:$3/payments")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$res")
-  non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$res"); non2xx=${non2xx:-0}
-  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p99" "$non2xx" | tee -a "$OUT"
-}
+source bench/wrk-lib.sh
 
 # Warm-up (also executes the 16 replay keys once on each gateway).
 for p in 18201 18202 18203 18204; do wrk -t1 -c8 -d2s -s bench/replays.lua "http://127.0.0.1:$p/payments" >/dev/null; done
@@ -54,23 +47,4 @@ for i in $(seq "$RUNS"); do
   run replay gateway-sqlite 18203 replays.lua
 done
 
-python3 - "$OUT" <<'PY'
-import sys, statistics, collections
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-def ms(s):
-    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
-        if s.endswith(unit): return float(s[:-len(unit)]) * f
-    return float(s)
-rps = collections.defaultdict(list); p99 = collections.defaultdict(list)
-for sc, var, r, p, _ in rows:
-    rps[(sc, var)].append(float(r)); p99[(sc, var)].append(ms(p))
-print("\nmedians of %d runs" % len(rps[("first", "plain")]))
-print("| scenario | variant | req/s | p99 ms | req/s vs plain proxy | p99 vs plain proxy |")
-print("|---|---|---|---|---|---|")
-for sc in ("first", "replay"):
-    base_r = statistics.median(rps[(sc, "plain")]); base_p = statistics.median(p99[(sc, "plain")])
-    for var in ("plain", "gateway-memory", "gateway-sqlite", "gateway-no-layer"):
-        if (sc, var) not in rps: continue
-        r = statistics.median(rps[(sc, var)]); p = statistics.median(p99[(sc, var)])
-        print(f"| {sc} | {var} | {r:,.0f} | {p:.2f} | {r/base_r:.2f}x | {p/base_p:.2f}x |")
-PY
+python3 bench/summary.py "$OUT" plain gateway-memory gateway-sqlite gateway-no-layer

@@ -19,15 +19,7 @@ serve() { # name port args...
   echo "server $name did not start" >&2; cat "$WORK/$name.log" >&2; exit 1
 }
 
-run() { # scenario variant port script
-  local res
-  res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "bench/$4" "http://127.0.0.1:$3/payments")
-  local rps p99 non2xx
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$res")
-  non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$res"); non2xx=${non2xx:-0}
-  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p99" "$non2xx" | tee -a "$OUT"
-}
+source bench/wrk-lib.sh
 
 serve plain 18101 --store memory:// --bench-without-layer
 serve memory 18102 --store memory://
@@ -45,22 +37,4 @@ for i in $(seq "$RUNS"); do
   run replay sqlite 18103 replays.lua
 done
 
-python3 - "$OUT" <<'PY'
-import sys, statistics, collections
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-def ms(s):
-    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
-        if s.endswith(unit): return float(s[:-len(unit)]) * f
-    return float(s)
-rps = collections.defaultdict(list); p99 = collections.defaultdict(list)
-for sc, var, r, p, _ in rows:
-    rps[(sc, var)].append(float(r)); p99[(sc, var)].append(ms(p))
-print("\nmedians of %d runs" % len(rps[("first", "plain")]))
-print("| scenario | variant | req/s | p99 ms | req/s vs plain | p99 vs plain |")
-print("|---|---|---|---|---|---|")
-for sc in ("first", "replay"):
-    base_r = statistics.median(rps[(sc, "plain")]); base_p = statistics.median(p99[(sc, "plain")])
-    for var in ("plain", "memory", "sqlite"):
-        r = statistics.median(rps[(sc, var)]); p = statistics.median(p99[(sc, var)])
-        print(f"| {sc} | {var} | {r:,.0f} | {p:.2f} | {r/base_r:.2f}x | {p/base_p:.2f}x |")
-PY
+python3 bench/summary.py "$OUT" plain memory sqlite
