@@ -4,8 +4,9 @@
 //!
 //! ```
 //! use idem_core::memory::MemoryStore;
-//! let store = MemoryStore::new().with_capacity(10_000);
+//! let store = MemoryStore::new().with_capacity(10_000).with_max_bytes(64 << 20);
 //! assert_eq!(store.capacity(), 10_000);
+//! assert_eq!(store.max_bytes(), 64 << 20);
 //! ```
 
 use std::collections::HashMap;
@@ -24,6 +25,34 @@ use crate::store::{Store, StoreError, StoreStats};
 
 const SHARDS: usize = 64;
 
+/// Bytes accounted to every record whatever its answer: the map entry (key,
+/// fingerprint, state) with the hash table's slack, measured at about this
+/// much per record with small answers (docs/RELIABILITY.md).
+pub const RECORD_OVERHEAD: usize = 256;
+
+/// Bytes accounted per stored header beyond its name and value bytes (the
+/// `HeaderName`/`HeaderValue` pair in the vector).
+const HEADER_OVERHEAD: usize = 72;
+
+/// The bytes a record accounts for in the budget.
+fn record_bytes(r: &Record) -> usize {
+    match &r.state {
+        RecordState::InProgress { .. } => RECORD_OVERHEAD,
+        RecordState::Completed { response, .. } => RECORD_OVERHEAD + answer_bytes(response),
+    }
+}
+
+fn answer_bytes(r: &StoredResponse) -> usize {
+    headers_bytes(r) + r.body.len()
+}
+
+fn headers_bytes(r: &StoredResponse) -> usize {
+    r.headers
+        .iter()
+        .map(|(n, v)| HEADER_OVERHEAD + n.as_str().len() + v.len())
+        .sum()
+}
+
 /// A concurrent, TTL-expiring, capacity-bounded store in memory.
 ///
 /// Sharding, not a lock-free map: each operation is a read-modify-write of
@@ -34,15 +63,32 @@ const SHARDS: usize = 64;
 /// HMAC (uniformly distributed) keep contention negligible at any core count
 /// this process is likely to have.
 ///
-/// Capacity is a hard bound on records held: a new key beyond it is refused
-/// with [`StoreError::CapacityExceeded`] after expired records have been
-/// purged, never by silently evicting a live record (evicting an
-/// `in_progress` or unexpired `completed` record would let a retry execute
-/// twice).
+/// Two hard bounds keep its memory finite, and neither is kept by evicting
+/// a live record (evicting an `in_progress` or unexpired `completed` record
+/// would let a retry execute twice):
+///
+/// - **records** ([`with_capacity`](Self::with_capacity)): a new key beyond
+///   it is refused with [`StoreError::CapacityExceeded`] after expired
+///   records have been purged;
+/// - **bytes** ([`with_max_bytes`](Self::with_max_bytes)): the bytes the
+///   records account for (a fixed [`RECORD_OVERHEAD`] each, plus each stored
+///   answer's body and header bytes). A new key is refused with
+///   [`StoreError::BytesExceeded`] once the budget is spent, so nothing
+///   executes; an answer that arrives when its body would overrun the budget
+///   is stored without its body (`body_omitted`, which a replay reports
+///   with `Idempotent-Body-Omitted`, as for an answer over the
+///   stored-response limit): the execution happened, so its record must be
+///   kept, and this way it costs no more than its headers. Accounted bytes
+///   therefore never exceed the budget by more than the headers of the
+///   answers completing at that moment, like Redis's `maxmemory` with the
+///   `noeviction` policy, but without its overshoot by whole values.
 pub struct MemoryStore {
     shards: Box<[Mutex<HashMap<StoreKey, Record, KeyHasher>>]>,
     len: AtomicUsize,
     capacity: usize,
+    /// Accounted bytes of all records held (see [`record_bytes`]).
+    bytes: AtomicUsize,
+    max_bytes: usize,
     clock: SharedClock,
     /// When a full purge may run next (ms): a flood of new keys against a full
     /// store must not turn every refused request into an O(n) scan.
@@ -90,12 +136,16 @@ impl std::fmt::Debug for MemoryStore {
         f.debug_struct("MemoryStore")
             .field("len", &self.len.load(Ordering::Relaxed))
             .field("capacity", &self.capacity)
+            .field("bytes", &self.bytes.load(Ordering::Relaxed))
+            .field("max_bytes", &self.max_bytes)
             .finish()
     }
 }
 
 impl MemoryStore {
-    /// An empty store on the system clock. The default capacity is 1,000,000 records.
+    /// An empty store on the system clock. The default capacity is 1,000,000
+    /// records; bytes are not bounded unless [`with_max_bytes`](Self::with_max_bytes)
+    /// sets a budget.
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS)
@@ -103,6 +153,8 @@ impl MemoryStore {
                 .collect(),
             len: AtomicUsize::new(0),
             capacity: 1_000_000,
+            bytes: AtomicUsize::new(0),
+            max_bytes: usize::MAX,
             clock: Arc::new(SystemClock),
             next_full_purge_ms: AtomicU64::new(0),
         }
@@ -111,6 +163,12 @@ impl MemoryStore {
     /// Sets the capacity in records. The default is 1,000,000.
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// Sets the budget of accounted bytes (see the type's documentation).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
         self
     }
 
@@ -123,6 +181,17 @@ impl MemoryStore {
     /// The capacity in records.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The budget of accounted bytes (`usize::MAX`: none).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Bytes the records held account for, expired ones not yet purged
+    /// included.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Records held, expired ones not yet purged included.
@@ -142,13 +211,34 @@ impl MemoryStore {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves room for one more record, or fails when full.
-    fn reserve(&self) -> bool {
+    /// Reserves room for one more record, or says which bound is reached.
+    fn reserve(&self) -> Result<(), StoreError> {
         self.len
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.capacity).then_some(n + 1)
             })
-            .is_ok()
+            .map_err(|_| StoreError::CapacityExceeded {
+                capacity: self.capacity,
+            })?;
+        let bytes = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_add(RECORD_OVERHEAD)
+                    .filter(|&n| n <= self.max_bytes)
+            });
+        if bytes.is_err() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::BytesExceeded {
+                max_bytes: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets a record that was removed from its shard.
+    fn forget(&self, r: &Record) {
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(record_bytes(r), Ordering::AcqRel);
     }
 
     fn purge_all(&self, now: u64, limit: usize) -> u64 {
@@ -160,9 +250,11 @@ impl MemoryStore {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
             let before = map.len();
             let mut budget = limit - removed as usize;
+            let mut freed = 0usize;
             map.retain(|_, r| {
                 if budget > 0 && !r.is_live(now) {
                     budget -= 1;
+                    freed += record_bytes(r);
                     false
                 } else {
                     true
@@ -170,6 +262,7 @@ impl MemoryStore {
             });
             let n = before - map.len();
             self.len.fetch_sub(n, Ordering::AcqRel);
+            self.bytes.fetch_sub(freed, Ordering::AcqRel);
             removed += n as u64;
         }
         removed
@@ -213,16 +306,21 @@ impl Store for MemoryStore {
                     });
                 }
                 // Expired lease or TTL: treated as no record (rules 8, 9).
-                // Replacing it takes no new room.
+                // Replacing it takes no new room, and frees its answer's.
+                self.bytes
+                    .fetch_sub(record_bytes(existing) - RECORD_OVERHEAD, Ordering::AcqRel);
                 *existing = new_record();
                 return Ok(started(existing));
             }
-            if self.reserve() {
-                let r = new_record();
-                let outcome = started(&r);
-                map.insert(*key, r);
-                return Ok(outcome);
-            }
+            let full = match self.reserve() {
+                Ok(()) => {
+                    let r = new_record();
+                    let outcome = started(&r);
+                    map.insert(*key, r);
+                    return Ok(outcome);
+                }
+                Err(full) => full,
+            };
             drop(map);
             // Full: purge expired records once (throttled), then try again.
             let next = self.next_full_purge_ms.load(Ordering::Acquire);
@@ -232,11 +330,9 @@ impl Store for MemoryStore {
                 self.purge_all(now, usize::MAX);
                 continue;
             }
-            break;
+            return Err(full);
         }
-        Err(StoreError::CapacityExceeded {
-            capacity: self.capacity,
-        })
+        unreachable!("the second attempt returns")
     }
 
     async fn complete(
@@ -250,8 +346,30 @@ impl Store for MemoryStore {
         let mut map = self.shard(key);
         match map.get_mut(key) {
             Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
+                let headers = headers_bytes(response);
+                let body = response.body.len();
+                // Take the answer's bytes from the budget; when its body does
+                // not fit, keep the answer without it (see the type's docs).
+                let fits = self
+                    .bytes
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                        b.checked_add(headers + body)
+                            .filter(|&n| n <= self.max_bytes)
+                    })
+                    .is_ok();
+                let response = if fits {
+                    response.clone()
+                } else {
+                    self.bytes.fetch_add(headers, Ordering::AcqRel);
+                    StoredResponse {
+                        status: response.status,
+                        headers: response.headers.clone(),
+                        body: bytes::Bytes::new(),
+                        body_omitted: Some(response.body_omitted.unwrap_or(body as u64)),
+                    }
+                };
                 r.state = RecordState::Completed {
-                    response: response.clone(),
+                    response,
                     expires_at_ms: now.saturating_add(millis(ttl)),
                 };
                 Ok(true)
@@ -264,8 +382,9 @@ impl Store for MemoryStore {
         let mut map = self.shard(key);
         match map.get(key) {
             Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
-                map.remove(key);
-                self.len.fetch_sub(1, Ordering::AcqRel);
+                if let Some(r) = map.remove(key) {
+                    self.forget(&r);
+                }
                 Ok(true)
             }
             _ => Ok(false),
@@ -298,11 +417,11 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let removed = self.shard(key).remove(key).is_some();
-        if removed {
-            self.len.fetch_sub(1, Ordering::AcqRel);
+        let removed = self.shard(key).remove(key);
+        if let Some(r) = &removed {
+            self.forget(r);
         }
-        Ok(removed)
+        Ok(removed.is_some())
     }
 
     async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {

@@ -40,6 +40,13 @@ pub enum StoreError {
         /// The configured capacity.
         capacity: usize,
     },
+    /// A new key was refused because the answers a store holds in memory
+    /// reached its byte budget. Live records are never evicted to make room.
+    #[error("the idempotency store is full ({max_bytes} bytes of records); raise its byte budget (--memory-max-bytes) or shorten record TTLs")]
+    BytesExceeded {
+        /// The configured budget.
+        max_bytes: usize,
+    },
     /// The backend could not be reached or failed.
     #[error("the {backend} idempotency store failed: {source}")]
     Backend {

@@ -30,3 +30,21 @@ mod cached {
 
     idem_testkit::store_conformance!(cached_memory);
 }
+
+/// The same contract with a byte budget set (large enough never to refuse):
+/// the accounting must not disturb any rule.
+mod byte_budget {
+    use super::*;
+
+    async fn memory_with_budget(config: StoreConfig) -> Option<Arc<dyn Store>> {
+        let mut store = MemoryStore::new()
+            .with_clock(config.clock)
+            .with_max_bytes(1 << 30);
+        if let Some(c) = config.capacity {
+            store = store.with_capacity(c);
+        }
+        Some(Arc::new(store))
+    }
+
+    idem_testkit::store_conformance!(memory_with_budget);
+}

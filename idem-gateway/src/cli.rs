@@ -200,6 +200,9 @@ pub struct GatewayArgs {
     /// Records a memory:// store holds at most; past it new keys get 503 idempotency-store-full [default: 1000000].
     #[arg(long, env = "IDEM_MEMORY_CAPACITY", value_name = "RECORDS")]
     pub memory_capacity: Option<String>,
+    /// Bytes the records of a memory:// store account for at most (answers plus 256 per record); past it new keys get 503 idempotency-store-full [default: 1GiB].
+    #[arg(long, env = "IDEM_MEMORY_MAX_BYTES", value_name = "BYTES")]
+    pub memory_max_bytes: Option<String>,
     /// Proxy WITHOUT the idempotency layer: a benchmark baseline only.
     #[arg(long, hide = true)]
     pub bench_without_layer: bool,

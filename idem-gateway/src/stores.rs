@@ -125,16 +125,24 @@ pub fn open(
     open_with(url, secret_file, local_cache, None)
 }
 
-/// [`open`], with a capacity in records for `memory://` (past it, new keys
-/// are refused with 503 `idempotency-store-full`; live records are never
-/// evicted). `None`: unbounded.
+/// The bounds of a `memory://` store: past either, new keys are refused with
+/// 503 `idempotency-store-full`; live records are never evicted.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimits {
+    /// Records held at most.
+    pub records: usize,
+    /// Accounted bytes at most (see [`MemoryStore`]).
+    pub bytes: usize,
+}
+
+/// [`open`], with bounds for `memory://`. `None`: unbounded.
 pub fn open_with(
     url: &StoreUrl,
     secret_file: Option<&Path>,
     local_cache: usize,
-    memory_capacity: Option<usize>,
+    memory_limits: Option<MemoryLimits>,
 ) -> anyhow::Result<OpenedStore> {
-    let mut opened = open_store(url, secret_file, memory_capacity)?;
+    let mut opened = open_store(url, secret_file, memory_limits)?;
     if local_cache > 0 {
         // Replays of hot keys answered locally (see idem_core::cache).
         let cached = CachedStore::new(opened.store, Arc::new(SystemClock)).capacity(local_cache);
@@ -146,7 +154,7 @@ pub fn open_with(
 fn open_store(
     url: &StoreUrl,
     secret_file: Option<&Path>,
-    memory_capacity: Option<usize>,
+    memory_limits: Option<MemoryLimits>,
 ) -> anyhow::Result<OpenedStore> {
     let explicit = match secret_file {
         Some(p) => Some(Secret::read_file(p).with_context(|| {
@@ -160,8 +168,10 @@ fn open_store(
     };
     match url {
         StoreUrl::Memory => {
-            let store = Arc::new(match memory_capacity {
-                Some(c) => MemoryStore::new().with_capacity(c),
+            let store = Arc::new(match memory_limits {
+                Some(l) => MemoryStore::new()
+                    .with_capacity(l.records)
+                    .with_max_bytes(l.bytes),
                 None => MemoryStore::new(),
             });
             spawn_sweeper(store.clone());

@@ -842,6 +842,62 @@ async fn a_flood_of_new_keys_stops_at_the_memory_capacity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_answers_stops_at_the_memory_byte_budget() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.memory_max_bytes = Some("1MiB".into())).await;
+    let c = client();
+    let url = gw.at("/payments");
+    let big = |key: String| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let h = [
+                ("content-type", "application/json"),
+                ("idempotency-key", key.as_str()),
+                ("x-test-body-bytes", "200000"),
+            ];
+            send(&c, Method::POST, &url, &h, BODY).await
+        }
+    };
+    // Answers of 200 kB: five fit in 1 MiB with their bodies; later ones
+    // are kept without the body (a replay says so); then new keys are
+    // refused with 503 and execute nothing.
+    let mut accepted = 0;
+    let refused = loop {
+        let a = big(format!("bytes-key-{accepted:06}")).await;
+        if a.status != 201 {
+            break a;
+        }
+        assert_eq!(a.body.len(), 200_000, "the first answer is always whole");
+        accepted += 1;
+        assert!(accepted < 4096, "the byte budget never refused a key");
+    };
+    assert_eq!(
+        (refused.status.as_u16(), refused.problem_slug().as_str()),
+        (503, "idempotency-store-full")
+    );
+    assert!(refused.json()["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("--memory-max-bytes")));
+    assert!(accepted > 5, "records without bodies still fit: {accepted}");
+    assert_eq!(up.executions(), accepted, "a refused key executed");
+    // The first answers replay whole; a later one says its body was not kept.
+    let first = big("bytes-key-000000".into()).await;
+    assert!(first.replayed());
+    assert_eq!(first.body.len(), 200_000);
+    let sixth = big("bytes-key-000005".into()).await;
+    assert!(sixth.replayed());
+    assert_eq!(
+        sixth
+            .headers
+            .get("idempotent-body-omitted")
+            .map(|v| v.as_bytes()),
+        Some(&b"200000"[..])
+    );
+    assert_eq!(up.executions(), accepted, "a replay executed");
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_reset_mid_body_is_not_stored_and_the_retry_executes() {
     // A raw upstream: it promises 100 bytes, sends 3, and hangs up.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

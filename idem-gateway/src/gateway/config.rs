@@ -89,6 +89,7 @@ with_route_keys! {
         max_connections: Option<toml::Value>,
         max_in_flight: Option<toml::Value>,
         memory_capacity: Option<toml::Value>,
+        memory_max_bytes: Option<toml::Value>,
         #[serde(default)]
         routes: Vec<RouteEntry>,
     }
@@ -211,6 +212,9 @@ pub struct GatewayConfig {
     /// Records a `memory://` store holds at most; past it new keys get 503
     /// `idempotency-store-full`. The default is 1,000,000.
     pub memory_capacity: usize,
+    /// Bytes the records of a `memory://` store account for at most; past
+    /// it new keys get 503 `idempotency-store-full`. The default is 1 GiB.
+    pub memory_max_bytes: usize,
     /// Which requests are covered, and how.
     pub policy: Policy,
     /// Proxy without the layer (benchmark baseline only).
@@ -575,6 +579,16 @@ impl GatewayConfig {
         if max_connections == 0 || max_in_flight == 0 || memory_capacity == 0 {
             bail!("max_connections, max_in_flight and memory_capacity must be at least 1");
         }
+        let memory_max_bytes = count(
+            &args.memory_max_bytes,
+            &file.memory_max_bytes,
+            "--memory-max-bytes",
+            "memory_max_bytes",
+            1 << 30,
+        )?;
+        if memory_max_bytes < 1 << 20 {
+            bail!("memory_max_bytes: must be at least 1MiB, got {memory_max_bytes}");
+        }
         let local_cache = count(
             &args.local_cache,
             &file.local_cache,
@@ -679,6 +693,7 @@ impl GatewayConfig {
             max_connections,
             max_in_flight,
             memory_capacity,
+            memory_max_bytes,
             policy,
             without_layer: args.bench_without_layer,
         })

@@ -63,7 +63,10 @@ pub async fn run(
         &config.store,
         config.secret_file.as_deref(),
         config.local_cache,
-        Some(config.memory_capacity),
+        Some(stores::MemoryLimits {
+            records: config.memory_capacity,
+            bytes: config.memory_max_bytes,
+        }),
     )?;
     let metrics = Metrics::new();
     let layer = IdempotencyLayer::new(opened.store.clone())

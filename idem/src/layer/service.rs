@@ -548,12 +548,14 @@ where
         let req = Request::from_parts(parts, RequestBody::buffered(bytes));
         return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
     }
-    outcome(ProblemKind::StoreUnavailable.slug());
-    tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
     let kind = match e {
-        StoreError::CapacityExceeded { .. } => ProblemKind::StoreFull,
+        StoreError::CapacityExceeded { .. } | StoreError::BytesExceeded { .. } => {
+            ProblemKind::StoreFull
+        }
         _ => ProblemKind::StoreUnavailable,
     };
+    outcome(kind.slug());
+    tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
     Ok(problem_response(
         &route.shared,
         &Problem::new(kind, format!("{e}; nothing was executed, retry later")).with_retry_after(1),
