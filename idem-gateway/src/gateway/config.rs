@@ -838,6 +838,13 @@ mod tests {
             (
                 "upstream = \"http://a:1\"\n[[routes]]\npath = \"/x\"\nmethods = [\"PO ST\"]\n",
                 "routes[0].methods",
+            ),            (
+                "upstream = \"http://a:1\"\nmemory_max_bytes = \"64KiB\"\n",
+                "memory_max_bytes",
+            ),
+            (
+                "upstream = \"http://a:1\"\nmemory_max_bytes = \"lots\"\n",
+                "memory_max_bytes",
             ),
         ];
         for (text, key) in cases {
@@ -847,6 +854,26 @@ mod tests {
             };
             assert!(err.contains(key), "{key} not named in: {err}");
         }
+    }
+
+    #[test]
+    fn the_memory_byte_budget_comes_from_the_flag_or_the_file() -> anyhow::Result<()> {
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nmemory_max_bytes = \"64MiB\"\n",
+            GatewayArgs::default(),
+        )?;
+        assert_eq!(c.memory_max_bytes, 64 << 20);
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nmemory_max_bytes = \"64MiB\"\n",
+            GatewayArgs {
+                memory_max_bytes: Some("2GiB".into()),
+                ..Default::default()
+            },
+        )?;
+        assert_eq!(c.memory_max_bytes, 2 << 30);
+        let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
+        assert_eq!(c.memory_max_bytes, 1 << 30);
+        Ok(())
     }
 
     #[test]
