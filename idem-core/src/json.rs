@@ -171,31 +171,44 @@ impl Parser<'_> {
     fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
         self.i += 1;
         self.ws();
-        // Members are canonicalised one by one, then sorted by their raw key
-        // bytes; the sort is stable, so duplicate keys keep their order.
-        let mut members: Vec<(&[u8], Vec<u8>)> = Vec::new();
         if self.peek()? == b'}' {
             self.i += 1;
             out.extend_from_slice(b"{}");
             return Some(());
         }
+        // Members are written straight to `out`, canonicalised one by one;
+        // keys must end up sorted by their raw bytes (a stable sort, so
+        // duplicate keys keep their order). Clients usually send few keys,
+        // often already in order: only an object whose keys arrive out of
+        // order is rewritten, so the common case allocates nothing here.
+        let start = out.len();
+        out.push(b'{');
+        let mut prev: &[u8] = &[];
+        let mut sorted = true;
+        let mut first = true;
         loop {
             self.ws();
             if self.peek()? != b'"' {
                 return None;
             }
-            let start = self.i;
+            let key_start = self.i;
             self.string()?;
-            let key = &self.s[start..self.i];
+            let key = &self.s[key_start..self.i];
             self.ws();
             if self.peek()? != b':' {
                 return None;
             }
             self.i += 1;
             self.ws();
-            let mut v = Vec::new();
-            self.value(&mut v, depth + 1)?;
-            members.push((key, v));
+            if !first {
+                out.push(b',');
+                sorted &= prev <= key;
+            }
+            first = false;
+            prev = key;
+            out.extend_from_slice(key);
+            out.push(b':');
+            self.value(out, depth + 1)?;
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,
@@ -206,19 +219,48 @@ impl Parser<'_> {
                 _ => return None,
             }
         }
-        members.sort_by(|a, b| a.0.cmp(b.0));
-        out.push(b'{');
-        for (n, (k, v)) in members.iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(k);
-            out.push(b':');
-            out.extend_from_slice(v);
-        }
         out.push(b'}');
+        if !sorted {
+            sort_members(out, start);
+        }
         Some(())
     }
+}
+
+/// Sorts the members of the canonical object that starts at `out[start]`
+/// (and ends `out`) by their raw key bytes, stably.
+fn sort_members(out: &mut Vec<u8>, start: usize) {
+    let object = out.split_off(start);
+    // The object is our own canonical output: no whitespace, valid JSON.
+    let mut p = Parser { s: &object, i: 1 };
+    let mut members: Vec<(&[u8], &[u8])> = Vec::new();
+    let mut scratch = Vec::new();
+    loop {
+        let member_start = p.i;
+        if p.string().is_none() {
+            break;
+        }
+        let key = &object[member_start..p.i];
+        p.i += 1; // ':'
+        scratch.clear();
+        if p.value(&mut scratch, 0).is_none() {
+            break;
+        }
+        members.push((key, &object[member_start..p.i]));
+        p.i += 1; // ',' or '}'
+        if p.i >= object.len() {
+            break;
+        }
+    }
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (n, (_, member)) in members.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(member);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -270,5 +312,98 @@ mod tests {
         assert_eq!(c(&deep), None);
         let ok = "[".repeat(100) + &"]".repeat(100);
         assert!(c(&ok).is_some());
+    }
+
+    /// The straightforward definition (each member buffered, then all
+    /// sorted) that the in-place implementation must match byte for byte.
+    fn reference(v: &serde_like::Value) -> String {
+        use serde_like::Value::*;
+        match v {
+            Obj(members) => {
+                let mut m: Vec<(String, String)> = members
+                    .iter()
+                    .map(|(k, v)| (format!("\"{k}\""), reference(v)))
+                    .collect();
+                m.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                let inner: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                format!("{{{}}}", inner.join(","))
+            }
+            Arr(items) => format!(
+                "[{}]",
+                items.iter().map(reference).collect::<Vec<_>>().join(",")
+            ),
+            Num(n) => n.to_string(),
+        }
+    }
+
+    /// Writes `v` with the given key order and whitespace.
+    fn render(v: &serde_like::Value, ws: &str) -> String {
+        use serde_like::Value::*;
+        match v {
+            Obj(members) => {
+                let inner: Vec<String> = members
+                    .iter()
+                    .map(|(k, v)| format!("{ws}\"{k}\"{ws}:{ws}{}", render(v, ws)))
+                    .collect();
+                format!("{{{}{ws}}}", inner.join(","))
+            }
+            Arr(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(|i| render(i, ws))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Num(n) => n.to_string(),
+        }
+    }
+
+    mod serde_like {
+        pub(super) enum Value {
+            Obj(Vec<(String, Value)>),
+            Arr(Vec<Value>),
+            Num(u32),
+        }
+    }
+
+    /// A small deterministic generator: objects with keys in random order
+    /// (duplicates and prefixes of one another included), nested.
+    fn gen(seed: &mut u64, depth: u32) -> serde_like::Value {
+        use serde_like::Value::*;
+        fn next(seed: &mut u64) -> u64 {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        }
+        let kind = if depth > 3 { 2 } else { next(seed) % 3 };
+        match kind {
+            0 => {
+                let n = next(seed) % 6;
+                let keys = ["a", "ab", "b", "a\\u0041", "B", "_", "aa"];
+                Obj((0..n)
+                    .map(|_| {
+                        let k = keys[(next(seed) % keys.len() as u64) as usize].to_owned();
+                        (k, gen(seed, depth + 1))
+                    })
+                    .collect())
+            }
+            1 => Arr((0..next(seed) % 4).map(|_| gen(seed, depth + 1)).collect()),
+            _ => Num((next(seed) % 1000) as u32),
+        }
+    }
+
+    #[test]
+    fn matches_the_buffered_definition() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5_000 {
+            let v = gen(&mut seed, 0);
+            let want = reference(&v);
+            for ws in ["", " ", "\n\t"] {
+                let text = render(&v, ws);
+                assert_eq!(c(&text).as_deref(), Some(want.as_str()), "{text}");
+            }
+        }
     }
 }

@@ -163,9 +163,23 @@ impl StoreKey {
         crate::key::hex(&self.0)
     }
 
-    /// The first 8 hex digits: enough to correlate logs, useless to an attacker.
-    pub fn short(&self) -> String {
-        crate::key::hex(&self.0[..4])
+    /// The first 8 hex digits (shown by `Display`): enough to correlate
+    /// logs, useless to an attacker. Formatted only when a log is written.
+    pub fn short(&self) -> ShortKey {
+        ShortKey([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+}
+
+/// The first 4 bytes of a [`StoreKey`], displayed as 8 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortKey([u8; 4]);
+
+impl fmt::Display for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 

@@ -838,7 +838,8 @@ mod tests {
             (
                 "upstream = \"http://a:1\"\n[[routes]]\npath = \"/x\"\nmethods = [\"PO ST\"]\n",
                 "routes[0].methods",
-            ),            (
+            ),
+            (
                 "upstream = \"http://a:1\"\nmemory_max_bytes = \"64KiB\"\n",
                 "memory_max_bytes",
             ),

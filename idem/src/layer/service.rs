@@ -256,11 +256,40 @@ fn replay<B>(stored: StoredResponse, cookies: bool) -> Response<ResponseBody<B>>
 /// a read buffer per request, and first executions ran at 0.66× the plain
 /// proxy instead of 0.9×).
 fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    storable(headers)
+        .map(|(n, v)| {
+            let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+            copy.set_sensitive(v.is_sensitive());
+            (n.clone(), copy)
+        })
+        .collect()
+}
+
+/// The headers a record keeps, in order.
+fn storable(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
     headers
         .iter()
         .filter(|(n, _)| !NOT_STORED.contains(&n.as_str()))
+}
+
+/// The bytes of the values [`storable`] yields.
+fn storable_values_len(headers: &HeaderMap) -> usize {
+    storable(headers).map(|(_, v)| v.len()).sum()
+}
+
+/// The headers to store, each value a slice of `values`, which holds them
+/// one after the other from its start (see `run_inner`).
+fn storable_headers_in(headers: &HeaderMap, values: &Bytes) -> Vec<(HeaderName, HeaderValue)> {
+    let mut at = 0;
+    storable(headers)
         .map(|(n, v)| {
-            let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+            let end = at + v.len();
+            let mut copy = values
+                .get(at..end)
+                .filter(|b| *b == v.as_bytes())
+                .and_then(|_| HeaderValue::from_maybe_shared(values.slice(at..end)).ok())
+                .unwrap_or_else(|| v.clone());
+            at = end;
             copy.set_sensitive(v.is_sensitive());
             (n.clone(), copy)
         })
@@ -455,8 +484,7 @@ where
         Err(e) => return store_failure(&route, inner, parts, bytes, e).await,
     };
     let store_key = StoreKey::derive(secret, scope.as_deref(), key.as_str());
-    let span_key = store_key.short();
-    tracing::Span::current().record("key", span_key.as_str());
+    tracing::Span::current().record("key", tracing::field::display(store_key.short()));
 
     let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
     let mut poll = Duration::from_millis(5);
@@ -566,8 +594,9 @@ where
 enum Outcome<B> {
     /// A status that is not stored (rule 7): passed through, key released.
     NoStore(Response<B>),
-    /// Read in full, within the stored-response limit.
-    Full(http::response::Parts, Bytes),
+    /// Read in full, within the stored-response limit: one buffer holding
+    /// the storable header values (the first `usize` bytes) then the body.
+    Full(http::response::Parts, Bytes, usize),
     /// Over the limit: the part read, and the rest of the stream.
     Oversize(http::response::Parts, Bytes, std::pin::Pin<Box<B>>),
     /// The response body failed while being read.
@@ -593,7 +622,22 @@ where
     // be handed on to the client after part of it was read here.
     let mut body = Box::pin(body);
     let limit = policy.max_stored_response;
-    let mut buf = BytesMut::new();
+    // One buffer for the record: the header values to store, then the body.
+    // The stored answer and the client's copy are slices of it, so storing
+    // costs one allocation however many headers there are, and the record
+    // keeps no part of the connection's read buffer alive.
+    let head = storable_values_len(&parts.headers);
+    let hint = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(limit.saturating_add(1));
+    let mut buf = BytesMut::with_capacity(head + hint);
+    for (_, v) in storable(&parts.headers) {
+        buf.extend_from_slice(v.as_bytes());
+    }
     loop {
         let frame = match body.frame().await {
             None => break,
@@ -604,11 +648,12 @@ where
             continue;
         };
         buf.extend_from_slice(&data);
-        if buf.len() > limit {
-            return Ok(Outcome::Oversize(parts, buf.freeze(), body));
+        if buf.len() - head > limit {
+            let prefix = buf.split_off(head).freeze();
+            return Ok(Outcome::Oversize(parts, prefix, body));
         }
     }
-    Ok(Outcome::Full(parts, buf.freeze()))
+    Ok(Outcome::Full(parts, buf.freeze(), head))
 }
 
 /// Runs the execution so that a client disconnecting (which drops this
@@ -672,10 +717,11 @@ where
                     &Problem::new(ProblemKind::ExecutionFailed, format!("the response body failed: {e}; nothing was stored, so a retry executes again")),
                 ))
             }
-            Ok(Ok(Outcome::Full(parts, bytes))) => {
+            Ok(Ok(Outcome::Full(parts, all, head))) => {
+                let bytes = all.slice(head..);
                 let stored = StoredResponse {
                     status: parts.status.as_u16(),
-                    headers: storable_headers(&parts.headers),
+                    headers: storable_headers_in(&parts.headers, &all),
                     body: bytes.clone(),
                     body_omitted: None,
                 };
