@@ -52,6 +52,13 @@ impl std::str::FromStr for FingerprintMode {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);
 
+/// Canonical forms are written to a per-thread buffer kept up to this size.
+const SCRATCH_KEEP: usize = 64 << 10;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl Fingerprint {
     /// Computes the fingerprint of a request.
     pub fn compute(
@@ -73,10 +80,18 @@ impl Fingerprint {
         match mode {
             FingerprintMode::MethodAndPath => {}
             FingerprintMode::Exact => field(b'B', body),
-            FingerprintMode::Json => match json::canonicalize(body) {
-                Some(c) => field(b'J', &c),
-                None => field(b'B', body),
-            },
+            FingerprintMode::Json => SCRATCH.with(|scratch| {
+                // One buffer per thread, reused: no allocation per request.
+                let mut buf = scratch.take();
+                if json::canonicalize_into(body, &mut buf) {
+                    field(b'J', &buf);
+                } else {
+                    field(b'B', body);
+                }
+                if buf.capacity() <= SCRATCH_KEEP {
+                    scratch.set(buf);
+                }
+            }),
         }
         Self(h.finalize().into())
     }

@@ -23,14 +23,25 @@ pub const MAX_DEPTH: usize = 128;
 
 /// The canonical form of `input`, or `None` when it is not valid JSON.
 pub fn canonicalize(input: &[u8]) -> Option<Vec<u8>> {
-    // Validating UTF-8 once up front lets the scanner work on bytes.
-    std::str::from_utf8(input).ok()?;
-    let mut p = Parser { s: input, i: 0 };
     let mut out = Vec::with_capacity(input.len());
+    canonicalize_into(input, &mut out).then_some(out)
+}
+
+/// [`canonicalize`] into `out` (cleared first), so a caller can reuse one
+/// buffer; `false` (and `out` unspecified) when `input` is not valid JSON.
+pub fn canonicalize_into(input: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    // Validating UTF-8 once up front lets the scanner work on bytes.
+    if std::str::from_utf8(input).is_err() {
+        return false;
+    }
+    let mut p = Parser { s: input, i: 0 };
     p.ws();
-    p.value(&mut out, 0)?;
+    if p.value(out, 0).is_none() {
+        return false;
+    }
     p.ws();
-    (p.i == input.len()).then_some(out)
+    p.i == input.len()
 }
 
 struct Parser<'a> {

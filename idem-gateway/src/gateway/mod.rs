@@ -75,6 +75,8 @@ pub async fn run(
         .problem_base(config.problem_base.clone())
         .store_timeout(config.store_timeout)
         .max_in_flight(config.max_in_flight)
+        // The upstream is another process: nothing reads the extension.
+        .request_context(false)
         .metrics(metrics.clone());
     let layer = match &config.key_signing_secret_file {
         Some(path) => layer.key_signing_secret(idem::Secret::read_file(path).map_err(|e| {

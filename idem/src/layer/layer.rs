@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) route_metrics: OnceLock<Vec<Arc<RouteMetrics>>>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) renewals: Arc<Renewals>,
+    /// Whether executions get an [`IdempotencyContext`](crate::IdempotencyContext).
+    pub(crate) request_context: bool,
 }
 
 /// Executions running in their own tasks (SPEC rule 12), counted so that a
@@ -113,6 +115,7 @@ impl IdempotencyLayer {
                 route_metrics: OnceLock::new(),
                 in_flight: Arc::default(),
                 renewals: Arc::default(),
+                request_context: true,
             }),
         }
     }
@@ -138,6 +141,7 @@ impl IdempotencyLayer {
                     route_metrics: OnceLock::new(),
                     in_flight: s.in_flight.clone(),
                     renewals: Arc::default(),
+                    request_context: s.request_context,
                 };
                 f(&mut copy);
                 self.shared = Arc::new(copy);
@@ -200,6 +204,15 @@ impl IdempotencyLayer {
     /// flood cannot grow memory without bound. The default is no limit.
     pub fn max_in_flight(self, limit: usize) -> Self {
         self.with(|s| s.max_in_flight = Some(Arc::new(tokio::sync::Semaphore::new(limit))))
+    }
+
+    /// Whether an execution's request carries an
+    /// [`IdempotencyContext`](crate::IdempotencyContext) extension (the key,
+    /// the scope, batch sub-keys). The default is yes; a service that never
+    /// reads it, such as a proxy, saves a few allocations per request with
+    /// `false`.
+    pub fn request_context(self, on: bool) -> Self {
+        self.with(|s| s.request_context = on)
     }
 
     /// Records metrics into `metrics`, a registry that may be shared with

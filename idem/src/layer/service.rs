@@ -506,11 +506,13 @@ where
                 route.metrics().miss();
                 outcome("executed");
                 let mut parts = parts;
-                parts.extensions.insert(IdempotencyContext::new(
-                    route.clone(),
-                    scope,
-                    key,
-                ));
+                if shared.request_context {
+                    parts.extensions.insert(IdempotencyContext::new(
+                        route.clone(),
+                        scope,
+                        key,
+                    ));
+                }
                 return execute(route, inner, parts, bytes, store_key, fence).await;
             }
             Ok(Begin::Completed(stored)) => {
