@@ -716,6 +716,18 @@ impl GatewayConfig {
             "scope_header  {}",
             self.scope_header.as_ref().map_or("none", |h| h.as_str())
         );
+        let _ = writeln!(
+            out,
+            "limits        max_connections={} max_in_flight={}",
+            self.max_connections, self.max_in_flight
+        );
+        if matches!(self.store, StoreUrl::Memory) {
+            let _ = writeln!(
+                out,
+                "memory_store  capacity={} records, max_bytes={}",
+                self.memory_capacity, self.memory_max_bytes
+            );
+        }
         let line = |name: &str, p: &RoutePolicy| {
             let methods: Vec<&str> = p.methods.iter().map(Method::as_str).collect();
             format!(
@@ -860,10 +872,16 @@ mod tests {
     #[test]
     fn the_memory_byte_budget_comes_from_the_flag_or_the_file() -> anyhow::Result<()> {
         let c = resolve_text(
-            "upstream = \"http://a:1\"\nmemory_max_bytes = \"64MiB\"\n",
+            "upstream = \"http://a:1\"\nstore = \"memory://\"\nmemory_max_bytes = \"64MiB\"\n",
             GatewayArgs::default(),
         )?;
         assert_eq!(c.memory_max_bytes, 64 << 20);
+        assert!(
+            c.summary()
+                .contains("memory_store  capacity=1000000 records, max_bytes=67108864"),
+            "{}",
+            c.summary()
+        );
         let c = resolve_text(
             "upstream = \"http://a:1\"\nmemory_max_bytes = \"64MiB\"\n",
             GatewayArgs {
