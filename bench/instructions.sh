@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions and heap allocations per first execution, counted by valgrind's
+# Instructions and heap allocations per request (first executions, then
+# replays), counted by valgrind's
 # callgrind: the gateway with the layer and without it (`--bench-without-layer`),
 # in front of the same upstream. Unlike wrk's throughput, these counts repeat to
 # within a percent from run to run whatever else the machine is doing, so they
@@ -23,18 +24,18 @@ wait_port() { # name port
 
 target/release/examples/bench_upstream "$UP" >"$WORK/upstream.log" 2>&1 & wait_port upstream 18300
 
-measure() { # name port args...
-  local name=$1 port=$2; shift 2
+measure() { # name port script args...
+  local name=$1 port=$2 script=$3; shift 3
   valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" \
     "$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn "$@" \
     >"$WORK/$name.log" 2>&1 &
   local pid=$!
   wait_port "$name" "$port"
   # Warm up (connection pools, lazy statics), then count only the load.
-  wrk -t1 -c4 -d2s -s bench/new-keys.lua "http://127.0.0.1:$port/payments" >/dev/null
+  wrk -t1 -c4 -d2s -s "bench/$script" "http://127.0.0.1:$port/payments" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   local reqs
-  reqs=$(wrk -t1 -c4 -d"${SECS}s" -s bench/new-keys.lua "http://127.0.0.1:$port/payments" | awk '/requests in/ {print $1}')
+  reqs=$(wrk -t1 -c4 -d"${SECS}s" -s "bench/$script" "http://127.0.0.1:$port/payments" | awk '/requests in/ {print $1}')
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   # The dump after zeroing is the file with the highest part number.
@@ -73,5 +74,8 @@ EOF
 }
 
 printf 'variant\trequests\tinstructions/req\twithout SHA-256/req\tmallocs/req\n'
-measure gateway-memory 18302 --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB
-measure gateway-no-layer 18304 --store memory:// --bench-without-layer
+measure first-gateway-memory 18302 new-keys.lua --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB
+measure first-gateway-no-layer 18304 new-keys.lua --store memory:// --bench-without-layer
+# Replays: the warm-up executes the 16 keys of bench/replays.lua once.
+measure replay-gateway-memory 18306 replays.lua --store memory://
+measure replay-gateway-no-layer 18308 replays.lua --store memory:// --bench-without-layer
