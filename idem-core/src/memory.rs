@@ -357,7 +357,11 @@ impl Store for MemoryStore {
                             .filter(|&n| n <= self.max_bytes)
                     })
                     .is_ok();
-                let response = if fits {
+                let response = if fits || body == 0 {
+                    if !fits {
+                        // Nothing to leave out: the headers are the answer.
+                        self.bytes.fetch_add(headers, Ordering::AcqRel);
+                    }
                     response.clone()
                 } else {
                     self.bytes.fetch_add(headers, Ordering::AcqRel);

@@ -125,6 +125,24 @@ async fn an_answer_that_would_overrun_the_budget_is_kept_without_its_body() {
 }
 
 #[tokio::test]
+async fn an_empty_answer_is_kept_as_it_is_even_past_the_budget() {
+    let (store, _) = store(2 * RECORD_OVERHEAD);
+    let a = start(&store, &key(1)).await;
+    start(&store, &key(2)).await;
+    // The budget is spent; the answer has no body to leave out.
+    assert!(store
+        .complete(&key(1), a, &answer(0), TTL)
+        .await
+        .expect("store"));
+    match store.begin(&key(1), &FP, LEASE).await.expect("store") {
+        Begin::Completed(r) => assert_eq!(r, answer(0)),
+        other => panic!("expected the replay, got {other:?}"),
+    }
+    store.delete(&key(1)).await.expect("store");
+    assert_eq!(store.bytes(), RECORD_OVERHEAD);
+}
+
+#[tokio::test]
 async fn expiry_purge_release_and_takeover_give_bytes_back() {
     let (store, clock) = store(3 * RECORD_OVERHEAD + 4096);
     let a = start(&store, &key(1)).await;
