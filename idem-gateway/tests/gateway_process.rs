@@ -667,60 +667,18 @@ async fn a_redis_restart_under_load_refuses_then_recovers_and_nothing_executes_t
         "--lock-timeout",
         "2",
     ]);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for w in 0..8 {
-        let (url, stop, refused) = (format!("{base}/payments"), stop.clone(), refused.clone());
-        workers.push(tokio::spawn(async move {
-            let c = client();
-            let mut keys = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let key = format!("load-{w}-{:05}", keys.len());
-                // A client that retries only what was refused (503): each
-                // key must then execute exactly once.
-                loop {
-                    let r = post(&c, &url, Some(&key), BODY).await;
-                    match r.status.as_u16() {
-                        201 => break,
-                        503 => {
-                            refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        s => panic!("{key}: unexpected {s}"),
-                    }
-                }
-                keys.push(key);
-            }
-            keys
-        }));
-    }
+    // Clients that retry only what was refused (503).
+    let load = common::Load::start(&format!("{base}/payments"), 8, "load", BODY, &[503]);
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(redis); // the server goes away under load
     tokio::time::sleep(Duration::from_millis(600)).await;
     let _redis = common::private_redis(port);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.expect("worker"));
-    }
-    assert!(
-        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "nothing was refused while the store was down"
-    );
-    for key in &all {
-        assert_eq!(
-            up.executions_of(key),
-            1,
-            "{key} executed {} times",
-            up.executions_of(key)
-        );
-    }
-    assert_eq!(up.executions(), all.len());
+    let refused = load.refused();
+    let all = load.finish(&up).await;
+    assert!(refused > 0, "nothing was refused while the store was down");
     eprintln!(
-        "restart under load: {} keys, {} refusals while down, each key executed once",
-        all.len(),
-        refused.load(std::sync::atomic::Ordering::SeqCst)
+        "restart under load: {} keys, {refused} refusals while down, each key executed once",
+        all.len()
     );
 }

@@ -9,11 +9,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, demo, free_port, gateway, post, post_until_store_answers, send};
+use common::{client, demo, free_port, gateway, post, post_until_store_answers, send, Load};
 use http::Method;
 use idem_testkit::upstream::CountingUpstream;
 
@@ -211,7 +209,7 @@ async fn a_postgres_restart_under_load_refuses_then_recovers_and_nothing_execute
     }
     let server = PrivatePg::init();
     server.start();
-    let up = Arc::new(CountingUpstream::start().await.expect("upstream"));
+    let up = CountingUpstream::start().await.expect("upstream");
     let (_gw, base) = gateway(&[
         "--upstream",
         &up.url(),
@@ -221,80 +219,29 @@ async fn a_postgres_restart_under_load_refuses_then_recovers_and_nothing_execute
         "2",
     ]);
     const BODY: &str = r#"{"amount": 5, "recipient": "acct_pg_load"}"#;
-    let stop = Arc::new(AtomicBool::new(false));
-    let restarted = Arc::new(AtomicBool::new(false));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let after_restart = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for w in 0..8 {
-        let url = format!("{base}/payments");
-        let (stop, restarted) = (stop.clone(), restarted.clone());
-        let (refused, after_restart) = (refused.clone(), after_restart.clone());
-        workers.push(tokio::spawn(async move {
-            let c = client();
-            let mut keys = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let key = format!("pg-load-{w}-{:05}", keys.len());
-                // A client that retries what was refused (503) or is still
-                // held (409: a begin whose answer was lost when the server
-                // went down leaves the key held until its lease ends): each
-                // key must then execute exactly once.
-                loop {
-                    let r = post(&c, &url, Some(&key), BODY).await;
-                    match r.status.as_u16() {
-                        201 => break,
-                        503 | 409 => {
-                            refused.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        s => panic!("{key}: unexpected {s}: {:?}", r.body),
-                    }
-                }
-                if restarted.load(Ordering::SeqCst) {
-                    after_restart.fetch_add(1, Ordering::SeqCst);
-                }
-                keys.push(key);
-            }
-            keys
-        }));
-    }
+    // Clients that retry what was refused (503) or is still held (409: a
+    // begin whose answer was lost when the server went down leaves the key
+    // held until its lease ends).
+    let load = Load::start(&format!("{base}/payments"), 8, "pg-load", BODY, &[503, 409]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop(); // immediate shutdown, under load
     tokio::time::sleep(Duration::from_millis(800)).await;
     server.start();
-    restarted.store(true, Ordering::SeqCst);
+    load.restarted();
     // Load continues until a good number of keys completed after the restart.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while after_restart.load(Ordering::SeqCst) < 200 && std::time::Instant::now() < deadline {
+    while load.after_restart() < 200 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.expect("worker"));
-    }
+    let (refused, after_restart) = (load.refused(), load.after_restart());
+    let all = load.finish(&up).await;
+    assert!(refused > 0, "nothing was refused while the store was down");
     assert!(
-        refused.load(Ordering::SeqCst) > 0,
-        "nothing was refused while the store was down"
+        after_restart >= 200,
+        "idem did not recover: {after_restart} keys completed after the restart"
     );
-    assert!(
-        after_restart.load(Ordering::SeqCst) >= 200,
-        "idem did not recover: {} keys completed after the restart",
-        after_restart.load(Ordering::SeqCst)
-    );
-    for key in &all {
-        assert_eq!(
-            up.executions_of(key),
-            1,
-            "{key} executed {} times",
-            up.executions_of(key)
-        );
-    }
-    assert_eq!(up.executions(), all.len());
     eprintln!(
-        "postgres restart under load: {} keys, {} refusals, {} keys after the restart, each executed once",
-        all.len(),
-        refused.load(Ordering::SeqCst),
-        after_restart.load(Ordering::SeqCst)
+        "postgres restart under load: {} keys, {refused} refusals, {after_restart} keys after the restart, each executed once",
+        all.len()
     );
 }

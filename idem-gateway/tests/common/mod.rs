@@ -188,3 +188,105 @@ pub fn private_redis(port: u16) -> Proc {
     }
     Proc(child)
 }
+
+/// Clients posting new keys in a closed loop while a store is stopped and
+/// started again. Each key is retried, after 50 ms, on the statuses in
+/// `retry_on` until it gets 201; any other status fails the test. A key
+/// must then reach the upstream exactly once ([`Load::finish`]).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    restarted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    after_restart: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub fn start(
+        url: &str,
+        clients: usize,
+        prefix: &str,
+        body: &'static str,
+        retry_on: &'static [u16],
+    ) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let load = Self {
+            stop: Default::default(),
+            restarted: Default::default(),
+            refused: Default::default(),
+            after_restart: Default::default(),
+            workers: Vec::new(),
+        };
+        let workers = (0..clients)
+            .map(|w| {
+                let (url, prefix) = (url.to_owned(), prefix.to_owned());
+                let (stop, restarted) = (load.stop.clone(), load.restarted.clone());
+                let (refused, after) = (load.refused.clone(), load.after_restart.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut keys = Vec::new();
+                    while !stop.load(SeqCst) {
+                        let key = format!("{prefix}-{w}-{:05}", keys.len());
+                        loop {
+                            let r = post(&c, &url, Some(&key), body).await;
+                            match r.status.as_u16() {
+                                201 => break,
+                                s if retry_on.contains(&s) => {
+                                    refused.fetch_add(1, SeqCst);
+                                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                }
+                                s => panic!("{key}: unexpected {s}: {:?}", r.body),
+                            }
+                        }
+                        if restarted.load(SeqCst) {
+                            after.fetch_add(1, SeqCst);
+                        }
+                        keys.push(key);
+                    }
+                    keys
+                })
+            })
+            .collect();
+        Self { workers, ..load }
+    }
+
+    /// Marks the store as started again: keys completed from now on count
+    /// in [`after_restart`](Self::after_restart).
+    pub fn restarted(&self) {
+        self.restarted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answers retried so far (refused or in progress).
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keys completed since [`restarted`](Self::restarted).
+    pub fn after_restart(&self) -> usize {
+        self.after_restart.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the clients and checks that each of their keys reached
+    /// `upstream` exactly once; returns the keys.
+    pub async fn finish(
+        mut self,
+        upstream: &idem_testkit::upstream::CountingUpstream,
+    ) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = Vec::new();
+        for w in std::mem::take(&mut self.workers) {
+            all.extend(w.await.expect("load client"));
+        }
+        for key in &all {
+            assert_eq!(
+                upstream.executions_of(key),
+                1,
+                "{key} executed {} times",
+                upstream.executions_of(key)
+            );
+        }
+        assert_eq!(upstream.executions(), all.len());
+        all
+    }
+}
