@@ -357,14 +357,14 @@ impl Store for MemoryStore {
                             .filter(|&n| n <= self.max_bytes)
                     })
                     .is_ok();
+                if !fits {
+                    // The headers are kept whatever the budget says.
+                    self.bytes.fetch_add(headers, Ordering::AcqRel);
+                }
+                // An answer with no body has nothing to leave out.
                 let response = if fits || body == 0 {
-                    if !fits {
-                        // Nothing to leave out: the headers are the answer.
-                        self.bytes.fetch_add(headers, Ordering::AcqRel);
-                    }
                     response.clone()
                 } else {
-                    self.bytes.fetch_add(headers, Ordering::AcqRel);
                     StoredResponse {
                         status: response.status,
                         headers: response.headers.clone(),
