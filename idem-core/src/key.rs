@@ -56,6 +56,31 @@ impl fmt::Display for IdempotencyKey {
     }
 }
 
+/// A key checked by [`KeyRules::check`], borrowed from the header it came
+/// in: checking a key allocates nothing, and a caller that only hashes it
+/// never has to own it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CheckedKey<'a>(&'a str);
+
+impl<'a> CheckedKey<'a> {
+    /// The key, without quotes.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+
+    /// The key, owned.
+    pub fn to_key(&self) -> IdempotencyKey {
+        IdempotencyKey(self.0.to_owned())
+    }
+}
+
+impl fmt::Debug for CheckedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: String = self.0.chars().take(6).collect();
+        write!(f, "CheckedKey({shown}…)")
+    }
+}
+
 /// Why a key was refused. Each message tells the client what a valid key is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -138,19 +163,34 @@ impl KeyRules {
         Self { min_len, max_len }
     }
 
-    /// Parses a header value given as bytes (it may hold any byte a client sent).
+    /// Parses a header value's bytes (see [`KeyRules::parse`]).
     pub fn parse_bytes(&self, raw: &[u8]) -> Result<IdempotencyKey, KeyError> {
-        if raw.iter().any(|b| !(0x20..0x7f).contains(b) && *b != b'\t') {
-            return Err(KeyError::NotAscii);
-        }
-        // Checked just above: every byte is ASCII.
-        let text = std::str::from_utf8(raw).map_err(|_| KeyError::NotAscii)?;
-        self.parse(text)
+        self.check_bytes(raw).map(|k| k.to_key())
     }
 
     /// Parses a header value: a bare token or a Structured-Field string,
     /// optionally followed by Structured-Field parameters (ignored).
     pub fn parse(&self, raw: &str) -> Result<IdempotencyKey, KeyError> {
+        self.check(raw).map(|k| k.to_key())
+    }
+
+    /// Validates an unquoted key.
+    pub fn validate(&self, key: &str) -> Result<IdempotencyKey, KeyError> {
+        self.check_unquoted(key).map(|k| k.to_key())
+    }
+
+    /// [`KeyRules::parse_bytes`] without taking a copy of the key.
+    pub fn check_bytes<'a>(&self, raw: &'a [u8]) -> Result<CheckedKey<'a>, KeyError> {
+        if raw.iter().any(|b| !(0x20..0x7f).contains(b) && *b != b'\t') {
+            return Err(KeyError::NotAscii);
+        }
+        // Checked just above: every byte is ASCII.
+        let text = std::str::from_utf8(raw).map_err(|_| KeyError::NotAscii)?;
+        self.check(text)
+    }
+
+    /// [`KeyRules::parse`] without taking a copy of the key.
+    pub fn check<'a>(&self, raw: &'a str) -> Result<CheckedKey<'a>, KeyError> {
         let trimmed = raw.trim_matches(|c| c == ' ' || c == '\t');
         let inner = if let Some(rest) = trimmed.strip_prefix('"') {
             let end = rest.find(['"', '\\']).ok_or(KeyError::BadQuoting)?;
@@ -167,11 +207,11 @@ impl KeyRules {
         } else {
             trimmed
         };
-        self.validate(inner)
+        self.check_unquoted(inner)
     }
 
-    /// Validates an unquoted key.
-    pub fn validate(&self, key: &str) -> Result<IdempotencyKey, KeyError> {
+    /// [`KeyRules::validate`] without taking a copy of the key.
+    pub fn check_unquoted<'a>(&self, key: &'a str) -> Result<CheckedKey<'a>, KeyError> {
         if key.is_empty() {
             return Err(KeyError::Empty {
                 min: self.min_len,
@@ -179,13 +219,15 @@ impl KeyRules {
             });
         }
         if is_uuid(key) {
-            return Ok(IdempotencyKey(key.to_owned()));
+            return Ok(CheckedKey(key));
         }
-        if let Some((pos, ch)) = key
-            .chars()
-            .enumerate()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        if let Some(pos) = key
+            .bytes()
+            .position(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         {
+            // Reported as a character and its position in characters; the
+            // bytes before `pos` are ASCII, so both count the same.
+            let ch = key[pos..].chars().next().unwrap_or('\u{fffd}');
             return Err(KeyError::BadChar { ch, pos });
         }
         let len = key.len();
@@ -201,7 +243,7 @@ impl KeyRules {
                 max: self.max_len,
             });
         }
-        Ok(IdempotencyKey(key.to_owned()))
+        Ok(CheckedKey(key))
     }
 }
 

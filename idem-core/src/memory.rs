@@ -21,7 +21,7 @@ use crate::clock::{millis, SharedClock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
 use crate::scope::StoreKey;
-use crate::store::{Store, StoreError, StoreStats};
+use crate::store::{LocalStore, Store, StoreError, StoreStats};
 
 const SHARDS: usize = 64;
 
@@ -269,9 +269,8 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn begin(
+impl LocalStore for MemoryStore {
+    fn begin_now(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
@@ -335,18 +334,18 @@ impl Store for MemoryStore {
         unreachable!("the second attempt returns")
     }
 
-    async fn complete(
+    fn complete_now(
         &self,
         key: &StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: StoredResponse,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let mut map = self.shard(key);
         match map.get_mut(key) {
             Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
-                let headers = headers_bytes(response);
+                let headers = headers_bytes(&response);
                 let body = response.body.len();
                 // Take the answer's bytes from the budget; when its body does
                 // not fit, keep the answer without it (see the type's docs).
@@ -363,11 +362,11 @@ impl Store for MemoryStore {
                 }
                 // An answer with no body has nothing to leave out.
                 let response = if fits || body == 0 {
-                    response.clone()
+                    response
                 } else {
                     StoredResponse {
                         status: response.status,
-                        headers: response.headers.clone(),
+                        headers: response.headers,
                         body: bytes::Bytes::new(),
                         body_omitted: Some(response.body_omitted.unwrap_or(body as u64)),
                     }
@@ -382,7 +381,7 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+    fn release_now(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let mut map = self.shard(key);
         match map.get(key) {
             Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
@@ -393,6 +392,32 @@ impl Store for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.begin_now(key, fingerprint, lease)
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.complete_now(key, fence, response.clone(), ttl)
+    }
+
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        self.release_now(key, fence)
     }
 
     async fn renew(
@@ -451,5 +476,9 @@ impl Store for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn local(&self) -> Option<&dyn LocalStore> {
+        Some(self)
     }
 }

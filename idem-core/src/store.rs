@@ -172,6 +172,46 @@ pub trait Store: Send + Sync + 'static {
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
         Ok(None)
     }
+
+    /// The same store's hot-path operations without an `await`, for stores
+    /// that never wait: in-process ones such as
+    /// [`MemoryStore`](crate::memory::MemoryStore). `None` (the default) for
+    /// stores that talk to a server.
+    ///
+    /// The layer calls these when present: a call that cannot wait needs
+    /// neither the boxed future an `async` trait method returns nor a
+    /// timeout around it (measured: about a tenth of the layer's own work
+    /// per first execution through the gateway).
+    fn local(&self) -> Option<&dyn LocalStore> {
+        None
+    }
+}
+
+/// [`Store::begin`], [`Store::complete`] and [`Store::release`] for a store
+/// that answers at once (see [`Store::local`]). Each must behave exactly as
+/// its `async` counterpart: the conformance suite runs against the latter,
+/// so implementations make one call the other.
+pub trait LocalStore: Send + Sync {
+    /// [`Store::begin`], answered at once.
+    fn begin_now(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError>;
+
+    /// [`Store::complete`], answered at once. The answer is taken by value:
+    /// a store that keeps it in memory keeps it without a copy.
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// [`Store::release`], answered at once.
+    fn release_now(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError>;
 }
 
 /// A shared store is a store, so wrappers such as
@@ -226,5 +266,8 @@ impl Store for std::sync::Arc<dyn Store> {
     }
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
         (**self).shared_secret().await
+    }
+    fn local(&self) -> Option<&dyn LocalStore> {
+        (**self).local()
     }
 }

@@ -17,9 +17,41 @@ pin_project! {
     /// Requests the policy does not cover go straight to the inner service's
     /// future with no allocation; covered ones run the idempotency protocol in
     /// a boxed future.
-    pub struct ResponseFuture<F, B, E> {
+    ///
+    /// A covered request is never cancelled half-way (SPEC rule 12): if this
+    /// future is dropped before it finished (the client went away), the rest
+    /// of the protocol moves to a task of its own, so a started execution
+    /// runs to completion and stores its answer for the client's retry, and
+    /// a `begin` already sent to the store is followed through instead of
+    /// leaving its key in progress until the lease ends. Spawning every
+    /// covered request up front would give the same guarantee, but costs a
+    /// task and a cross-thread wake-up per request; in place is the common
+    /// case, so only abandoned requests pay.
+    pub struct ResponseFuture<F, B, E>
+    where
+        B: Send,
+        B: 'static,
+        E: Send,
+        E: 'static,
+    {
         #[pin]
         kind: Kind<F, B, E>,
+    }
+
+    impl<F, B, E> PinnedDrop for ResponseFuture<F, B, E>
+    where
+        B: Send,
+        B: 'static,
+        E: Send,
+        E: 'static,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            if let KindProj::Protocol { fut, span } = this.project().kind.project() {
+                if let Some(fut) = fut.take() {
+                    detach(fut, span.clone());
+                }
+            }
+        }
     }
 }
 
@@ -27,22 +59,50 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
         Passthrough { #[pin] fut: F },
-        Protocol { fut: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
+        Protocol {
+            fut: Option<BoxFuture<Result<Response<ResponseBody<B>>, E>>>,
+            // The request's span, entered while the protocol runs (what
+            // `Instrument` would do, without a second handle on the span).
+            span: tracing::Span,
+        },
     }
 }
 
-impl<F, B, E> ResponseFuture<F, B, E> {
+/// Runs the rest of an abandoned covered request in a task of its own.
+fn detach<T: Send + 'static>(fut: BoxFuture<T>, span: tracing::Span) {
+    use tracing::Instrument;
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(
+                async move {
+                    let _ = fut.await;
+                }
+                .instrument(span),
+            );
+        }
+        Err(_) => tracing::error!(
+            "a covered request was dropped outside the runtime (shutting down?); if it was executing, its key stays in progress until its lease ends"
+        ),
+    }
+}
+
+impl<F, B: Send + 'static, E: Send + 'static> ResponseFuture<F, B, E> {
     pub(crate) fn passthrough(fut: F) -> Self {
         Self {
             kind: Kind::Passthrough { fut },
         }
     }
 
+    /// The protocol's future, run in `span`.
     pub(crate) fn protocol(
         fut: impl Future<Output = Result<Response<ResponseBody<B>>, E>> + Send + 'static,
+        span: tracing::Span,
     ) -> Self {
         Self {
-            kind: Kind::Protocol { fut: Box::pin(fut) },
+            kind: Kind::Protocol {
+                fut: Some(Box::pin(fut)),
+                span,
+            },
         }
     }
 }
@@ -50,6 +110,8 @@ impl<F, B, E> ResponseFuture<F, B, E> {
 impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Send + 'static,
+    E: Send + 'static,
 {
     type Output = Result<Response<ResponseBody<B>>, E>;
 
@@ -58,7 +120,18 @@ where
             KindProj::Passthrough { fut } => fut
                 .poll(cx)
                 .map(|r| r.map(|res| res.map(ResponseBody::inner))),
-            KindProj::Protocol { fut } => fut.as_mut().poll(cx),
+            KindProj::Protocol { fut, span } => {
+                let Some(f) = fut.as_mut() else {
+                    return Poll::Pending;
+                };
+                let _entered = span.enter();
+                let out = std::task::ready!(f.as_mut().poll(cx));
+                *fut = None;
+                if let Ok(r) = &out {
+                    tracing::debug!(status = r.status().as_u16(), "covered request answered");
+                }
+                Poll::Ready(out)
+            }
         }
     }
 }

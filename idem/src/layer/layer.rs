@@ -28,7 +28,7 @@ pub(crate) struct Shared {
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
     pub(crate) signing_secret: Option<Secret>,
-    pub(crate) max_in_flight: Option<Arc<tokio::sync::Semaphore>>,
+    pub(crate) max_in_flight: Option<Arc<Admission>>,
     pub(crate) metrics: Metrics,
     /// One series per policy route, then the default; made at first use so
     /// that builder calls in any order agree.
@@ -37,6 +37,42 @@ pub(crate) struct Shared {
     pub(crate) renewals: Arc<Renewals>,
     /// Whether executions get an [`IdempotencyContext`](crate::IdempotencyContext).
     pub(crate) request_context: bool,
+}
+
+/// The bound on covered requests handled at once. Requests are admitted or
+/// refused, never queued, so a counter does what a semaphore would without
+/// the lock a semaphore takes on every release.
+pub(crate) struct Admission {
+    limit: usize,
+    count: AtomicUsize,
+}
+
+/// One admitted request; leaving gives its place back.
+pub(crate) struct Admitted(Arc<Admission>);
+
+impl Admission {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// A place, if fewer than the limit are taken.
+    pub(crate) fn try_enter(self: &Arc<Self>) -> Option<Admitted> {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(self.clone()))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Executions running in their own tasks (SPEC rule 12), counted so that a
@@ -203,7 +239,7 @@ impl IdempotencyLayer {
     /// `Retry-After`), before its body is read or anything executes, so a
     /// flood cannot grow memory without bound. The default is no limit.
     pub fn max_in_flight(self, limit: usize) -> Self {
-        self.with(|s| s.max_in_flight = Some(Arc::new(tokio::sync::Semaphore::new(limit))))
+        self.with(|s| s.max_in_flight = Some(Arc::new(Admission::new(limit))))
     }
 
     /// Whether an execution's request carries an

@@ -3,10 +3,10 @@
 //! A timer per execution would be simpler, but registering and cancelling
 //! a timer on every request showed up in the gateway benchmark (about a
 //! tenth of first-execution throughput): most executions finish long before
-//! their first renewal is due. Registering here is a lock and a map insert;
-//! one task wakes every few hundred milliseconds and renews what is due.
+//! their first renewal is due. Registering here is a lock and a slot in a
+//! slab (no hashing); one task wakes every few hundred milliseconds and
+//! renews what is due.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -28,20 +28,69 @@ struct Entry {
 /// The executions whose leases are kept alive.
 #[derive(Default)]
 pub(crate) struct Renewals {
-    entries: Mutex<HashMap<u64, Entry>>,
+    entries: Mutex<Slab<Entry>>,
     next_id: AtomicU64,
     running: AtomicBool,
+}
+
+/// Entries in reusable slots, each with the id of its registration: a slot
+/// is reused, an id never is, so a stale removal cannot take a newer entry.
+struct Slab<T> {
+    slots: Vec<Option<(u64, T)>>,
+    free: Vec<usize>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, id: u64, entry: T) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some((id, entry));
+                i
+            }
+            None => {
+                self.slots.push(Some((id, entry)));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Removes the entry in `slot` if it is still registration `id`'s.
+    fn remove(&mut self, slot: usize, id: u64) -> bool {
+        match self.slots.get_mut(slot) {
+            Some(s) if s.as_ref().is_some_and(|(i, _)| *i == id) => {
+                *s = None;
+                self.free.push(slot);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
 }
 
 /// Keeps an execution's lease renewed until dropped.
 pub(crate) struct Registration {
     renewals: Arc<Renewals>,
+    slot: usize,
     id: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.renewals.lock().remove(&self.id);
+        self.renewals.lock().remove(self.slot, self.id);
     }
 }
 
@@ -58,7 +107,7 @@ impl Drop for RunningFlag {
 }
 
 impl Renewals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -72,7 +121,7 @@ impl Renewals {
         let lease = route.policy().lease;
         let period = (lease / 3).max(Duration::from_millis(10));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        let slot = self.lock().insert(
             id,
             Entry {
                 route: route.clone(),
@@ -88,6 +137,7 @@ impl Renewals {
         }
         Registration {
             renewals: self.clone(),
+            slot,
             id,
         }
     }
@@ -101,24 +151,34 @@ async fn run(renewals: Weak<Renewals>, tick: Duration) {
         ticker.tick().await;
         let Some(r) = renewals.upgrade() else { return };
         let now = Instant::now();
-        let due: Vec<(u64, Route, StoreKey, Fence)> = r
+        let due: Vec<(usize, u64, Route, StoreKey, Fence)> = r
             .lock()
+            .slots
             .iter_mut()
-            .filter(|(_, e)| e.due <= now)
-            .map(|(id, e)| {
+            .enumerate()
+            .filter_map(|(slot, e)| e.as_mut().map(|(id, e)| (slot, *id, e)))
+            .filter(|(_, _, e)| e.due <= now)
+            .map(|(slot, id, e)| {
                 e.due = now + e.period;
-                (*id, e.route.clone(), e.key, e.fence)
+                (slot, id, e.route.clone(), e.key, e.fence)
             })
             .collect();
-        for (id, route, key, fence) in due {
+        for (slot, id, route, key, fence) in due {
             // Each in a task of its own: a slow store must not delay the others.
             let renewals = renewals.clone();
-            tokio::spawn(async move { renew(renewals, id, route, key, fence).await });
+            tokio::spawn(async move { renew(renewals, slot, id, route, key, fence).await });
         }
     }
 }
 
-async fn renew(renewals: Weak<Renewals>, id: u64, route: Route, key: StoreKey, fence: Fence) {
+async fn renew(
+    renewals: Weak<Renewals>,
+    slot: usize,
+    id: u64,
+    route: Route,
+    key: StoreKey,
+    fence: Fence,
+) {
     let shared = &route.shared;
     let lease = route.policy().lease;
     let started = std::time::Instant::now();
@@ -130,12 +190,37 @@ async fn renew(renewals: Weak<Renewals>, id: u64, route: Route, key: StoreKey, f
         Ok(Ok(false)) => {
             tracing::warn!(key = %key.short(), "lease lost: another request took this key over; this execution's answer will not be stored");
             if let Some(r) = renewals.upgrade() {
-                r.lock().remove(&id);
+                r.lock().remove(slot, id);
             }
         }
         Ok(Err(e)) => {
             tracing::warn!(key = %key.short(), error = %e, "lease renewal failed; retrying")
         }
         Err(_) => tracing::warn!(key = %key.short(), "lease renewal timed out; retrying"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slab;
+
+    #[test]
+    fn a_slot_is_reused_and_a_stale_removal_leaves_its_new_entry() {
+        let mut slab = Slab::default();
+        let a = slab.insert(1, "a");
+        let b = slab.insert(2, "b");
+        assert_ne!(a, b);
+        assert!(slab.remove(a, 1));
+        assert!(!slab.remove(a, 1), "removed twice");
+        let c = slab.insert(3, "c");
+        assert_eq!(c, a, "the free slot is reused");
+        assert!(
+            !slab.remove(c, 1),
+            "registration 1's removal must not take 3's entry"
+        );
+        assert_eq!(slab.len(), 2);
+        assert!(slab.remove(c, 3) && slab.remove(b, 2));
+        assert_eq!(slab.len(), 0);
+        assert!(!slab.remove(99, 9), "an unknown slot is ignored");
     }
 }

@@ -14,14 +14,14 @@ use idem_core::key::{raw_body_key, IDEMPOTENCY_KEY};
 use idem_core::problem::PROBLEM_JSON;
 use idem_core::signed;
 use idem_core::{
-    Begin, Fence, Fingerprint, IdempotencyKey, KeyError, Problem, ProblemKind, RoutePolicy, Secret,
-    SetCookieReplay, StoreError, StoreKey, StoredResponse,
+    Begin, CheckedKey, Fence, Fingerprint, IdempotencyKey, KeyError, Problem, ProblemKind,
+    RoutePolicy, Secret, SetCookieReplay, StoreError, StoreKey, StoredResponse,
 };
 use tower_service::Service;
-use tracing::Instrument;
 
 use super::body::{BoxError, RequestBody, ResponseBody};
 use super::future::ResponseFuture;
+use super::layer::Admitted;
 use super::Shared;
 use crate::context::IdempotencyContext;
 use crate::metrics::{ErrorKind, RouteMetrics, StoreOp};
@@ -165,9 +165,9 @@ where
             Some(route) => {
                 let permit = match &self.shared.max_in_flight {
                     None => None,
-                    Some(limit) => match limit.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
+                    Some(limit) => match limit.try_enter() {
+                        Some(p) => Some(p),
+                        None => {
                             let res = problem_response(
                                 &self.shared,
                                 &Problem::new(
@@ -176,7 +176,10 @@ where
                                 )
                                 .with_retry_after(1),
                             );
-                            return ResponseFuture::protocol(async move { Ok(res) });
+                            return ResponseFuture::protocol(
+                                async move { Ok(res) },
+                                tracing::Span::none(),
+                            );
                         }
                     },
                 };
@@ -194,28 +197,17 @@ where
                     key = tracing::field::Empty,
                     outcome = tracing::field::Empty,
                 );
-                ResponseFuture::protocol(
-                    async move {
-                        let _permit = permit;
-                        let res = protocol(route, inner, req).await;
-                        if let Ok(r) = &res {
-                            tracing::debug!(
-                                status = r.status().as_u16(),
-                                "covered request answered"
-                            );
-                        }
-                        res
-                    }
-                    .instrument(span),
-                )
+                ResponseFuture::protocol(protocol(route, inner, req, span.clone(), permit), span)
             }
         }
     }
 }
 
-/// Records the covered request's outcome on its span.
-fn outcome(o: &'static str) {
-    tracing::Span::current().record("outcome", o);
+/// Records the covered request's outcome on its span (passed down rather
+/// than looked up: `Span::current` costs a thread-local and a registry
+/// lookup even when the span is disabled).
+fn outcome(span: &tracing::Span, o: &'static str) {
+    span.record("outcome", o);
 }
 
 /// A refusal as an `application/problem+json` response.
@@ -299,12 +291,12 @@ fn storable_headers_in(headers: &HeaderMap, values: &Bytes) -> Vec<(HeaderName, 
 /// The key the request carries, per the route's key source; with signed
 /// keys required, the signature is checked for `user` and the key part
 /// returned.
-fn header_key(
-    headers: &HeaderMap,
+fn header_key<'a>(
+    headers: &'a HeaderMap,
     policy: &RoutePolicy,
     signing: Option<&Secret>,
     user: Option<&[u8]>,
-) -> Result<Option<IdempotencyKey>, String> {
+) -> Result<Option<Key<'a>>, String> {
     let rules = &policy.key_rules;
     let names: &[HeaderName] = match &policy.webhook {
         Some(w) => &w.headers,
@@ -318,8 +310,8 @@ fn header_key(
             }
             if !policy.require_signed_keys || policy.webhook.is_some() {
                 return rules
-                    .parse_bytes(value.as_bytes())
-                    .map(Some)
+                    .check_bytes(value.as_bytes())
+                    .map(|k| Some(Key::Checked(k)))
                     .map_err(|e| e.to_string());
             }
             let Some(secret) = signing else {
@@ -333,10 +325,36 @@ fn header_key(
             };
             let key =
                 signed::verify(secret, raw, user.unwrap_or_default()).map_err(|e| e.to_string())?;
-            return rules.parse(key).map(Some).map_err(|e| e.to_string());
+            return rules
+                .parse(key)
+                .map(|k| Some(Key::Owned(k)))
+                .map_err(|e| e.to_string());
         }
     }
     Ok(None)
+}
+
+/// A request's key: checked in place in its header, or made (signed keys,
+/// body hashes).
+enum Key<'a> {
+    Checked(CheckedKey<'a>),
+    Owned(IdempotencyKey),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Checked(k) => k.as_str(),
+            Key::Owned(k) => k.as_str(),
+        }
+    }
+
+    fn into_key(self) -> IdempotencyKey {
+        match self {
+            Key::Checked(k) => k.to_key(),
+            Key::Owned(k) => k,
+        }
+    }
 }
 
 static IDEMPOTENCY_KEY_HEADER: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
@@ -400,6 +418,8 @@ async fn protocol<S, ReqBody, ResBody>(
     route: Route,
     mut inner: S,
     req: Request<ReqBody>,
+    span: tracing::Span,
+    permit: Option<Admitted>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -410,10 +430,11 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let _permit = permit;
     let shared = route.shared.clone();
     let policy = route.policy();
     let refuse = |kind: ProblemKind, detail: String| {
-        outcome(kind.slug());
+        outcome(&span, kind.slug());
         route.count(kind);
         Ok(problem_response(&shared, &Problem::new(kind, detail)))
     };
@@ -447,7 +468,7 @@ where
             );
         }
         // An optional key that was not sent: no protection asked for.
-        outcome("unprotected");
+        outcome(&span, "unprotected");
         let req = Request::from_parts(parts, RequestBody::streaming(body));
         return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
     }
@@ -473,7 +494,7 @@ where
     };
     let key = match key {
         Some(k) => k,
-        None => raw_body_key(&bytes),
+        None => Key::Owned(raw_body_key(&bytes)),
     };
 
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -481,44 +502,50 @@ where
         Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
     let secret = match shared.secret().await {
         Ok(s) => s,
-        Err(e) => return store_failure(&route, inner, parts, bytes, e).await,
+        Err(e) => return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await,
     };
     let store_key = StoreKey::derive(secret, scope.as_deref(), key.as_str());
-    tracing::Span::current().record("key", tracing::field::display(store_key.short()));
+    span.record("key", tracing::field::display(store_key.short()));
 
     let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
     let mut poll = Duration::from_millis(5);
     loop {
         let started = std::time::Instant::now();
-        let begun = match tokio::time::timeout(
-            shared.store_timeout,
-            shared.store.begin(&store_key, &fingerprint, policy.lease),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+        let begun = match shared.store.local() {
+            Some(local) => local.begin_now(&store_key, &fingerprint, policy.lease),
+            None => match tokio::time::timeout(
+                shared.store_timeout,
+                shared.store.begin(&store_key, &fingerprint, policy.lease),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+            },
         };
-        route.metrics().store(StoreOp::Begin, started.elapsed());
+        let begun_at = std::time::Instant::now();
+        route
+            .metrics()
+            .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
         match begun {
             Ok(Begin::Started(fence)) => {
                 tracing::debug!("executing");
                 route.metrics().miss();
-                outcome("executed");
+                outcome(&span, "executed");
+                let context = shared
+                    .request_context
+                    .then(|| IdempotencyContext::new(route.clone(), scope, key.into_key()));
                 let mut parts = parts;
-                if shared.request_context {
-                    parts.extensions.insert(IdempotencyContext::new(
-                        route.clone(),
-                        scope,
-                        key,
-                    ));
+                if let Some(context) = context {
+                    parts.extensions.insert(context);
                 }
-                return execute(route, inner, parts, bytes, store_key, fence).await;
+                return execute(route, inner, parts, bytes, store_key, fence, begun_at, span)
+                    .await;
             }
             Ok(Begin::Completed(stored)) => {
                 tracing::debug!("replaying");
                 route.metrics().hit();
-                outcome("replayed");
+                outcome(&span, "replayed");
                 let cookies = match policy.replay_set_cookie {
                     SetCookieReplay::Always => true,
                     SetCookieReplay::Never => false,
@@ -544,7 +571,7 @@ where
                     }
                 }
                 route.count(ProblemKind::KeyInUse);
-                outcome(ProblemKind::KeyInUse.slug());
+                outcome(&span, ProblemKind::KeyInUse.slug());
                 return Ok(problem_response(
                     &shared,
                     &Problem::new(
@@ -554,26 +581,29 @@ where
                     .with_retry_after(RETRY_AFTER_IN_USE),
                 ));
             }
-            Err(e) => return store_failure(&route, inner, parts, bytes, e).await,
+            Err(e) => return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await,
         }
     }
 }
 
 /// Rule 10: the store failed. Fail-closed (503) unless the route is
-/// fail-open, which executes the request without protection.
+/// fail-open, which executes the request without protection. Boxed by its
+/// callers: a cold path whose future would otherwise take room in every
+/// covered request's.
 async fn store_failure<S, ReqBody, ResBody>(
     route: &Route,
     mut inner: S,
     parts: Parts,
     bytes: Bytes,
     e: StoreError,
+    span: &tracing::Span,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
 {
     route.count(ProblemKind::StoreUnavailable);
     if route.policy().fail_open {
-        outcome("fail-open");
+        outcome(span, "fail-open");
         tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
         let req = Request::from_parts(parts, RequestBody::buffered(bytes));
         return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
@@ -584,7 +614,7 @@ where
         }
         _ => ProblemKind::StoreUnavailable,
     };
-    outcome(kind.slug());
+    outcome(span, kind.slug());
     tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
     Ok(problem_response(
         &route.shared,
@@ -658,10 +688,10 @@ where
     Ok(Outcome::Full(parts, buf.freeze(), head))
 }
 
-/// Runs the execution so that a client disconnecting (which drops this
-/// future) cannot cancel it half-way (SPEC rule 12): if dropped unfinished,
-/// the execution moves to a task of its own, runs to completion and stores
-/// its answer for the client's retry. See [`Detached`].
+/// Runs the execution, then stores its answer or releases its key. A client
+/// disconnecting cannot cancel it half-way (SPEC rule 12): see
+/// [`ResponseFuture`].
+#[allow(clippy::too_many_arguments)]
 async fn execute<S, ReqBody, ResBody>(
     route: Route,
     inner: S,
@@ -669,6 +699,8 @@ async fn execute<S, ReqBody, ResBody>(
     body: Bytes,
     key: StoreKey,
     fence: Fence,
+    started: std::time::Instant,
+    span: tracing::Span,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -679,154 +711,127 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let shared = route.shared.clone();
-    let guard = shared.in_flight.enter();
-    let task = Detached::new(async move {
-        let _guard = guard;
-        let req = Request::from_parts(parts, RequestBody::buffered(body));
-        let policy = route.policy();
-        let started = std::time::Instant::now();
-        let work = AssertUnwindSafe(run_inner(inner, req, policy)).catch_unwind();
-        let outcome = with_renewal(&route, &key, fence, work).await;
-        route.metrics().processing(started.elapsed());
-        let shared = &route.shared;
-        if !matches!(
-            outcome,
-            Ok(Ok(Outcome::Full(..))) | Ok(Ok(Outcome::Oversize(..)))
-        ) {
-            route.metrics().error(ErrorKind::Upstream);
-            self::outcome("executed-not-stored");
-        }
-        match outcome {
-            Err(_panic) => {
-                release(&route, &key, fence).await;
-                Ok(problem_response(
-                    shared,
-                    &Problem::new(ProblemKind::ExecutionFailed, "the request handler panicked; nothing was stored, so a retry executes again"),
-                ))
-            }
-            Ok(Err(e)) => {
-                release(&route, &key, fence).await;
-                Err(e)
-            }
-            Ok(Ok(Outcome::NoStore(res))) => {
-                release(&route, &key, fence).await;
-                Ok(res.map(ResponseBody::inner))
-            }
-            Ok(Ok(Outcome::BodyFailed(e))) => {
-                release(&route, &key, fence).await;
-                Ok(problem_response(
-                    shared,
-                    &Problem::new(ProblemKind::ExecutionFailed, format!("the response body failed: {e}; nothing was stored, so a retry executes again")),
-                ))
-            }
-            Ok(Ok(Outcome::Full(parts, all, head))) => {
-                let bytes = all.slice(head..);
-                let stored = StoredResponse {
-                    status: parts.status.as_u16(),
-                    headers: storable_headers_in(&parts.headers, &all),
-                    body: bytes.clone(),
-                    body_omitted: None,
-                };
-                complete(&route, &key, fence, &stored).await;
-                Ok(Response::from_parts(parts, ResponseBody::full(bytes)))
-            }
-            Ok(Ok(Outcome::Oversize(parts, prefix, rest))) => {
-                let declared = parts
-                    .headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                let stored = StoredResponse {
-                    status: parts.status.as_u16(),
-                    headers: storable_headers(&parts.headers),
-                    body: Bytes::new(),
-                    body_omitted: Some(declared.unwrap_or(prefix.len() as u64)),
-                };
-                complete(&route, &key, fence, &stored).await;
-                Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::prefixed(prefix, rest),
-                ))
-            }
-        }
-    });
-    task.await
-}
-
-/// A future that is polled in place while its caller waits for it, and
-/// moves to a task of its own if the caller drops it before it finished.
-///
-/// Spawning every execution up front would give the same guarantee, but
-/// costs a task and a cross-thread wake-up per request; in place is the
-/// common case (the client waits), so only abandoned executions pay.
-pub(crate) struct Detached<T: Send + 'static> {
-    fut: Option<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>>,
-    span: tracing::Span,
-}
-
-impl<T: Send + 'static> Detached<T> {
-    pub(crate) fn new(fut: impl std::future::Future<Output = T> + Send + 'static) -> Self {
-        Self {
-            fut: Some(Box::pin(fut)),
-            span: tracing::Span::current(),
-        }
+    // Counted so that a shutdown waits for the answer to be stored.
+    let _guard = shared.in_flight.enter();
+    let req = Request::from_parts(parts, RequestBody::buffered(body));
+    let outcome = {
+        // The lease is renewed every third of it while the execution runs,
+        // so a long execution is never taken over while alive, and a
+        // crashed one blocks its key for at most one lease.
+        let _renewed = shared.renewals.register(&route, key, fence);
+        AssertUnwindSafe(run_inner(inner, req, route.policy()))
+            .catch_unwind()
+            .await
+    };
+    // One clock reading ends the execution and starts `complete`.
+    let finished = std::time::Instant::now();
+    route
+        .metrics()
+        .processing(finished.saturating_duration_since(started));
+    if !matches!(
+        outcome,
+        Ok(Ok(Outcome::Full(..))) | Ok(Ok(Outcome::Oversize(..)))
+    ) {
+        route.metrics().error(ErrorKind::Upstream);
+        self::outcome(&span, "executed-not-stored");
     }
-}
-
-impl<T: Send + 'static> std::future::Future for Detached<T> {
-    type Output = T;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let Some(fut) = self.fut.as_mut() else {
-            return Poll::Pending;
-        };
-        let out = std::task::ready!(fut.as_mut().poll(cx));
-        self.fut = None;
-        Poll::Ready(out)
-    }
-}
-
-impl<T: Send + 'static> Drop for Detached<T> {
-    fn drop(&mut self) {
-        if let Some(fut) = self.fut.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    let span = std::mem::replace(&mut self.span, tracing::Span::none());
-                    handle.spawn(
-                        async move {
-                            let _ = fut.await;
-                        }
-                        .instrument(span),
-                    );
-                }
-                Err(_) => tracing::error!(
-                    "an execution was dropped outside the runtime (shutting down?); its key stays in progress until its lease ends"
+    // Ok: an answer to store, and the client's response; Err: a result that
+    // is not stored, so the key is released (rule 7).
+    let answer = match outcome {
+        Err(_panic) => Err(Ok(problem_response(
+            &shared,
+            &Problem::new(
+                ProblemKind::ExecutionFailed,
+                "the request handler panicked; nothing was stored, so a retry executes again",
+            ),
+        ))),
+        Ok(Err(e)) => Err(Err(e)),
+        Ok(Ok(Outcome::NoStore(res))) => Err(Ok(res.map(ResponseBody::inner))),
+        Ok(Ok(Outcome::BodyFailed(e))) => Err(Ok(problem_response(
+            &shared,
+            &Problem::new(
+                ProblemKind::ExecutionFailed,
+                format!(
+                    "the response body failed: {e}; nothing was stored, so a retry executes again"
                 ),
-            }
+            ),
+        ))),
+        Ok(Ok(Outcome::Full(parts, all, head))) => {
+            let bytes = all.slice(head..);
+            let stored = StoredResponse {
+                status: parts.status.as_u16(),
+                headers: storable_headers_in(&parts.headers, &all),
+                body: bytes.clone(),
+                body_omitted: None,
+            };
+            Ok((
+                stored,
+                Response::from_parts(parts, ResponseBody::full(bytes)),
+            ))
+        }
+        Ok(Ok(Outcome::Oversize(parts, prefix, rest))) => {
+            let declared = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let stored = StoredResponse {
+                status: parts.status.as_u16(),
+                headers: storable_headers(&parts.headers),
+                body: Bytes::new(),
+                body_omitted: Some(declared.unwrap_or(prefix.len() as u64)),
+            };
+            Ok((
+                stored,
+                Response::from_parts(parts, ResponseBody::prefixed(prefix, rest)),
+            ))
+        }
+    };
+    match answer {
+        Ok((stored, res)) => {
+            complete(&route, &key, fence, stored, finished).await;
+            Ok(res)
+        }
+        Err(result) => {
+            release(&route, &key, fence).await;
+            result
         }
     }
-}
-
-/// Runs `work` while its lease is renewed every third of it, so a long
-/// execution is never taken over while alive, and a crashed one blocks its
-/// key for at most one lease.
-async fn with_renewal<F: std::future::Future>(
-    route: &Route,
-    key: &StoreKey,
-    fence: Fence,
-    work: F,
-) -> F::Output {
-    let _renewed = route.shared.renewals.register(route, *key, fence);
-    work.await
 }
 
 /// Stores the answer, retrying briefly: a store blip here must not leave the
-/// key in progress until its lease ends.
-async fn complete(route: &Route, key: &StoreKey, fence: Fence, stored: &StoredResponse) {
+/// key in progress until its lease ends. `started` is when the execution
+/// ended (one clock reading serves both).
+async fn complete(
+    route: &Route,
+    key: &StoreKey,
+    fence: Fence,
+    stored: StoredResponse,
+    mut started: std::time::Instant,
+) {
     let shared = &route.shared;
     let ttl = route.policy().ttl;
+    if let Some(local) = shared.store.local() {
+        // Nothing to wait for and no blip to retry past; the answer moves
+        // into the store.
+        let done = local.complete_now(key, fence, stored, ttl);
+        route.metrics().store(StoreOp::Complete, started.elapsed());
+        match done {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(key = %key.short(), "execution finished after its lease was taken over; its answer was not stored")
+            }
+            Err(e) => {
+                tracing::error!(key = %key.short(), error = %e, "could not store the answer; the key stays in progress until its lease ends")
+            }
+        }
+        return;
+    }
+    let stored = &stored;
     for attempt in 0..3u32 {
-        let started = std::time::Instant::now();
+        if attempt > 0 {
+            started = std::time::Instant::now();
+        }
         let done = tokio::time::timeout(
             shared.store_timeout,
             shared.store.complete(key, fence, stored, ttl),
@@ -855,8 +860,12 @@ pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
     let shared = &route.shared;
     for attempt in 0..3u32 {
         let started = std::time::Instant::now();
-        let done =
-            tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await;
+        let done = match shared.store.local() {
+            Some(local) => Ok(local.release_now(key, fence)),
+            None => {
+                tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await
+            }
+        };
         route.metrics().store(StoreOp::Release, started.elapsed());
         match done {
             Ok(Ok(_)) => return,
