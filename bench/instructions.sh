@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions and heap allocations per request (first executions, then
 # replays), counted by valgrind's
-# callgrind: the gateway with the layer and without it (`--bench-without-layer`),
+# callgrind: the plain proxy (examples/plain_proxy.rs) and the gateway with the
+# layer and without it (`--bench-without-layer`),
 # in front of the same upstream. Unlike wrk's throughput, these counts repeat to
 # within a percent from run to run whatever else the machine is doing, so they
 # show what a change to the layer costs or saves. See docs/BENCHMARKS.md.
@@ -24,10 +25,11 @@ wait_port() { # name port
 
 target/release/examples/bench_upstream "$UP" >"$WORK/upstream.log" 2>&1 & wait_port upstream 18300
 
-measure() { # name port script args...
+measure() { # name port script args... (args "plain": the plain proxy)
   local name=$1 port=$2 script=$3; shift 3
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" \
-    "$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn "$@" \
+  local cmd=("$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn "$@")
+  [ "${1:-}" = plain ] && cmd=(target/release/examples/plain_proxy "127.0.0.1:$port" "$UP")
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "${cmd[@]}" \
     >"$WORK/$name.log" 2>&1 &
   local pid=$!
   wait_port "$name" "$port"
@@ -37,7 +39,8 @@ measure() { # name port script args...
   local reqs
   reqs=$(wrk -t1 -c4 -d"${SECS}s" -s "bench/$script" "http://127.0.0.1:$port/payments" | awk '/requests in/ {print $1}')
   callgrind_control -d "$pid" >/dev/null 2>&1
-  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  # The counts are dumped above; the plain proxy has no shutdown of its own.
+  kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
   # The dump after zeroing is the file with the highest part number.
   local dump
   dump=$(ls -v "$WORK/$name.out"* | grep -v "\.out$" | tail -1)
@@ -74,6 +77,7 @@ EOF
 }
 
 printf 'variant\trequests\tinstructions/req\twithout SHA-256/req\tmallocs/req\n'
+measure first-plain-proxy 18310 new-keys.lua plain
 measure first-gateway-memory 18302 new-keys.lua --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB
 measure first-gateway-no-layer 18304 new-keys.lua --store memory:// --bench-without-layer
 # Replays: the warm-up executes the 16 keys of bench/replays.lua once.
