@@ -4,6 +4,9 @@
 # alternating runs, medians reported. See docs/BENCHMARKS.md.
 #
 # Usage: bench/gateway.sh [runs=3] [seconds=8] [connections=64]
+# WORKERS=N in the environment gives every proxy N worker threads (the plain
+# proxy through TOKIO_WORKER_THREADS, the gateways through --workers); unset,
+# each has tokio's default, one per core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-8}; CONNS=${3:-64}
@@ -21,10 +24,14 @@ wait_port() { # name port
 }
 
 "$EX/bench_upstream" "$UP" >"$WORK/upstream.log" 2>&1 & wait_port upstream 18200
+WORKER_ARGS=()
+if [ -n "${WORKERS:-}" ]; then WORKER_ARGS=(--workers "$WORKERS"); export TOKIO_WORKER_THREADS=$WORKERS; fi
 "$EX/plain_proxy" 127.0.0.1:18201 "$UP" >"$WORK/plain.log" 2>&1 & wait_port plain 18201
+unset TOKIO_WORKER_THREADS
 gw() { # name port args...
   local name=$1 port=$2; shift 2
-  "$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn "$@" >"$WORK/$name.log" 2>&1 &
+  "$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn \
+    ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} "$@" >"$WORK/$name.log" 2>&1 &
   wait_port "$name" "$port"
 }
 # Room for every record the runs create (about 1.2 M at 25k/s): at the
@@ -57,3 +64,4 @@ for i in $(seq "$RUNS"); do
 done
 
 python3 bench/summary.py "$OUT" plain gateway-memory gateway-sqlite gateway-no-layer
+echo "workers per proxy: ${WORKERS:-one per core}"

@@ -33,3 +33,10 @@ for sc in ("first", "replay"):
         r = statistics.median(rps[(sc, var)])
         p = statistics.median(p99[(sc, var)])
         print(f"| {sc} | {var} | {r:,.0f} | {p:.2f} | {r / base_r:.2f}x | {p / base_p:.2f}x |")
+print("\nper run, req/s vs %s (runs paired in the order they ran)" % base)
+for sc in ("first", "replay"):
+    for var in variants[1:]:
+        if (sc, var) not in rps:
+            continue
+        pairs = zip(rps[(sc, var)], rps[(sc, base)])
+        print(f"  {sc:6} {var:18} " + ", ".join(f"{a / b:.2f}" for a, b in pairs))

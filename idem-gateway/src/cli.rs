@@ -203,6 +203,9 @@ pub struct GatewayArgs {
     /// Bytes the records of a memory:// store account for at most (answers plus 256 per record); past it new keys get 503 idempotency-store-full [default: 1GiB].
     #[arg(long, env = "IDEM_MEMORY_MAX_BYTES", value_name = "BYTES")]
     pub memory_max_bytes: Option<String>,
+    /// Threads serving requests [default: one per CPU core]. Fewer than the cores leaves room for processes sharing the machine (docs/BENCHMARKS.md).
+    #[arg(long, env = "IDEM_WORKERS", value_name = "N")]
+    pub workers: Option<String>,
     /// Proxy WITHOUT the idempotency layer: a benchmark baseline only.
     #[arg(long, hide = true)]
     pub bench_without_layer: bool,

@@ -40,10 +40,10 @@ fn main() -> anyhow::Result<()> {
                 println!("configuration OK");
                 return Ok(());
             }
-            runtime()?.block_on(gateway_cmd(config))
+            runtime(config.workers)?.block_on(gateway_cmd(config))
         }
-        Command::Demo(args) => runtime()?.block_on(demo_cmd(args)),
-        Command::Keys(args) => runtime()?.block_on(keys_cmd(args)),
+        Command::Demo(args) => runtime(None)?.block_on(demo_cmd(args)),
+        Command::Keys(args) => runtime(None)?.block_on(keys_cmd(args)),
     }
 }
 
@@ -174,8 +174,14 @@ fn read_signing_secret(path: &std::path::Path) -> anyhow::Result<idem_core::Secr
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The async runtime: `workers` threads serve requests (`None`: one per
+/// CPU core).
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -90,6 +90,7 @@ with_route_keys! {
         max_in_flight: Option<toml::Value>,
         memory_capacity: Option<toml::Value>,
         memory_max_bytes: Option<toml::Value>,
+        workers: Option<toml::Value>,
         #[serde(default)]
         routes: Vec<RouteEntry>,
     }
@@ -212,6 +213,8 @@ pub struct GatewayConfig {
     /// Records a `memory://` store holds at most; past it new keys get 503
     /// `idempotency-store-full`. The default is 1,000,000.
     pub memory_capacity: usize,
+    /// Threads serving requests (`None`: one per CPU core).
+    pub workers: Option<usize>,
     /// Bytes the records of a `memory://` store account for at most; past
     /// it new keys get 503 `idempotency-store-full`. The default is 1 GiB.
     pub memory_max_bytes: usize,
@@ -589,6 +592,16 @@ impl GatewayConfig {
         if memory_max_bytes < 1 << 20 {
             bail!("memory_max_bytes: must be at least 1MiB, got {memory_max_bytes}");
         }
+        let workers = match flag(&args.workers).or_else(|| file.workers.clone()) {
+            Some(v) => {
+                let n = size_of(&from("--workers", "workers"), &v)?;
+                if !(1..=1024).contains(&n) {
+                    bail!("workers: must be between 1 and 1024, got {n}");
+                }
+                Some(n)
+            }
+            None => None,
+        };
         let local_cache = count(
             &args.local_cache,
             &file.local_cache,
@@ -694,6 +707,7 @@ impl GatewayConfig {
             max_in_flight,
             memory_capacity,
             memory_max_bytes,
+            workers,
             policy,
             without_layer: args.bench_without_layer,
         })
@@ -720,6 +734,12 @@ impl GatewayConfig {
             out,
             "limits        max_connections={} max_in_flight={}",
             self.max_connections, self.max_in_flight
+        );
+        let _ = writeln!(
+            out,
+            "workers       {}",
+            self.workers
+                .map_or_else(|| "one per CPU core".to_owned(), |n| n.to_string())
         );
         if matches!(self.store, StoreUrl::Memory) {
             let _ = writeln!(
@@ -892,6 +912,42 @@ mod tests {
         assert_eq!(c.memory_max_bytes, 2 << 30);
         let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
         assert_eq!(c.memory_max_bytes, 1 << 30);
+        Ok(())
+    }
+
+    #[test]
+    fn workers_come_from_the_flag_or_the_file_and_are_bounded() -> anyhow::Result<()> {
+        let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
+        assert_eq!(c.workers, None);
+        assert!(c.summary().contains("workers       one per CPU core"));
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nworkers = 3\n",
+            GatewayArgs::default(),
+        )?;
+        assert_eq!(c.workers, Some(3));
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nworkers = 3\n",
+            GatewayArgs {
+                workers: Some("1".into()),
+                ..Default::default()
+            },
+        )?;
+        assert_eq!(c.workers, Some(1));
+        for (text, flag) in [("workers = 0\n", None), ("", Some("many"))] {
+            let err = resolve_text(
+                &format!("upstream = \"http://a:1\"\n{text}"),
+                GatewayArgs {
+                    workers: flag.map(Into::into),
+                    ..Default::default()
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"));
+            assert!(
+                matches!(&err, Err(e) if e.contains("workers")),
+                "{text:?} {flag:?}: {err:?}"
+            );
+        }
         Ok(())
     }
 

@@ -172,8 +172,9 @@ struct Shared<B> {
 pub struct Proxy<B> {
     shared: Arc<Shared<B>>,
     /// The client's address, and the same as a header value, made once per
-    /// connection rather than formatted on every request.
-    client_ip: Option<(IpAddr, HeaderValue)>,
+    /// connection rather than formatted on every request. Shared, so that a
+    /// clone (one per request) stays two pointers wide.
+    client_ip: Option<Arc<(IpAddr, HeaderValue)>>,
 }
 
 impl<B> Clone for Proxy<B> {
@@ -217,7 +218,9 @@ where
     pub fn for_client(&self, ip: IpAddr) -> Self {
         Self {
             shared: self.shared.clone(),
-            client_ip: HeaderValue::try_from(ip.to_string()).ok().map(|v| (ip, v)),
+            client_ip: HeaderValue::try_from(ip.to_string())
+                .ok()
+                .map(|v| Arc::new((ip, v))),
         }
     }
 
@@ -271,7 +274,7 @@ where
         strip_hop_by_hop(headers);
         // The client sets Host from the upstream URI.
         headers.remove(HOST);
-        if let Some((ip, value)) = &self.client_ip {
+        if let Some((ip, value)) = self.client_ip.as_deref() {
             let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prior) => HeaderValue::try_from(format!("{prior}, {ip}")).ok(),
                 None => Some(value.clone()),

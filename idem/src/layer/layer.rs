@@ -322,6 +322,15 @@ impl Shared {
         &all[i]
     }
 
+    /// The secret behind store keys, when it is known without waiting: a
+    /// fixed one, or the store's once it was read.
+    pub(crate) fn secret_ready(&self) -> Option<&Secret> {
+        match &self.secret {
+            SecretSource::Fixed(s) => Some(s),
+            SecretSource::FromStore(cell) => cell.get(),
+        }
+    }
+
     /// The secret behind store keys.
     pub(crate) async fn secret(&self) -> Result<&Secret, StoreError> {
         match &self.secret {

@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,8 +15,8 @@ use idem_core::key::{raw_body_key, IDEMPOTENCY_KEY};
 use idem_core::problem::PROBLEM_JSON;
 use idem_core::signed;
 use idem_core::{
-    Begin, CheckedKey, Fence, Fingerprint, IdempotencyKey, KeyError, Problem, ProblemKind,
-    RoutePolicy, Secret, SetCookieReplay, StoreError, StoreKey, StoredResponse,
+    Begin, CheckedKey, Fence, Fingerprint, IdempotencyKey, KeyError, LocalStore, Problem,
+    ProblemKind, RoutePolicy, Secret, SetCookieReplay, StoreError, StoreKey, StoredResponse,
 };
 use tower_service::Service;
 
@@ -197,7 +198,11 @@ where
                     key = tracing::field::Empty,
                     outcome = tracing::field::Empty,
                 );
-                ResponseFuture::protocol(protocol(route, inner, req, span.clone(), permit), span)
+                let (parts, body) = req.into_parts();
+                ResponseFuture::protocol(
+                    protocol(route, inner, parts, body, span.clone(), permit),
+                    span,
+                )
             }
         }
     }
@@ -248,13 +253,13 @@ fn replay<B>(stored: StoredResponse, cookies: bool) -> Response<ResponseBody<B>>
 /// a read buffer per request, and first executions ran at 0.66× the plain
 /// proxy instead of 0.9×).
 fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
-    storable(headers)
-        .map(|(n, v)| {
-            let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
-            copy.set_sensitive(v.is_sensitive());
-            (n.clone(), copy)
-        })
-        .collect()
+    let mut stored = Vec::with_capacity(storable(headers).count());
+    stored.extend(storable(headers).map(|(n, v)| {
+        let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+        copy.set_sensitive(v.is_sensitive());
+        (n.clone(), copy)
+    }));
+    stored
 }
 
 /// The headers a record keeps, in order.
@@ -270,22 +275,24 @@ fn storable_values_len(headers: &HeaderMap) -> usize {
 }
 
 /// The headers to store, each value a slice of `values`, which holds them
-/// one after the other from its start (see `run_inner`).
+/// one after the other from its start (see `read_answer`). The vector is
+/// made to size: a collected filter starts at four entries (288 bytes),
+/// kept by the record for as long as it lives.
 fn storable_headers_in(headers: &HeaderMap, values: &Bytes) -> Vec<(HeaderName, HeaderValue)> {
     let mut at = 0;
-    storable(headers)
-        .map(|(n, v)| {
-            let end = at + v.len();
-            let mut copy = values
-                .get(at..end)
-                .filter(|b| *b == v.as_bytes())
-                .and_then(|_| HeaderValue::from_maybe_shared(values.slice(at..end)).ok())
-                .unwrap_or_else(|| v.clone());
-            at = end;
-            copy.set_sensitive(v.is_sensitive());
-            (n.clone(), copy)
-        })
-        .collect()
+    let mut stored = Vec::with_capacity(storable(headers).count());
+    stored.extend(storable(headers).map(|(n, v)| {
+        let end = at + v.len();
+        let mut copy = values
+            .get(at..end)
+            .filter(|b| *b == v.as_bytes())
+            .and_then(|_| HeaderValue::from_maybe_shared(values.slice(at..end)).ok())
+            .unwrap_or_else(|| v.clone());
+        at = end;
+        copy.set_sensitive(v.is_sensitive());
+        (n.clone(), copy)
+    }));
+    stored
 }
 
 /// The key the request carries, per the route's key source; with signed
@@ -414,13 +421,25 @@ where
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-async fn protocol<S, ReqBody, ResBody>(
+/// The protocol for one covered request (SPEC rules 1 to 12).
+///
+/// One `async move` block that uses its captured arguments in place, not
+/// nested `async fn`s: an `async fn` keeps its arguments twice (as captured
+/// and as locals) and every level held its own copy of the request's parts,
+/// which made this future 3.3 KiB, past what malloc serves from its
+/// per-thread cache, and copied that much per request. Here the parts live
+/// once, helpers borrow them, and the paths only a remote store takes
+/// (retried `complete` and `release`, a secret read from the store) are
+/// boxed where they happen.
+#[allow(clippy::manual_async_fn)] // On purpose: see above.
+fn protocol<S, ReqBody, ResBody>(
     route: Route,
     mut inner: S,
-    req: Request<ReqBody>,
+    mut parts: Parts,
+    body: ReqBody,
     span: tracing::Span,
     permit: Option<Admitted>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send + 'static
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -430,158 +449,246 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let _permit = permit;
-    let shared = route.shared.clone();
-    let policy = route.policy();
-    let refuse = |kind: ProblemKind, detail: String| {
-        outcome(&span, kind.slug());
-        route.count(kind);
-        Ok(problem_response(&shared, &Problem::new(kind, detail)))
-    };
-
-    // Rules 1 and 2: the key, before the body is read.
-    let (parts, body) = req.into_parts();
-    let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
-    let key = match header_key(
-        &parts.headers,
-        policy,
-        shared.signing_secret.as_ref(),
-        scope.as_deref(),
-    ) {
-        Ok(k) => k,
-        Err(e) => return refuse(ProblemKind::KeyInvalid, e),
-    };
-    let body_keyed = key.is_none()
-        && policy
-            .webhook
-            .as_ref()
-            .is_some_and(|w| w.body_hash_fallback);
-    if key.is_none() && !body_keyed {
-        if policy.key_required {
-            return refuse(
-                ProblemKind::KeyMissing,
-                format!(
-                    "{} {} requires an Idempotency-Key header: send a unique key (a UUID v4, say) and reuse it on every retry of this operation",
-                    parts.method,
-                    parts.uri.path()
-                ),
-            );
-        }
-        // An optional key that was not sent: no protection asked for.
-        outcome(&span, "unprotected");
-        let req = Request::from_parts(parts, RequestBody::streaming(body));
-        return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
-    }
-
-    // Rule 11: read the body (it is part of the fingerprint), within the limit.
-    let bytes = match read_limited(&parts.headers, body, policy.max_request_body).await {
-        Ok(b) => b,
-        Err(ReadError::TooLarge) => {
-            return refuse(
-                ProblemKind::BodyTooLarge,
-                format!(
-                    "the request body is larger than this route's limit of {} bytes",
-                    policy.max_request_body
-                ),
-            )
-        }
-        Err(ReadError::Failed(e)) => {
-            return refuse(
-                ProblemKind::BodyUnreadable,
-                format!("the request body could not be read: {e}; send it again"),
-            )
-        }
-    };
-    let key = match key {
-        Some(k) => k,
-        None => Key::Owned(raw_body_key(&bytes)),
-    };
-
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let fingerprint =
-        Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
-    let secret = match shared.secret().await {
-        Ok(s) => s,
-        Err(e) => return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await,
-    };
-    let store_key = StoreKey::derive(secret, scope.as_deref(), key.as_str());
-    span.record("key", tracing::field::display(store_key.short()));
-
-    let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
-    let mut poll = Duration::from_millis(5);
-    loop {
-        let started = std::time::Instant::now();
-        let begun = match shared.store.local() {
-            Some(local) => local.begin_now(&store_key, &fingerprint, policy.lease),
-            None => match tokio::time::timeout(
-                shared.store_timeout,
-                shared.store.begin(&store_key, &fingerprint, policy.lease),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
-            },
+    async move {
+        // Held until the request is answered (the admission limit).
+        let _permit = permit;
+        let shared = &*route.shared;
+        let policy = route.policy();
+        let refuse = |kind: ProblemKind, detail: String| {
+            outcome(&span, kind.slug());
+            route.count(kind);
+            Ok(problem_response(shared, &Problem::new(kind, detail)))
         };
-        let begun_at = std::time::Instant::now();
-        route
-            .metrics()
-            .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
-        match begun {
-            Ok(Begin::Started(fence)) => {
-                tracing::debug!("executing");
-                route.metrics().miss();
-                outcome(&span, "executed");
-                let context = shared
-                    .request_context
-                    .then(|| IdempotencyContext::new(route.clone(), scope, key.into_key()));
-                let mut parts = parts;
-                if let Some(context) = context {
-                    parts.extensions.insert(context);
-                }
-                return execute(route, inner, parts, bytes, store_key, fence, begun_at, span)
-                    .await;
-            }
-            Ok(Begin::Completed(stored)) => {
-                tracing::debug!("replaying");
-                route.metrics().hit();
-                outcome(&span, "replayed");
-                let cookies = match policy.replay_set_cookie {
-                    SetCookieReplay::Always => true,
-                    SetCookieReplay::Never => false,
-                    SetCookieReplay::Scoped => scope.is_some(),
-                    _ => false,
-                };
-                return Ok(replay(stored, cookies));
-            }
-            Ok(Begin::Mismatch) => {
+
+        // Rules 1 and 2: the key, before the body is read.
+        let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
+        let key = match header_key(
+            &parts.headers,
+            policy,
+            shared.signing_secret.as_ref(),
+            scope.as_deref(),
+        ) {
+            Ok(k) => k,
+            Err(e) => return refuse(ProblemKind::KeyInvalid, e),
+        };
+        let body_keyed = key.is_none()
+            && policy
+                .webhook
+                .as_ref()
+                .is_some_and(|w| w.body_hash_fallback);
+        if key.is_none() && !body_keyed {
+            if policy.key_required {
                 return refuse(
-                    ProblemKind::KeyReused,
-                    "this Idempotency-Key was already used for a different request (method, path or body differ); use a new key for a new operation".into(),
+                    ProblemKind::KeyMissing,
+                    format!(
+                        "{} {} requires an Idempotency-Key header: send a unique key (a UUID v4, say) and reuse it on every retry of this operation",
+                        parts.method,
+                        parts.uri.path()
+                    ),
+                );
+            }
+            // An optional key that was not sent: no protection asked for.
+            outcome(&span, "unprotected");
+            let req = Request::from_parts(parts, RequestBody::streaming(body));
+            return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+        }
+
+        // Rule 11: read the body (it is part of the fingerprint), within the limit.
+        let bytes = match read_limited(&parts.headers, body, policy.max_request_body).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => {
+                return refuse(
+                    ProblemKind::BodyTooLarge,
+                    format!(
+                        "the request body is larger than this route's limit of {} bytes",
+                        policy.max_request_body
+                    ),
                 )
             }
-            Ok(Begin::InProgress { lease_remaining }) => {
-                if let Some(deadline) = wait_until {
-                    let now = tokio::time::Instant::now();
-                    if now < deadline {
-                        let nap = poll.min(lease_remaining).min(deadline - now);
-                        tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
-                        poll = (poll * 2).min(Duration::from_millis(100));
-                        continue;
+            Err(ReadError::Failed(e)) => {
+                return refuse(
+                    ProblemKind::BodyUnreadable,
+                    format!("the request body could not be read: {e}; send it again"),
+                )
+            }
+        };
+        let key = match key {
+            Some(k) => k,
+            None => Key::Owned(raw_body_key(&bytes)),
+        };
+
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let fingerprint =
+            Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
+        // In blocks, here and below: a local's room in this future is kept
+        // until its scope ends, even after it was moved.
+        let store_key = {
+            let derived = match shared.secret_ready() {
+                Some(secret) => Ok(StoreKey::derive(secret, scope.as_deref(), key.as_str())),
+                None => Box::pin(shared.secret())
+                    .await
+                    .map(|secret| StoreKey::derive(secret, scope.as_deref(), key.as_str())),
+            };
+            match derived {
+                Ok(k) => k,
+                Err(e) => {
+                    return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await
+                }
+            }
+        };
+        span.record("key", tracing::field::display(store_key.short()));
+
+        let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
+        let mut poll = Duration::from_millis(5);
+        let (fence, begun_at) = loop {
+            let nap = {
+                let started = std::time::Instant::now();
+                let begun = match shared.store.local() {
+                    Some(local) => local.begin_now(&store_key, &fingerprint, policy.lease),
+                    None => match tokio::time::timeout(
+                        shared.store_timeout,
+                        shared.store.begin(&store_key, &fingerprint, policy.lease),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+                    },
+                };
+                let begun_at = std::time::Instant::now();
+                route
+                    .metrics()
+                    .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
+                match begun {
+                    Ok(Begin::Started(fence)) => break (fence, begun_at),
+                    Ok(Begin::Completed(stored)) => {
+                        tracing::debug!("replaying");
+                        route.metrics().hit();
+                        outcome(&span, "replayed");
+                        let cookies = match policy.replay_set_cookie {
+                            SetCookieReplay::Always => true,
+                            SetCookieReplay::Never => false,
+                            SetCookieReplay::Scoped => scope.is_some(),
+                            _ => false,
+                        };
+                        return Ok(replay(stored, cookies));
+                    }
+                    Ok(Begin::Mismatch) => {
+                        return refuse(
+                            ProblemKind::KeyReused,
+                            "this Idempotency-Key was already used for a different request (method, path or body differ); use a new key for a new operation".into(),
+                        )
+                    }
+                    Ok(Begin::InProgress { lease_remaining }) => {
+                        // Waiting (the route's `wait`): a nap, then ask again.
+                        let now = tokio::time::Instant::now();
+                        match wait_until.and_then(|d| d.checked_duration_since(now)) {
+                            Some(left) if !left.is_zero() => poll.min(lease_remaining).min(left),
+                            _ => {
+                                route.count(ProblemKind::KeyInUse);
+                                outcome(&span, ProblemKind::KeyInUse.slug());
+                                return Ok(problem_response(
+                                    shared,
+                                    &Problem::new(
+                                        ProblemKind::KeyInUse,
+                                        "a request with this Idempotency-Key is still being processed; retry after the Retry-After delay to get its answer",
+                                    )
+                                    .with_retry_after(RETRY_AFTER_IN_USE),
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await
                     }
                 }
-                route.count(ProblemKind::KeyInUse);
-                outcome(&span, ProblemKind::KeyInUse.slug());
-                return Ok(problem_response(
-                    &shared,
-                    &Problem::new(
-                        ProblemKind::KeyInUse,
-                        "a request with this Idempotency-Key is still being processed; retry after the Retry-After delay to get its answer",
-                    )
-                    .with_retry_after(RETRY_AFTER_IN_USE),
-                ));
+            };
+            // Computed above, so that nothing of this attempt is kept
+            // across the nap.
+            poll = (poll * 2).min(Duration::from_millis(100));
+            tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
+        };
+
+        // Started: this request holds the key. It executes, then its answer
+        // is stored or its key released; a client disconnecting cannot
+        // cancel that half-way (rule 12, see `ResponseFuture`).
+        tracing::debug!("executing");
+        route.metrics().miss();
+        outcome(&span, "executed");
+        if shared.request_context {
+            let context = IdempotencyContext::new(route.clone(), scope, key.into_key());
+            parts.extensions.insert(context);
+        }
+        // Counted so that a shutdown waits for the answer to be stored.
+        let _guard = shared.in_flight.enter();
+        let executed = {
+            // The lease is renewed every third of it while the execution
+            // runs, so a long execution is never taken over while alive, and
+            // a crashed one blocks its key for at most one lease.
+            let _renewed = shared.renewals.register(&route, store_key, fence);
+            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                inner.call(Request::from_parts(parts, RequestBody::buffered(bytes)))
+            }));
+            AssertUnwindSafe(collect(called, policy))
+                .catch_unwind()
+                .await
+                .and_then(|r| r)
+        };
+        // One clock reading ends the execution and starts `complete`.
+        let finished = std::time::Instant::now();
+        route
+            .metrics()
+            .processing(finished.saturating_duration_since(begun_at));
+        let finishing = {
+            let answer = answer(shared, executed);
+            if matches!(answer, Answer::Release(_)) {
+                self::outcome(&span, "executed-not-stored");
+                route.metrics().error(ErrorKind::Upstream);
             }
-            Err(e) => return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await,
+            match shared.store.local() {
+                Some(local) => {
+                    return match answer {
+                        Answer::Store(stored, res) => {
+                            complete_local(&route, local, &store_key, fence, stored, finished);
+                            Ok(res)
+                        }
+                        Answer::Release(result) => {
+                            release_local(&route, local, &store_key, fence);
+                            result
+                        }
+                    }
+                }
+                // Boxed, owning the answer: only a remote store waits here.
+                None => Box::pin(finish_remote(
+                    route.clone(),
+                    store_key,
+                    fence,
+                    answer,
+                    finished,
+                )),
+            }
+        };
+        finishing.await
+    }
+}
+
+/// Stores the answer in a remote store, or releases the key; returns the
+/// client's response.
+async fn finish_remote<B, E>(
+    route: Route,
+    key: StoreKey,
+    fence: Fence,
+    answer: Answer<B, E>,
+    finished: std::time::Instant,
+) -> Result<Response<ResponseBody<B>>, E> {
+    match answer {
+        Answer::Store(stored, res) => {
+            complete(&route, &key, fence, stored, finished).await;
+            Ok(res)
+        }
+        Answer::Release(result) => {
+            release(&route, &key, fence).await;
+            result
         }
     }
 }
@@ -635,21 +742,37 @@ enum Outcome<B> {
     BodyFailed(BoxError),
 }
 
-async fn run_inner<S, ReqBody, ResBody>(
-    mut inner: S,
-    req: Request<RequestBody<ReqBody>>,
+/// Awaits the inner service's answer (`called`: its future, or the panic of
+/// the call that was to make it) and reads it, within the stored-response
+/// limit, for storing.
+async fn collect<F, ResBody, E>(
+    called: std::thread::Result<F>,
     policy: &RoutePolicy,
-) -> Result<Outcome<ResBody>, S::Error>
+) -> std::thread::Result<Result<Outcome<ResBody>, E>>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let res = inner.call(req).await?;
-    if policy.no_store.contains(res.status().as_u16()) {
-        return Ok(Outcome::NoStore(res));
-    }
-    let (parts, body) = res.into_parts();
+    let fut = called?;
+    Ok(read_answer(fut, policy).await)
+}
+
+/// Reads the inner service's answer for storing.
+async fn read_answer<F, ResBody, E>(fut: F, policy: &RoutePolicy) -> Result<Outcome<ResBody>, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = {
+        // In a block: the response's room is not kept while its body is read.
+        let res = fut.await?;
+        if policy.no_store.contains(res.status().as_u16()) {
+            return Ok(Outcome::NoStore(res));
+        }
+        res.into_parts()
+    };
     // Boxed so that, when the body is too large to store, the rest of it can
     // be handed on to the client after part of it was read here.
     let mut body = Box::pin(body);
@@ -688,67 +811,31 @@ where
     Ok(Outcome::Full(parts, buf.freeze(), head))
 }
 
-/// Runs the execution, then stores its answer or releases its key. A client
-/// disconnecting cannot cancel it half-way (SPEC rule 12): see
-/// [`ResponseFuture`].
-#[allow(clippy::too_many_arguments)]
-async fn execute<S, ReqBody, ResBody>(
-    route: Route,
-    inner: S,
-    parts: Parts,
-    body: Bytes,
-    key: StoreKey,
-    fence: Fence,
-    started: std::time::Instant,
-    span: tracing::Span,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
-where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Body<Data = Bytes> + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let shared = route.shared.clone();
-    // Counted so that a shutdown waits for the answer to be stored.
-    let _guard = shared.in_flight.enter();
-    let req = Request::from_parts(parts, RequestBody::buffered(body));
-    let outcome = {
-        // The lease is renewed every third of it while the execution runs,
-        // so a long execution is never taken over while alive, and a
-        // crashed one blocks its key for at most one lease.
-        let _renewed = shared.renewals.register(&route, key, fence);
-        AssertUnwindSafe(run_inner(inner, req, route.policy()))
-            .catch_unwind()
-            .await
-    };
-    // One clock reading ends the execution and starts `complete`.
-    let finished = std::time::Instant::now();
-    route
-        .metrics()
-        .processing(finished.saturating_duration_since(started));
-    if !matches!(
-        outcome,
-        Ok(Ok(Outcome::Full(..))) | Ok(Ok(Outcome::Oversize(..)))
-    ) {
-        route.metrics().error(ErrorKind::Upstream);
-        self::outcome(&span, "executed-not-stored");
-    }
-    // Ok: an answer to store, and the client's response; Err: a result that
-    // is not stored, so the key is released (rule 7).
-    let answer = match outcome {
-        Err(_panic) => Err(Ok(problem_response(
-            &shared,
+/// What an execution ended with.
+enum Answer<B, E> {
+    /// An answer to store, and the client's response.
+    Store(StoredResponse, Response<ResponseBody<B>>),
+    /// A result that is not stored, so the key is released (rule 7).
+    Release(Result<Response<ResponseBody<B>>, E>),
+}
+
+fn answer<B, E>(
+    shared: &Shared,
+    executed: std::thread::Result<Result<Outcome<B>, E>>,
+) -> Answer<B, E> {
+    use Answer::{Release, Store};
+    match executed {
+        Err(_panic) => Release(Ok(problem_response(
+            shared,
             &Problem::new(
                 ProblemKind::ExecutionFailed,
                 "the request handler panicked; nothing was stored, so a retry executes again",
             ),
         ))),
-        Ok(Err(e)) => Err(Err(e)),
-        Ok(Ok(Outcome::NoStore(res))) => Err(Ok(res.map(ResponseBody::inner))),
-        Ok(Ok(Outcome::BodyFailed(e))) => Err(Ok(problem_response(
-            &shared,
+        Ok(Err(e)) => Release(Err(e)),
+        Ok(Ok(Outcome::NoStore(res))) => Release(Ok(res.map(ResponseBody::inner))),
+        Ok(Ok(Outcome::BodyFailed(e))) => Release(Ok(problem_response(
+            shared,
             &Problem::new(
                 ProblemKind::ExecutionFailed,
                 format!(
@@ -764,10 +851,10 @@ where
                 body: bytes.clone(),
                 body_omitted: None,
             };
-            Ok((
+            Store(
                 stored,
                 Response::from_parts(parts, ResponseBody::full(bytes)),
-            ))
+            )
         }
         Ok(Ok(Outcome::Oversize(parts, prefix, rest))) => {
             let declared = parts
@@ -781,21 +868,44 @@ where
                 body: Bytes::new(),
                 body_omitted: Some(declared.unwrap_or(prefix.len() as u64)),
             };
-            Ok((
+            Store(
                 stored,
                 Response::from_parts(parts, ResponseBody::prefixed(prefix, rest)),
-            ))
+            )
         }
-    };
-    match answer {
-        Ok((stored, res)) => {
-            complete(&route, &key, fence, stored, finished).await;
-            Ok(res)
+    }
+}
+
+/// Stores the answer in a store of this process: nothing to wait for and
+/// no blip to retry past; the answer moves into the store.
+fn complete_local(
+    route: &Route,
+    local: &dyn LocalStore,
+    key: &StoreKey,
+    fence: Fence,
+    stored: StoredResponse,
+    started: std::time::Instant,
+) {
+    let done = local.complete_now(key, fence, stored, route.policy().ttl);
+    route.metrics().store(StoreOp::Complete, started.elapsed());
+    match done {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(key = %key.short(), "execution finished after its lease was taken over; its answer was not stored")
         }
-        Err(result) => {
-            release(&route, &key, fence).await;
-            result
+        Err(e) => {
+            tracing::error!(key = %key.short(), error = %e, "could not store the answer; the key stays in progress until its lease ends")
         }
+    }
+}
+
+/// Removes the record in a store of this process (rule 7).
+fn release_local(route: &Route, local: &dyn LocalStore, key: &StoreKey, fence: Fence) {
+    let started = std::time::Instant::now();
+    let done = local.release_now(key, fence);
+    route.metrics().store(StoreOp::Release, started.elapsed());
+    if let Err(e) = done {
+        tracing::warn!(key = %key.short(), error = %e, "releasing the key failed; it is freed when its lease ends");
     }
 }
 
@@ -812,20 +922,7 @@ async fn complete(
     let shared = &route.shared;
     let ttl = route.policy().ttl;
     if let Some(local) = shared.store.local() {
-        // Nothing to wait for and no blip to retry past; the answer moves
-        // into the store.
-        let done = local.complete_now(key, fence, stored, ttl);
-        route.metrics().store(StoreOp::Complete, started.elapsed());
-        match done {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(key = %key.short(), "execution finished after its lease was taken over; its answer was not stored")
-            }
-            Err(e) => {
-                tracing::error!(key = %key.short(), error = %e, "could not store the answer; the key stays in progress until its lease ends")
-            }
-        }
-        return;
+        return complete_local(route, local, key, fence, stored, started);
     }
     let stored = &stored;
     for attempt in 0..3u32 {
