@@ -899,7 +899,9 @@ fn complete_local(
     }
 }
 
-/// Removes the record in a store of this process (rule 7).
+/// Removes the record in a store of this process (rule 7). Not retried: with
+/// nothing in between to recover, a second try would fail the same way, and
+/// the lease frees the key in the end.
 fn release_local(route: &Route, local: &dyn LocalStore, key: &StoreKey, fence: Fence) {
     let started = std::time::Instant::now();
     let done = local.release_now(key, fence);
@@ -955,14 +957,13 @@ async fn complete(
 /// if the store stays down the lease ends on its own.
 pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
     let shared = &route.shared;
+    if let Some(local) = shared.store.local() {
+        return release_local(route, local, key, fence);
+    }
     for attempt in 0..3u32 {
         let started = std::time::Instant::now();
-        let done = match shared.store.local() {
-            Some(local) => Ok(local.release_now(key, fence)),
-            None => {
-                tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await
-            }
-        };
+        let done =
+            tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await;
         route.metrics().store(StoreOp::Release, started.elapsed());
         match done {
             Ok(Ok(_)) => return,
