@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-8}; CONNS=${3:-64}
+WRK_THREADS=${WRK_THREADS:-$(nproc)} # as in bench/wrk-lib.sh
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 command -v perf >/dev/null || { echo "perf not found: apt-get install linux-perf" >&2; exit 1; }
 cargo build --release -q -p idem-gateway --bins --examples
@@ -38,7 +39,7 @@ for i in $(seq "$RUNS"); do
   for v in "plain 18401 $PLAIN" "gateway-memory 18402 $MEMORY" "gateway-no-layer 18404 $NOLAYER"; do
     set -- $v
     perf stat -x, -e task-clock -p "$3" -o "$WORK/perf.txt" -- sleep "$SECS" &
-    out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" -s bench/new-keys.lua "http://127.0.0.1:$2/payments")
+    out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${SECS}s" -s bench/new-keys.lua "http://127.0.0.1:$2/payments")
     wait $!
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")

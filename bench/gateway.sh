@@ -6,7 +6,9 @@
 # Usage: bench/gateway.sh [runs=3] [seconds=8] [connections=64]
 # WORKERS=N in the environment gives every proxy N worker threads (the plain
 # proxy through TOKIO_WORKER_THREADS, the gateways through --workers); unset,
-# each has tokio's default, one per core.
+# each has its default, one per core. IDEM_RUNTIME=shared runs the gateways on
+# the work-stealing runtime instead of one event loop per core.
+# WRK_THREADS=N sets wrk's threads (default one per core; bench/wrk-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-8}; CONNS=${3:-64}
@@ -64,4 +66,4 @@ for i in $(seq "$RUNS"); do
 done
 
 python3 bench/summary.py "$OUT" plain gateway-memory gateway-sqlite gateway-no-layer
-echo "workers per proxy: ${WORKERS:-one per core}"
+echo "workers per proxy: ${WORKERS:-one per core}; gateway runtime: ${IDEM_RUNTIME:-per-core}; wrk threads: $WRK_THREADS"

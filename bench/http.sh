@@ -38,3 +38,4 @@ for i in $(seq "$RUNS"); do
 done
 
 python3 bench/summary.py "$OUT" plain memory sqlite
+echo "wrk threads: $WRK_THREADS"

@@ -206,6 +206,9 @@ pub struct GatewayArgs {
     /// Threads serving requests [default: one per CPU core]. Fewer than the cores leaves room for processes sharing the machine (docs/BENCHMARKS.md).
     #[arg(long, env = "IDEM_WORKERS", value_name = "N")]
     pub workers: Option<String>,
+    /// per-core: each thread serves its own connections, with its own upstream pool (least CPU per request); shared: one work-stealing runtime, so a few busy connections still use every core [default: per-core].
+    #[arg(long, env = "IDEM_RUNTIME", value_name = "per-core|shared")]
+    pub runtime: Option<String>,
     /// Proxy WITHOUT the idempotency layer: a benchmark baseline only.
     #[arg(long, hide = true)]
     pub bench_without_layer: bool,

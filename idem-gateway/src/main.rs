@@ -40,7 +40,16 @@ fn main() -> anyhow::Result<()> {
                 println!("configuration OK");
                 return Ok(());
             }
-            runtime(config.workers)?.block_on(gateway_cmd(config))
+            match config.runtime {
+                // The serving threads start their own runtimes; this one
+                // accepts, hands connections out, and serves the admin API.
+                gateway::Runtime::PerCore => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?,
+                gateway::Runtime::Shared => runtime(config.workers)?,
+            }
+            .block_on(gateway_cmd(config))
         }
         Command::Demo(args) => runtime(None)?.block_on(demo_cmd(args)),
         Command::Keys(args) => runtime(None)?.block_on(keys_cmd(args)),

@@ -173,8 +173,24 @@ async fn rules_3_and_4_first_executes_then_replays_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_5_concurrent_duplicates_get_409_and_execute_once() {
+    concurrent_duplicates_execute_once(None, None).await;
+}
+
+/// Racers on 16 connections: spread over three serving threads (per-core),
+/// or over one work-stealing runtime (shared), exactly one executes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_5_holds_on_three_per_core_threads_and_on_the_shared_runtime() {
+    concurrent_duplicates_execute_once(Some("per-core"), Some("3")).await;
+    concurrent_duplicates_execute_once(Some("shared"), None).await;
+}
+
+async fn concurrent_duplicates_execute_once(runtime: Option<&str>, workers: Option<&str>) {
     let up = CountingUpstream::start().await.expect("upstream");
-    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let gw = Gateway::start(&up.url(), |a| {
+        a.runtime = runtime.map(Into::into);
+        a.workers = workers.map(Into::into);
+    })
+    .await;
     let c = client();
     let url = gw.at("/payments");
     let mut racers = Vec::new();
@@ -425,8 +441,17 @@ async fn rule_11_a_body_over_the_limit_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_12_a_client_that_disconnects_does_not_cancel_the_execution() {
+    abandoned_execution_completes(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_12_holds_on_the_shared_runtime() {
+    abandoned_execution_completes(Some("shared")).await;
+}
+
+async fn abandoned_execution_completes(runtime: Option<&str>) {
     let up = CountingUpstream::start().await.expect("upstream");
-    let gw = Gateway::start(&up.url(), |_| {}).await;
+    let gw = Gateway::start(&up.url(), |a| a.runtime = runtime.map(Into::into)).await;
     let c = client();
     let url = gw.at("/payments");
     let (c2, url2) = (c.clone(), url.clone());

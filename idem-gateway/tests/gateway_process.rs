@@ -170,6 +170,66 @@ async fn sigterm_drains_in_flight_requests_and_the_answer_survives_a_restart() {
     assert_eq!(up.executions(), 1);
 }
 
+/// SIGTERM while an execution whose client went away still runs (SPEC rule
+/// 12): the gateway waits for it, on the serving thread it started on, and
+/// stores its answer before exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_abandoned_execution_finish_and_store_its_answer() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("idem.db").display());
+    let (mut gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
+    let c = client();
+    let url = format!("{base}/payments");
+    let gone = {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move {
+            common::send(
+                &c,
+                Method::POST,
+                &url,
+                &[
+                    ("idempotency-key", "abandoned-key-01"),
+                    ("x-test-delay-ms", "700"),
+                ],
+                BODY,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gone.abort();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    signal(&gw, "-TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = gw.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(up.executions(), 1);
+
+    let (_gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
+    let replay = post(
+        &client(),
+        &format!("{base}/payments"),
+        Some("abandoned-key-01"),
+        BODY,
+    )
+    .await;
+    assert_eq!(replay.status, 201, "{:?}", replay.body);
+    assert!(replay.replayed(), "the answer was stored before the exit");
+    assert_eq!(up.executions(), 1);
+}
+
 /// `kill -9` of a gateway mid-request on `store`: another gateway answers 409
 /// while the dead holder's lease lives, then takes the key over and executes
 /// once; a key completed before the kill still replays.

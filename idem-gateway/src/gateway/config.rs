@@ -91,6 +91,7 @@ with_route_keys! {
         memory_capacity: Option<toml::Value>,
         memory_max_bytes: Option<toml::Value>,
         workers: Option<toml::Value>,
+        runtime: Option<String>,
         #[serde(default)]
         routes: Vec<RouteEntry>,
     }
@@ -215,6 +216,9 @@ pub struct GatewayConfig {
     pub memory_capacity: usize,
     /// Threads serving requests (`None`: one per CPU core).
     pub workers: Option<usize>,
+    /// How the serving threads share the work. The default is
+    /// [`Runtime::PerCore`].
+    pub runtime: Runtime,
     /// Bytes the records of a `memory://` store account for at most; past
     /// it new keys get 503 `idempotency-store-full`. The default is 1 GiB.
     pub memory_max_bytes: usize,
@@ -419,6 +423,44 @@ impl RouteFile {
     }
 }
 
+/// How the gateway's serving threads share the work (`--runtime`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// Each thread runs an event loop of its own, with its own upstream
+    /// connection pool, and serves the client connections handed to it
+    /// (new connections go to the thread with the fewest). A request stays
+    /// on one thread from accept to answer: no hand-offs between threads,
+    /// the least CPU per request. One connection's requests use one core.
+    #[default]
+    PerCore,
+    /// One work-stealing runtime (tokio's multi-threaded scheduler): any
+    /// thread may run any request, so a few busy connections (an HTTP/2
+    /// connection from a load balancer carrying everything, say) still
+    /// spread over every core, at some CPU per request for the hand-offs.
+    Shared,
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "per-core" => Ok(Self::PerCore),
+            "shared" => Ok(Self::Shared),
+            other => bail!("runtime: must be \"per-core\" or \"shared\", got {other:?}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PerCore => "per-core",
+            Self::Shared => "shared",
+        })
+    }
+}
+
 /// A flag's value as the TOML value the file would hold.
 fn flag(v: &Option<String>) -> Option<toml::Value> {
     v.as_ref().map(|s| toml::Value::String(s.clone()))
@@ -602,6 +644,10 @@ impl GatewayConfig {
             }
             None => None,
         };
+        let runtime = match args.runtime.as_deref().or(file.runtime.as_deref()) {
+            Some(text) => text.parse()?,
+            None => Runtime::default(),
+        };
         let local_cache = count(
             &args.local_cache,
             &file.local_cache,
@@ -708,6 +754,7 @@ impl GatewayConfig {
             memory_capacity,
             memory_max_bytes,
             workers,
+            runtime,
             policy,
             without_layer: args.bench_without_layer,
         })
@@ -741,6 +788,7 @@ impl GatewayConfig {
             self.workers
                 .map_or_else(|| "one per CPU core".to_owned(), |n| n.to_string())
         );
+        let _ = writeln!(out, "runtime       {}", self.runtime);
         if matches!(self.store, StoreUrl::Memory) {
             let _ = writeln!(
                 out,
@@ -887,6 +935,46 @@ mod tests {
             };
             assert!(err.contains(key), "{key} not named in: {err}");
         }
+    }
+
+    #[test]
+    fn the_runtime_comes_from_the_flag_or_the_file_and_bad_names_are_refused() -> anyhow::Result<()>
+    {
+        let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
+        assert_eq!(c.runtime, Runtime::PerCore);
+        assert!(
+            c.summary().contains("runtime       per-core"),
+            "{}",
+            c.summary()
+        );
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nruntime = \"shared\"\n",
+            GatewayArgs::default(),
+        )?;
+        assert_eq!(c.runtime, Runtime::Shared);
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nruntime = \"shared\"\n",
+            GatewayArgs {
+                runtime: Some("per-core".into()),
+                ..Default::default()
+            },
+        )?;
+        assert_eq!(c.runtime, Runtime::PerCore);
+        for (text, flag) in [("runtime = \"percore\"\n", None), ("", Some("threads"))] {
+            let err = resolve_text(
+                &format!("upstream = \"http://a:1\"\n{text}"),
+                GatewayArgs {
+                    runtime: flag.map(Into::into),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("{e:#}"));
+            assert!(
+                matches!(&err, Err(e) if e.contains("runtime") && e.contains("per-core")),
+                "{err:?}"
+            );
+        }
+        Ok(())
     }
 
     #[test]
