@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU time per request of each server process (perf's task-clock of the
 # process, user and kernel, divided by the requests wrk completed), for the
-# plain proxy and the gateway with and without the layer, alternating, new
+# plain proxy, the gateway with and without the layer, and the gateway on the
+# work-stealing runtime (--runtime shared), alternating, new
 # keys. Less noisy than req/s on a shared machine: another tenant's load slows
 # every variant's throughput, but changes its CPU per request much less.
 # See docs/BENCHMARKS.md.
@@ -32,11 +33,14 @@ wait_port 18402
 "$BIN" gateway --upstream "http://$UP" --listen 127.0.0.1:18404 --admin-listen none --log warn \
   --store memory:// --bench-without-layer >/dev/null 2>&1 & NOLAYER=$!
 wait_port 18404
-for p in 18401 18402 18404; do wrk -t1 -c8 -d2s -s bench/new-keys.lua "http://127.0.0.1:$p/payments" >/dev/null; done
+"$BIN" gateway --upstream "http://$UP" --listen 127.0.0.1:18405 --admin-listen none --log warn \
+  --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB --runtime shared >/dev/null 2>&1 & SHARED=$!
+wait_port 18405
+for p in 18401 18402 18404 18405; do wrk -t1 -c8 -d2s -s bench/new-keys.lua "http://127.0.0.1:$p/payments" >/dev/null; done
 
 printf 'run\tvariant\treq/s\tcpu µs/req\n'
 for i in $(seq "$RUNS"); do
-  for v in "plain 18401 $PLAIN" "gateway-memory 18402 $MEMORY" "gateway-no-layer 18404 $NOLAYER"; do
+  for v in "plain 18401 $PLAIN" "gateway-memory 18402 $MEMORY" "gateway-no-layer 18404 $NOLAYER" "gateway-memory-shared 18405 $SHARED"; do
     set -- $v
     perf stat -x, -e task-clock -p "$3" -o "$WORK/perf.txt" -- sleep "$SECS" &
     out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${SECS}s" -s bench/new-keys.lua "http://127.0.0.1:$2/payments")

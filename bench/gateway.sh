@@ -6,8 +6,8 @@
 # Usage: bench/gateway.sh [runs=3] [seconds=8] [connections=64]
 # WORKERS=N in the environment gives every proxy N worker threads (the plain
 # proxy through TOKIO_WORKER_THREADS, the gateways through --workers); unset,
-# each has its default, one per core. IDEM_RUNTIME=shared runs the gateways on
-# the work-stealing runtime instead of one event loop per core.
+# each has its default, one per core. The gateways run with --runtime per-core
+# (the default), except gateway-memory-shared (--runtime shared).
 # WRK_THREADS=N sets wrk's threads (default one per core; bench/wrk-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,11 +41,14 @@ gw() { # name port args...
 gw memory 18202 --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB
 gw sqlite 18203 --store "sqlite://$WORK/bench.db"
 gw nolayer 18204 --store memory:// --bench-without-layer
+# The same memory gateway on the work-stealing runtime, for a side-by-side
+# comparison of the two --runtime settings.
+gw shared 18205 --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB --runtime shared
 
 source bench/wrk-lib.sh
 
 # Warm-up (also executes the 16 replay keys once on each gateway).
-for p in 18201 18202 18203 18204; do wrk -t1 -c8 -d2s -s bench/replays.lua "http://127.0.0.1:$p/payments" >/dev/null; done
+for p in 18201 18202 18203 18204 18205; do wrk -t1 -c8 -d2s -s bench/replays.lua "http://127.0.0.1:$p/payments" >/dev/null; done
 
 printf 'scenario\tvariant\treq/s\tp99\tnon-2xx\n'
 # The SQLite gateway's runs come after the others: each of its first-execution
@@ -56,8 +59,10 @@ for i in $(seq "$RUNS"); do
   run first plain 18201 new-keys.lua
   run first gateway-memory 18202 new-keys.lua
   run first gateway-no-layer 18204 new-keys.lua
+  run first gateway-memory-shared 18205 new-keys.lua
   run replay plain 18201 replays.lua
   run replay gateway-memory 18202 replays.lua
+  run replay gateway-memory-shared 18205 replays.lua
 done
 for i in $(seq "$RUNS"); do
   run replay gateway-sqlite 18203 replays.lua
@@ -65,5 +70,5 @@ for i in $(seq "$RUNS"); do
   sleep 5 # let the checkpointer finish before the next run
 done
 
-python3 bench/summary.py "$OUT" plain gateway-memory gateway-sqlite gateway-no-layer
-echo "workers per proxy: ${WORKERS:-one per core}; gateway runtime: ${IDEM_RUNTIME:-per-core}; wrk threads: $WRK_THREADS"
+python3 bench/summary.py "$OUT" plain gateway-memory gateway-sqlite gateway-no-layer gateway-memory-shared
+echo "workers per proxy: ${WORKERS:-one per core}; wrk threads: $WRK_THREADS"
