@@ -137,42 +137,27 @@ pub async fn run(
             ""
         }
     );
-    let result = if config.without_layer {
-        let proxy: Proxy<Incoming> = Proxy::new(
-            config.upstream.clone(),
-            config.upstream_timeout,
-            config.problem_base.clone(),
-        );
-        let served = serve(
+    let served = if config.without_layer {
+        let new_proxy = proxy_maker::<Incoming>(&config);
+        serve(
             listener,
             &config,
             move || {
-                let proxy = proxy.fresh();
+                let proxy = new_proxy();
                 move |ip| proxy.for_client(ip)
             },
             shutdown,
         )
-        .await;
-        match served {
-            Ok((_, workers)) => {
-                workers.release().await;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        .await
     } else {
-        let proxy: Proxy<idem::layer::RequestBody<Incoming>> = Proxy::new(
-            config.upstream.clone(),
-            config.upstream_timeout,
-            config.problem_base.clone(),
-        );
+        let new_proxy = proxy_maker::<idem::layer::RequestBody<Incoming>>(&config);
         let svc_layer = layer.clone();
         let flag = draining.clone();
         let served = serve(
             listener,
             &config,
             move || {
-                let (proxy, layer) = (proxy.fresh(), svc_layer.clone());
+                let (proxy, layer) = (new_proxy(), svc_layer.clone());
                 move |ip| layer.layer(proxy.for_client(ip))
             },
             async move {
@@ -200,13 +185,14 @@ pub async fn run(
                 "drain timeout: executions still running are abandoned; their keys stay in progress until their leases end"
             );
         }
-        match served {
-            Ok((_, workers)) => {
-                workers.release().await;
-                Ok(())
-            }
-            Err(e) => Err(e),
+        served
+    };
+    let result = match served {
+        Ok((_, workers)) => {
+            workers.release().await;
+            Ok(())
         }
+        Err(e) => Err(e),
     };
     if let Some(tx) = admin_stop {
         let _ = tx.send(());
@@ -215,6 +201,21 @@ pub async fn run(
         let _ = task.await;
     }
     result
+}
+
+/// Makes the upstream proxy: one per serving thread, each with its own
+/// connection pool, so a thread only uses connections its runtime drives.
+fn proxy_maker<B>(config: &GatewayConfig) -> impl Fn() -> Proxy<B> + Send + Sync + 'static
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (upstream, timeout, problem_base) = (
+        config.upstream.clone(),
+        config.upstream_timeout,
+        config.problem_base.clone(),
+    );
+    move || Proxy::new(upstream.clone(), timeout, problem_base.clone())
 }
 
 /// Answers a connection over `max_connections` with 503 and closes it.
@@ -278,9 +279,9 @@ type Handoff = (
 /// thread for the function that makes each connection's service, so that
 /// what it holds (the upstream connection pool) belongs to that thread.
 /// Returns when the connections have drained, with the instant the shutdown
-/// began; with [`Runtime::PerCore`] the serving threads' runtimes stay up
-/// (for executions still finishing in tasks of their own) until `release`
-/// is dropped or sent to.
+/// began and the serving threads of [`Runtime::PerCore`], whose runtimes
+/// stay up (for executions still finishing in tasks of their own) until
+/// [`Workers::release`].
 async fn serve<S, B, F, M>(
     listener: TcpListener,
     config: &GatewayConfig,

@@ -214,17 +214,6 @@ where
         }
     }
 
-    /// The same proxy with a connection pool of its own (one per serving
-    /// thread, so that a thread only uses connections its runtime drives).
-    #[must_use]
-    pub fn fresh(&self) -> Self {
-        Self::new(
-            self.shared.upstream.clone(),
-            self.shared.timeout,
-            self.shared.problem_base.clone(),
-        )
-    }
-
     /// This proxy for a connection from `ip` (for `X-Forwarded-For`).
     pub fn for_client(&self, ip: IpAddr) -> Self {
         Self {
