@@ -45,7 +45,7 @@ use idem::{IdempotencyLayer, Metrics};
 use tokio::net::TcpListener;
 use tower_layer::Layer;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 pub use config::{GatewayConfig, Runtime};
 use proxy::Proxy;
 
@@ -361,6 +361,7 @@ where
                 drained.push(done_rx);
                 workers.threads.push((thread, release_tx));
             }
+            let mut lost_thread = false;
             loop {
                 let Some((stream, peer, permit)) =
                     accept(&listener, &connections, config, &mut shutdown).await
@@ -385,6 +386,7 @@ where
                 if tx.send((stream, peer, permit)).is_err() {
                     open.fetch_sub(1, Ordering::Relaxed);
                     tracing::error!("a serving thread has stopped; stopping the gateway");
+                    lost_thread = true;
                     break;
                 }
             }
@@ -401,6 +403,13 @@ where
             drop(senders);
             for done in drained {
                 let _ = done.await;
+            }
+            if lost_thread {
+                // Only a bug ends a serving thread early: exit non-zero so
+                // that a supervisor restarts the gateway.
+                bail!(
+                    "a serving thread stopped unexpectedly (see the log); the gateway has stopped"
+                );
             }
             Ok((draining_since, workers))
         }
