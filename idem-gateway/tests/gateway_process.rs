@@ -112,12 +112,30 @@ fn signal(p: &Proc, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
+/// Waits (10 s at most) for the gateway process to exit, and checks it
+/// exited 0.
+async fn exits_cleanly(mut gw: Proc) {
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = gw.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "exit status {status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_the_answer_survives_a_restart() {
     let up = CountingUpstream::start().await.expect("upstream");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = format!("sqlite://{}", dir.path().join("idem.db").display());
-    let (mut gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
+    let (gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
     let c = client();
     let url = format!("{base}/payments");
     let in_flight = {
@@ -140,19 +158,7 @@ async fn sigterm_drains_in_flight_requests_and_the_answer_survives_a_restart() {
     signal(&gw, "-TERM");
     let answer = in_flight.await.expect("in-flight request");
     assert_eq!(answer.status, 201, "the in-flight request finished");
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = gw.0.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .expect("join");
-    assert!(status.success(), "exit status {status:?}");
+    exits_cleanly(gw).await;
 
     // A new gateway on the same file replays the answer.
     let (_gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
@@ -178,7 +184,7 @@ async fn sigterm_lets_an_abandoned_execution_finish_and_store_its_answer() {
     let up = CountingUpstream::start().await.expect("upstream");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = format!("sqlite://{}", dir.path().join("idem.db").display());
-    let (mut gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
+    let (gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
     let c = client();
     let url = format!("{base}/payments");
     let gone = {
@@ -202,19 +208,7 @@ async fn sigterm_lets_an_abandoned_execution_finish_and_store_its_answer() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(50)).await;
     signal(&gw, "-TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = gw.0.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .expect("join");
-    assert!(status.success(), "exit status {status:?}");
+    exits_cleanly(gw).await;
     assert_eq!(up.executions(), 1);
 
     let (_gw, base) = gateway(&["--upstream", &up.url(), "--store", &store]);
