@@ -266,6 +266,32 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
     Ok(Arc::from(token))
 }
 
+/// A connection's service, as hyper runs it on a tokio executor: what the
+/// accept loop serves (the gateway, or the bare proxy).
+trait ConnService<B>:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: tower_service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// A connection handed to a serving thread, with its place under
 /// `max_connections`.
 type Handoff = (
@@ -291,11 +317,7 @@ async fn serve<S, B, F, M>(
 where
     M: Fn() -> F + Send + Sync + 'static,
     F: Fn(IpAddr) -> S,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService<B>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -444,11 +466,7 @@ async fn worker<S, B>(
     open: &Arc<AtomicUsize>,
     drain_timeout: Duration,
 ) where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService<B>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -543,11 +561,7 @@ fn serve_connection<S, B>(
     service: S,
     guard: impl Send + 'static,
 ) where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService<B>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
