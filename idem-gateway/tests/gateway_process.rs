@@ -292,19 +292,62 @@ async fn rule_8_a_killed_gateway_blocks_its_key_for_one_lease_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_8_a_killed_gateway_on_redis_blocks_its_key_for_one_lease_only() {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        eprintln!("skipped: REDIS_URL not set");
-        return;
-    };
-    let base = url.trim_end_matches('/');
-    let base = base.rsplit_once('/').map_or(base, |(h, last)| {
-        if last.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            base
-        }
-    });
-    killed_holder(&format!("{base}/13")).await;
+    if let Some(url) = common::redis_db("REDIS_URL", 13) {
+        killed_holder(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_8_a_killed_gateway_on_a_redis_under_en_us_locale_blocks_its_key_for_one_lease_only() {
+    if let Some(url) = common::redis_db("REDIS_LOCALE_URL", 13) {
+        killed_holder(&url).await;
+    }
+}
+
+/// Rules 4 and 9 on `store`: 20 keys replay for as long as their 1 s TTL
+/// lives, then each executes once more.
+async fn replays_until_the_ttl(store: &str) {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let (_gw, base) = gateway(&["--upstream", &up.url(), "--store", store, "--ttl", "1s"]);
+    let c = client();
+    let url = format!("{base}/payments");
+    let keys: Vec<String> = (0..20)
+        .map(|_| format!("ttl-key-{}", idem_core::key::generate_uuid_v4()))
+        .collect();
+    let started = Instant::now();
+    for key in &keys {
+        assert_eq!(post(&c, &url, Some(key), BODY).await.status, 201);
+    }
+    for key in &keys {
+        let r = post(&c, &url, Some(key), BODY).await;
+        assert!(
+            r.replayed() || started.elapsed() >= Duration::from_millis(900),
+            "{key} was not replayed within its TTL: {}",
+            r.status
+        );
+    }
+    assert_eq!(up.executions(), 20, "a key executed twice within its TTL");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for key in &keys {
+        let r = post(&c, &url, Some(key), BODY).await;
+        assert_eq!(r.status, 201);
+        assert!(!r.replayed(), "{key} replayed past its TTL");
+        assert_eq!(up.executions_of(key), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_9_replays_until_the_ttl_on_redis() {
+    if let Some(url) = common::redis_db("REDIS_URL", 14) {
+        replays_until_the_ttl(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_9_replays_until_the_ttl_on_a_redis_under_en_us_locale() {
+    if let Some(url) = common::redis_db("REDIS_LOCALE_URL", 14) {
+        replays_until_the_ttl(&url).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,32 +412,28 @@ async fn storm(bases: &[String], up: &CountingUpstream) {
     assert_eq!(up.executions(), 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_gateways_on_one_redis_execute_each_key_once() {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        eprintln!("skipped: REDIS_URL not set");
-        return;
-    };
-    let base = url.trim_end_matches('/');
-    let base = base.rsplit_once('/').map_or(base, |(h, last)| {
-        if last.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            base
-        }
-    });
-    let db_url = format!("{base}/12");
-    let out = Command::new("redis-cli")
-        .args(["-u", &db_url, "flushdb"])
-        .output()
-        .expect("redis-cli");
-    assert!(out.status.success(), "flushdb on {db_url}: {out:?}");
+/// Three gateways on the Redis at `db_url`, in front of one upstream.
+async fn three_gateways_on_redis(db_url: &str) {
     let up = CountingUpstream::start().await.expect("upstream");
     let gws: Vec<_> = (0..3)
-        .map(|_| gateway(&["--upstream", &up.url(), "--store", &db_url]))
+        .map(|_| gateway(&["--upstream", &up.url(), "--store", db_url]))
         .collect();
     let bases: Vec<String> = gws.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases, &up).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_on_one_redis_execute_each_key_once() {
+    if let Some(url) = common::redis_db("REDIS_URL", 12) {
+        three_gateways_on_redis(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_on_one_redis_under_en_us_locale_execute_each_key_once() {
+    if let Some(url) = common::redis_db("REDIS_LOCALE_URL", 12) {
+        three_gateways_on_redis(&url).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

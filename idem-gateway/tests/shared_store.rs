@@ -4,22 +4,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{client, demo, free_port, post, post_until_store_answers, send};
 use http::Method;
-
-/// `url` with its database number replaced by `db`.
-fn with_db(url: &str, db: u8) -> String {
-    let base = url.trim_end_matches('/');
-    let base = match base.rsplit_once('/') {
-        Some((host, last)) if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => base,
-    };
-    format!("{base}/{db}")
-}
 
 /// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`.
 async fn storm(bases: &[String]) {
@@ -78,24 +67,27 @@ async fn storm(bases: &[String]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_on_one_redis_execute_each_key_once() {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        eprintln!("skipped: REDIS_URL not set");
-        return;
-    };
-    // A database of this test's own, emptied first.
-    let db_url = with_db(&url, 11);
-    let out = Command::new("redis-cli")
-        .args(["-u", &db_url, "flushdb"])
-        .output()
-        .unwrap_or_else(|e| panic!("redis-cli: {e}"));
-    assert!(out.status.success(), "flushdb on {db_url}: {out:?}");
+/// Three demos on the Redis at `db_url`.
+async fn three_instances_on_redis(db_url: &str) {
     let instances: Vec<_> = (0..3)
-        .map(|_| demo(&["--store", &db_url, "--processing-delay-ms", "20"]))
+        .map(|_| demo(&["--store", db_url, "--processing-delay-ms", "20"]))
         .collect();
     let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_redis_execute_each_key_once() {
+    if let Some(url) = common::redis_db("REDIS_URL", 11) {
+        three_instances_on_redis(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_redis_under_en_us_locale_execute_each_key_once() {
+    if let Some(url) = common::redis_db("REDIS_LOCALE_URL", 11) {
+        three_instances_on_redis(&url).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,9 +20,12 @@
 //!   One key per script is also what lets them run on Redis Cluster.
 //! - **A compact binary record**: a state byte, the 8-byte fence, the 8-byte
 //!   big-endian deadline, the 32-byte fingerprint, then the response in
-//!   idem's binary encoding (raw body bytes, no base64). Fixed-width
-//!   big-endian times compare as strings in numeric order, so the scripts
-//!   never squeeze 64-bit integers through Lua's doubles.
+//!   idem's binary encoding (raw body bytes, no base64). The scripts read
+//!   times as numbers (exact in Lua's doubles for every millisecond below
+//!   2^53) and never compare them as strings: Lua's string `<` is
+//!   `strcoll`, and Redis takes `LC_COLLATE` from its environment, so under
+//!   a locale such as `en_US.UTF-8` byte strings do not sort bytewise.
+//!   Fences are only compared for equality.
 //! - **Time.** Deadlines are wall-clock milliseconds from the caller's clock
 //!   (like every other store, so instances agree and tests can move time);
 //!   Redis removes each record itself with `PX` once its lease or TTL is over.

@@ -1,6 +1,8 @@
-//! The store contract on Redis: standalone (`REDIS_URL`) and Cluster
-//! (`REDIS_CLUSTER_URL`, `redis+cluster://HOST:PORT,…`). Each test uses its
-//! own key prefix, so tests never see each other's records.
+//! The store contract on Redis: standalone (`REDIS_URL`), Cluster
+//! (`REDIS_CLUSTER_URL`, `redis+cluster://HOST:PORT,…`), and a standalone
+//! server started under `LC_ALL=en_US.UTF-8` (`REDIS_LOCALE_URL`), whose Lua
+//! compares strings by that locale's collation. Each test uses its own key
+//! prefix, so tests never see each other's records.
 
 use std::sync::Arc;
 
@@ -45,4 +47,35 @@ mod cluster {
     }
 
     idem_testkit::store_conformance!(redis_cluster, no_capacity);
+}
+
+mod en_us_locale {
+    use super::*;
+
+    async fn redis_en_us(config: StoreConfig) -> Option<Arc<dyn Store>> {
+        let store = store_at("REDIS_LOCALE_URL", config).await?;
+        assert_collates_by_locale().await;
+        Some(store)
+    }
+
+    /// Fails unless the server really orders Lua strings by a locale (else
+    /// these tests could not catch a script comparing bytes with `<`).
+    async fn assert_collates_by_locale() {
+        let url = std::env::var("REDIS_LOCALE_URL").unwrap_or_default();
+        let store =
+            RedisStore::new(&url, RedisOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let mut conn = store.connection().await.unwrap_or_else(|e| panic!("{e}"));
+        let ordered: String = idem_redis_store::redis::cmd("EVAL")
+            .arg("return tostring(string.char(0x9a, 0) < string.char(0x99, 0xff))")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            ordered, "true",
+            "REDIS_LOCALE_URL={url} orders strings bytewise: start that Redis with LC_ALL=en_US.UTF-8"
+        );
+    }
+
+    idem_testkit::store_conformance!(redis_en_us, no_capacity);
 }

@@ -72,7 +72,8 @@ macro_rules! store_conformance {
             expired_record_with_other_fingerprint_is_no_record, release_allows_retry,
             byte_exact_binary_body_and_repeated_headers, scope_isolation, capacity_refusal,
             admin_get_delete_stats_purge, large_body, complete_twice_is_stale,
-            many_keys_concurrently, shared_secret_is_stable, model_interleavings);
+            many_keys_concurrently, shared_secret_is_stable, deadlines_order_as_numbers_at_any_instant,
+            model_interleavings);
     };
     ($factory:path, no_capacity) => {
         $crate::store_conformance!(@tests $factory,
@@ -81,7 +82,8 @@ macro_rules! store_conformance {
             expired_record_with_other_fingerprint_is_no_record, release_allows_retry,
             byte_exact_binary_body_and_repeated_headers, scope_isolation,
             admin_get_delete_stats_purge, large_body, complete_twice_is_stale,
-            many_keys_concurrently, shared_secret_is_stable, model_interleavings);
+            many_keys_concurrently, shared_secret_is_stable, deadlines_order_as_numbers_at_any_instant,
+            model_interleavings);
     };
     (@tests $factory:path, $($test:ident),* $(,)?) => {
         $(

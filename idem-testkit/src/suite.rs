@@ -542,6 +542,57 @@ where
     assert_eq!(stats, idem_core::StoreStats::default());
 }
 
+/// Rules 5, 8 and 9 at 100 instants spread over the coming decades: a lease
+/// or TTL is alive until its deadline and over after it, whatever the bytes
+/// of the two times. A store that compares encoded times other than as
+/// numbers (Lua's `<` on strings follows the server's `LC_COLLATE`) fails here.
+pub async fn deadlines_order_as_numbers_at_any_instant<F>(factory: F)
+where
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+{
+    let (store, cfg) = setup!(factory);
+    // A fixed xorshift sequence: the same instants on every run, ascending so
+    // that no store sees its clock go back.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut instants: Vec<u64> = (0..100)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            1_700_000_000_000 + x % 2_500_000_000_000
+        })
+        .collect();
+    instants.sort_unstable();
+    let ttl = Duration::from_secs(10);
+    for t in instants {
+        cfg.manual.set(t);
+        let k = key();
+        let fence = start(&*store, &k, fp(1)).await;
+        cfg.manual.advance(LEASE - Duration::from_millis(1));
+        match begin(&*store, &k, fp(1)).await {
+            Begin::InProgress { .. } => {}
+            other => panic!("at {t} ms a live lease was not in progress: {other:?}"),
+        }
+        assert!(
+            store
+                .complete(&k, fence, &response(b"t"), ttl)
+                .await
+                .unwrap_or(false),
+            "at {t} ms the holder could not complete"
+        );
+        cfg.manual.advance(ttl - Duration::from_millis(1));
+        match begin(&*store, &k, fp(1)).await {
+            Begin::Completed(_) => {}
+            other => panic!("at {t} ms a live record was not replayed: {other:?}"),
+        }
+        cfg.manual.advance(Duration::from_millis(2));
+        match begin(&*store, &k, fp(1)).await {
+            Begin::Started(_) => {}
+            other => panic!("at {t} ms a record past its TTL was still live: {other:?}"),
+        }
+    }
+}
+
 /// Random interleavings of every operation by several actors agree with the
 /// reference model ([`crate::model`]).
 pub async fn model_interleavings<F>(factory: F)

@@ -161,6 +161,54 @@ pub async fn post_until_store_answers(
     }
 }
 
+/// The Redis server named by the variable `var` (`REDIS_URL`, or
+/// `REDIS_LOCALE_URL` for the one the test command starts under
+/// `LC_ALL=en_US.UTF-8`), on database `db` of this test's own, emptied
+/// first. `None` (and a "skipped" line) when the variable is not set.
+pub fn redis_db(var: &str, db: u8) -> Option<String> {
+    let Ok(url) = std::env::var(var) else {
+        eprintln!("skipped: {var} not set");
+        return None;
+    };
+    let base = url.trim_end_matches('/');
+    let base = match base.rsplit_once('/') {
+        Some((host, last)) if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => base,
+    };
+    let db_url = format!("{base}/{db}");
+    let out = Command::new("redis-cli")
+        .args(["-u", &db_url, "flushdb"])
+        .output()
+        .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+    assert!(out.status.success(), "flushdb on {db_url}: {out:?}");
+    if var == "REDIS_LOCALE_URL" {
+        assert_collates_by_locale(&db_url);
+    }
+    Some(db_url)
+}
+
+/// Fails unless the Redis at `url` compares Lua strings by a locale's
+/// collation rather than bytewise (it was started under
+/// `LC_ALL=en_US.UTF-8`): otherwise a test meant to catch byte strings
+/// compared with `<` in a script could not fail.
+pub fn assert_collates_by_locale(url: &str) {
+    let out = Command::new("redis-cli")
+        .args([
+            "-u",
+            url,
+            "eval",
+            "return tostring(string.char(0x9a, 0) < string.char(0x99, 0xff))",
+            "0",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "true",
+        "the Redis at {url} orders strings bytewise; start it with LC_ALL=en_US.UTF-8 ({out:?})"
+    );
+}
+
 /// A private `redis-server` on `port` (no persistence), up when this returns;
 /// killed when dropped.
 pub fn private_redis(port: u16) -> Proc {
