@@ -38,19 +38,13 @@ use crate::store::{Store, StoreError, StoreStats};
 
 const SHARDS: usize = 64;
 
-struct Entry {
-    fingerprint: Fingerprint,
-    response: StoredResponse,
-    until_ms: u64,
-}
-
 /// A store wrapped with a local cache of completed records.
 pub struct CachedStore<S> {
     inner: S,
     clock: SharedClock,
     // Keyed like MemoryStore: store keys are uniform HMAC output, so their
     // first bytes are the hash (no SipHash on the replay path).
-    shards: Box<[Mutex<HashMap<StoreKey, Entry, KeyHasher>>]>,
+    shards: Box<[Mutex<HashMap<StoreKey, Record, KeyHasher>>]>,
     /// Entries held, across shards; reserved before an insert so the total
     /// never passes `capacity`.
     len: AtomicUsize,
@@ -119,7 +113,7 @@ impl<S: Store> CachedStore<S> {
         self.len() == 0
     }
 
-    fn shard(&self, key: &StoreKey) -> &Mutex<HashMap<StoreKey, Entry, KeyHasher>> {
+    fn shard(&self, key: &StoreKey) -> &Mutex<HashMap<StoreKey, Record, KeyHasher>> {
         &self.shards[key.0[31] as usize % SHARDS]
     }
 
@@ -154,7 +148,7 @@ impl<S: Store> CachedStore<S> {
             // Full: drop this shard's expired entries, else one entry of it
             // (a miss only costs a round trip), and take its place.
             let before = shard.len();
-            shard.retain(|_, e| e.until_ms > now);
+            shard.retain(|_, e| e.is_live(now));
             if shard.len() == before {
                 if let Some(victim) = shard.keys().next().copied() {
                     shard.remove(&victim);
@@ -169,10 +163,12 @@ impl<S: Store> CachedStore<S> {
         }
         shard.insert(
             *key,
-            Entry {
+            Record {
                 fingerprint: record.fingerprint,
-                response,
-                until_ms,
+                state: RecordState::Completed {
+                    response,
+                    expires_at_ms: until_ms,
+                },
             },
         );
     }
@@ -195,13 +191,7 @@ impl<S: Store> Store for CachedStore<S> {
         {
             let mut shard = lock(self.shard(key));
             match shard.get(key) {
-                Some(e) if e.until_ms > now => {
-                    return Ok(if e.fingerprint == *fingerprint {
-                        Begin::Completed(e.response.clone())
-                    } else {
-                        Begin::Mismatch
-                    });
-                }
+                Some(e) if e.is_live(now) => return Ok(e.clone().into_begin(fingerprint, now)),
                 Some(_) => {
                     shard.remove(key);
                     self.len.fetch_sub(1, Ordering::AcqRel);
@@ -258,7 +248,7 @@ impl<S: Store> Store for CachedStore<S> {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let before = shard.len();
-            shard.retain(|_, e| e.until_ms > now);
+            shard.retain(|_, e| e.is_live(now));
             self.len.fetch_sub(before - shard.len(), Ordering::AcqRel);
         }
         self.inner.purge_expired(limit).await

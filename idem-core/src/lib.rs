@@ -21,6 +21,7 @@
 pub mod cache;
 pub mod clock;
 pub mod fingerprint;
+pub mod headers;
 pub mod json;
 pub mod key;
 pub mod memory;

@@ -292,17 +292,7 @@ impl LocalStore for MemoryStore {
             let mut map = self.shard(key);
             if let Some(existing) = map.get_mut(key) {
                 if existing.is_live(now) {
-                    if existing.fingerprint != *fingerprint {
-                        return Ok(Begin::Mismatch);
-                    }
-                    return Ok(match &existing.state {
-                        RecordState::InProgress { lease_until_ms, .. } => Begin::InProgress {
-                            lease_remaining: Duration::from_millis(lease_until_ms - now),
-                        },
-                        RecordState::Completed { response, .. } => {
-                            Begin::Completed(response.clone())
-                        }
-                    });
+                    return Ok(existing.clone().into_begin(fingerprint, now));
                 }
                 // Expired lease or TTL: treated as no record (rules 8, 9).
                 // Replacing it takes no new room, and frees its answer's.

@@ -147,6 +147,50 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The problem as an HTTP response (status, `Content-Type`,
+    /// `Retry-After` when set), its body made by `body` from the document.
+    /// The layer, the gateway's proxy and the admin API all answer with this.
+    pub fn to_response<B>(&self, base: &str, body: impl FnOnce(Vec<u8>) -> B) -> http::Response<B> {
+        let mut res = http::Response::new(body(self.to_json(base)));
+        *res.status_mut() = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = res.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(PROBLEM_JSON),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        res
+    }
+
+    /// The problem as a complete HTTP/1.1 response that closes the
+    /// connection: for a refusal written to a socket before any HTTP
+    /// library reads from it (a connection over the limit).
+    pub fn to_http1(&self, base: &str) -> Vec<u8> {
+        let body = self.to_json(base);
+        let status = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {PROBLEM_JSON}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        );
+        if let Some(secs) = self.retry_after {
+            out.push_str(&format!("retry-after: {secs}\r\n"));
+        }
+        out.push_str(&format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        ));
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -166,6 +210,27 @@ fn json_string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http1_rendering_is_a_whole_response() {
+        let p = Problem::new(ProblemKind::Overloaded, "busy").with_retry_after(1);
+        let raw = String::from_utf8(p.to_http1("x:")).unwrap_or_default();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nretry-after: 1"), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}", body.len())),
+            "{head}"
+        );
+        assert_eq!(body.as_bytes(), p.to_json("x:"));
+        let res = p.to_response("x:", |b| b);
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(res.headers()["content-type"], PROBLEM_JSON);
+    }
 
     #[test]
     fn problem_json_escapes() {

@@ -128,6 +128,23 @@ impl Record {
     pub fn is_live(&self, now_ms: u64) -> bool {
         now_ms < self.deadline_ms()
     }
+
+    /// What this live record means for a request with `fingerprint`, at
+    /// `now_ms`: another request's key (rule 6), an execution in progress
+    /// with its lease's remaining time (rule 5), or the answer to replay
+    /// (rule 4). Every store and the local cache decide with this; whether
+    /// the record is live (rules 8 and 9) is for them to check first.
+    pub fn into_begin(self, fingerprint: &Fingerprint, now_ms: u64) -> Begin {
+        if self.fingerprint != *fingerprint {
+            return Begin::Mismatch;
+        }
+        match self.state {
+            RecordState::InProgress { lease_until_ms, .. } => Begin::InProgress {
+                lease_remaining: Duration::from_millis(lease_until_ms.saturating_sub(now_ms)),
+            },
+            RecordState::Completed { response, .. } => Begin::Completed(response),
+        }
+    }
 }
 
 /// The outcome of [`Store::begin`](crate::store::Store::begin).

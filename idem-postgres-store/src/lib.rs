@@ -402,15 +402,7 @@ impl Store for PostgresStore {
                 continue;
             }
             let record = to_record(row.get(1), row.get(2), 0, expires_at, row.get(4))?;
-            if record.fingerprint != *fingerprint {
-                return Ok(Begin::Mismatch);
-            }
-            return Ok(match record.state {
-                RecordState::InProgress { lease_until_ms, .. } => Begin::InProgress {
-                    lease_remaining: Duration::from_millis(lease_until_ms.saturating_sub(now)),
-                },
-                RecordState::Completed { response, .. } => Begin::Completed(response),
-            });
+            return Ok(record.into_begin(fingerprint, now));
         }
         Err(PostgresStoreError::Unsettled(ATTEMPTS).into())
     }

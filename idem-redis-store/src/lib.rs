@@ -418,15 +418,7 @@ impl Store for RedisStore {
             return Ok(Begin::Started(fence));
         };
         let record = decode(&v).map_err(RedisStoreError::from)?;
-        if record.fingerprint != *fingerprint {
-            return Ok(Begin::Mismatch);
-        }
-        Ok(match record.state {
-            RecordState::InProgress { lease_until_ms, .. } => Begin::InProgress {
-                lease_remaining: Duration::from_millis(lease_until_ms.saturating_sub(now)),
-            },
-            RecordState::Completed { response, .. } => Begin::Completed(response),
-        })
+        Ok(record.into_begin(fingerprint, now))
     }
 
     async fn complete(

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use idem_core::clock::millis;
 use idem_core::{
-    Begin, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreError, StoreKey,
-    StoreStats, StoredResponse, SystemClock,
+    Begin, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store, StoreError,
+    StoreKey, StoreStats, StoredResponse, SystemClock,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -513,20 +513,7 @@ fn begin(
         }
     }
     match read_row(&w.conn, key)? {
-        Some(row) if row.3 as u64 > now => {
-            if row.0 != fp.0 {
-                return Ok(Begin::Mismatch);
-            }
-            Ok(if row.1 == 0 {
-                Begin::InProgress {
-                    lease_remaining: Duration::from_millis(row.3 as u64 - now),
-                }
-            } else {
-                Begin::Completed(StoredResponse::decode(
-                    row.4.as_deref().unwrap_or_default(),
-                )?)
-            })
-        }
+        Some(row) if row.3 as u64 > now => Ok(to_record(row)?.into_begin(fp, now)),
         Some(_) => {
             // An expired lease or TTL: treated as no record (rules 8 and 9).
             // Replacing it takes no new room.
@@ -697,5 +684,27 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        let candidate = idem_core::key::hex(Secret::generate().as_bytes());
+        // The first writer's secret wins (every job runs on the one writer,
+        // inside `BEGIN IMMEDIATE`, so two processes on one file agree too).
+        let value: String = self
+            .job(move |w| {
+                w.conn.execute(
+                    "INSERT INTO idem_secret (id, secret) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+                    [&candidate],
+                )?;
+                Ok(w
+                    .conn
+                    .query_row("SELECT secret FROM idem_secret WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })?)
+            })
+            .await?;
+        Secret::from_bytes(value.into_bytes())
+            .map(Some)
+            .map_err(|e| StoreError::backend(BACKEND, e))
     }
 }

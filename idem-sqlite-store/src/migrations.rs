@@ -32,6 +32,13 @@ const MIGRATIONS: &[&str] = &[
         response    BLOB
     );
     CREATE INDEX idem_records_expires_at ON idem_records (expires_at);",
+    // 2: the secret behind store keys, kept with the records it keys, so a
+    // layer rebuilt on the same file (a restart) finds its records again.
+    // One row, hex text.
+    "CREATE TABLE idem_secret (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        secret TEXT NOT NULL
+    );",
 ];
 
 pub(crate) fn run(conn: &Connection, path: &Path) -> Result<(), SqliteError> {

@@ -29,7 +29,7 @@ use idem_core::{
     Begin, Fingerprint, FingerprintMode, IdempotencyKey, StoreError, StoreKey, StoredResponse,
 };
 
-use crate::layer::Route;
+use crate::protocol::Route;
 use crate::Error;
 
 /// Put in the request's extensions by the layer when a covered request
@@ -138,7 +138,7 @@ impl IdempotencyContext {
             Begin::Started(fence) => {
                 let answer = run().await;
                 if policy.no_store.contains(answer.status) {
-                    crate::layer::release(&self.route, &store_key, fence).await;
+                    crate::protocol::release(&self.route, &store_key, fence).await;
                 } else {
                     let stored = StoredResponse {
                         status: answer.status,

@@ -25,13 +25,14 @@
 mod context;
 pub mod layer;
 pub mod metrics;
+mod protocol;
 
 pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome};
 pub use idem_core::{
-    clock, fingerprint, json, key, memory, policy, problem, record, scope, signed, store, Begin,
-    Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules, ManualClock, MemoryStore,
-    PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret, SetCookieReplay, StatusSet,
-    Store, StoreError, StoreKey, StoredResponse, SystemClock, WebhookKeys,
+    clock, fingerprint, headers, json, key, memory, policy, problem, record, scope, signed, store,
+    Begin, Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules, ManualClock,
+    MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret, SetCookieReplay,
+    StatusSet, Store, StoreError, StoreKey, StoredResponse, SystemClock, WebhookKeys,
 };
 pub use layer::{Idempotency, IdempotencyLayer, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
 pub use metrics::Metrics;

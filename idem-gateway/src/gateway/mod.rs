@@ -221,18 +221,14 @@ where
 /// Answers a connection over `max_connections` with 503 and closes it.
 async fn refuse_connection(mut stream: tokio::net::TcpStream, problem_base: String) {
     use tokio::io::AsyncWriteExt;
-    let body = idem::Problem::new(
+    let answer = idem::Problem::new(
         idem::ProblemKind::Overloaded,
         "too many open connections; retry after the Retry-After delay",
     )
-    .to_json(&problem_base);
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
+    .with_retry_after(1)
+    .to_http1(&problem_base);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(&body).await;
+        let _ = stream.write_all(&answer).await;
         let _ = stream.shutdown().await;
     })
     .await;

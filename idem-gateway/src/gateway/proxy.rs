@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue, CONTENT_TYPE, HOST};
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -31,50 +31,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, so a
-/// proxy drops them in both directions, along with any header the
-/// `Connection` header names.
-fn hop_by_hop() -> [&'static HeaderName; 9] {
-    [
-        &header::CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::TE,
-        &header::TRAILER,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-    ]
-}
-
-/// Removes hop-by-hop headers, and those `Connection` lists.
-///
-/// Most messages carry none, so one pass over the names decides whether
-/// there is anything to remove (measured: removing each name in turn, by
-/// string, cost about 2,000 instructions per request, most of it parsing
-/// the names again every time).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|n| hop_by_hop().contains(&n)) {
-        return;
-    }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in hop_by_hop() {
-        headers.remove(name);
-    }
-}
+pub use idem::headers::strip_hop_by_hop;
 
 /// What the proxy sends back: the upstream's streamed body (with an idle
 /// timeout), or a gateway answer of its own.
@@ -225,15 +182,7 @@ where
     }
 
     fn problem(&self, kind: ProblemKind, detail: String) -> Response<ProxyBody> {
-        let problem = Problem::new(kind, detail);
-        let mut res = Response::new(ProxyBody::full(problem.to_json(&self.shared.problem_base)));
-        *res.status_mut() =
-            StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-        res.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(idem::problem::PROBLEM_JSON),
-        );
-        res
+        Problem::new(kind, detail).to_response(&self.shared.problem_base, ProxyBody::full)
     }
 
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
@@ -374,41 +323,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        h.insert("idempotency-key", HeaderValue::from_static("abcdefghijkl"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("idempotency-key"));
-    }
-
-    #[test]
-    fn a_message_without_hop_by_hop_headers_keeps_every_header() {
-        let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        h.append("x-tag", HeaderValue::from_static("a"));
-        h.append("x-tag", HeaderValue::from_static("b"));
-        let before = h.clone();
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h, before);
-        // Each hop-by-hop name alone is found and removed.
-        for name in hop_by_hop() {
-            let mut h = before.clone();
-            h.insert(name.clone(), HeaderValue::from_static("x"));
-            strip_hop_by_hop(&mut h);
-            assert_eq!(h, before, "{name}");
-        }
-    }
 
     #[test]
     fn the_upstream_uri_keeps_path_and_query_under_the_upstreams_prefix() {

@@ -7,16 +7,41 @@ use idem_core::problem::DEFAULT_PROBLEM_BASE;
 use idem_core::{Policy, Secret, Store, StoreError};
 use tower_layer::Layer;
 
-use super::renew::Renewals;
 use super::service::Idempotency;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::protocol::Renewals;
 
 /// Where the secret behind store keys comes from.
 pub(crate) enum SecretSource {
     Fixed(Secret),
     /// Read from the store at first use (see [`Store::shared_secret`]), so a
-    /// layer can be built while the store is down.
-    FromStore(tokio::sync::OnceCell<Secret>),
+    /// layer can be built while the store is down. Boxed: it is twice a
+    /// `Secret`'s size (its fallback, a lock), and read once per request.
+    FromStore(Box<StoreSecret>),
+}
+
+/// The store's secret, once read.
+pub(crate) struct StoreSecret {
+    cell: OnceLock<Secret>,
+    /// Used when the store keeps no secret (an in-memory store: its records
+    /// die with the process, so a random secret loses nothing). `None`: the
+    /// layer was told to use the store's, so a store without one is an error.
+    fallback: Option<Secret>,
+    /// One read at a time. Why not `OnceCell::get_or_try_init`: while the
+    /// store does not answer, each waiter would start its own read after
+    /// the one before failed, and requests would queue one store timeout
+    /// each. Here every request waits at most one store timeout in all.
+    reading: tokio::sync::Mutex<()>,
+}
+
+impl StoreSecret {
+    fn new(fallback: Option<Secret>) -> Self {
+        Self {
+            cell: OnceLock::new(),
+            fallback,
+            reading: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 /// Everything the layer needs, shared by every service it makes.
@@ -131,17 +156,21 @@ impl std::fmt::Debug for IdempotencyLayer {
 impl IdempotencyLayer {
     /// A layer over `store` with the default policy (POST and PATCH on every
     /// route, key required, 24 h TTL, 30 s lease), the scope taken from
-    /// `Authorization`, and a random secret.
+    /// `Authorization`, and the secret the store keeps.
     ///
-    /// A random secret is right for a [`MemoryStore`](idem_core::MemoryStore);
-    /// with a durable or shared store, set the same [`secret`](Self::secret) on
-    /// every instance, or records stop matching after a restart.
+    /// Durable and shared stores (SQLite, Redis, PostgreSQL) keep one secret
+    /// for every instance and restart, read at first use, so records match
+    /// after a restart and across replicas; a store that keeps none (a
+    /// [`MemoryStore`](idem_core::MemoryStore)) gets a random secret per
+    /// layer. [`secret`](Self::secret) sets one instead.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 store,
                 policy: Policy::default(),
-                secret: SecretSource::Fixed(Secret::generate()),
+                secret: SecretSource::FromStore(Box::new(StoreSecret::new(Some(
+                    Secret::generate(),
+                )))),
                 scope_header: Some(http::header::AUTHORIZATION),
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
@@ -166,7 +195,9 @@ impl IdempotencyLayer {
                     policy: s.policy.clone(),
                     secret: match &s.secret {
                         SecretSource::Fixed(k) => SecretSource::Fixed(k.clone()),
-                        SecretSource::FromStore(_) => SecretSource::FromStore(Default::default()),
+                        SecretSource::FromStore(s) => {
+                            SecretSource::FromStore(Box::new(StoreSecret::new(s.fallback.clone())))
+                        }
                     },
                     scope_header: s.scope_header.clone(),
                     problem_base: s.problem_base.clone(),
@@ -195,16 +226,19 @@ impl IdempotencyLayer {
         self.with(|s| s.policy = policy)
     }
 
-    /// Sets the secret behind store keys. The default is random per layer.
+    /// Sets the secret behind store keys. The default is the store's (see
+    /// [`new`](Self::new)).
     pub fn secret(self, secret: Secret) -> Self {
         self.with(|s| s.secret = SecretSource::Fixed(secret))
     }
 
     /// Uses the secret the store keeps for all its instances
     /// ([`Store::shared_secret`]), read at first use: while the store cannot
-    /// be reached, covered requests get 503 like any store failure.
+    /// be reached, covered requests get 503 like any store failure. Unlike
+    /// the default, a store that keeps no secret is an error (503), never a
+    /// random secret.
     pub fn secret_from_store(self) -> Self {
-        self.with(|s| s.secret = SecretSource::FromStore(Default::default()))
+        self.with(|s| s.secret = SecretSource::FromStore(Box::new(StoreSecret::new(None))))
     }
 
     /// Sets the header naming the scope (the user). The default is
@@ -327,29 +361,44 @@ impl Shared {
     pub(crate) fn secret_ready(&self) -> Option<&Secret> {
         match &self.secret {
             SecretSource::Fixed(s) => Some(s),
-            SecretSource::FromStore(cell) => cell.get(),
+            SecretSource::FromStore(s) => s.cell.get(),
         }
     }
 
-    /// The secret behind store keys.
+    /// The secret behind store keys: at most one store timeout, however
+    /// many requests wait for it.
     pub(crate) async fn secret(&self) -> Result<&Secret, StoreError> {
-        match &self.secret {
-            SecretSource::Fixed(s) => Ok(s),
-            SecretSource::FromStore(cell) => {
-                cell.get_or_try_init(|| async {
-                    match tokio::time::timeout(self.store_timeout, self.store.shared_secret()).await
-                    {
-                        Ok(Ok(Some(s))) => Ok(s),
-                        Ok(Ok(None)) => Err(StoreError::backend(
-                            self.store.backend(),
-                            "this store keeps no shared secret; configure one (a secret file)",
-                        )),
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(StoreError::Timeout(self.store_timeout)),
-                    }
-                })
-                .await
+        let s = match &self.secret {
+            SecretSource::Fixed(s) => return Ok(s),
+            SecretSource::FromStore(s) => s,
+        };
+        if let Some(secret) = s.cell.get() {
+            return Ok(secret);
+        }
+        let deadline = tokio::time::Instant::now() + self.store_timeout;
+        let read = async {
+            let _one_at_a_time = s.reading.lock().await;
+            // Read by the request that held the lock before this one?
+            if let Some(secret) = s.cell.get() {
+                return Ok(secret);
             }
+            let secret = match self.store.shared_secret().await? {
+                Some(secret) => secret,
+                None => s.fallback.clone().ok_or_else(|| {
+                    StoreError::backend(
+                        self.store.backend(),
+                        "this store keeps no shared secret; configure one (a secret file)",
+                    )
+                })?,
+            };
+            Ok(s.cell.get_or_init(|| secret))
+        };
+        // The deadline counts the wait for the lock too: behind a read that
+        // is timing out, the others time out with it instead of each trying
+        // again for a whole store timeout.
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.store_timeout)),
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The idempotency middleware: [`IdempotencyLayer`] and its service.
+//! The idempotency middleware's tower shell: [`IdempotencyLayer`], its
+//! service [`Idempotency`], the service's [`ResponseFuture`] and the body
+//! types. The protocol it runs for each covered request is `crate::protocol`.
 //!
 //! # Examples
 //!
@@ -16,12 +18,12 @@ mod body;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
-mod renew;
 mod service;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub use layer::IdempotencyLayer;
-pub(crate) use layer::Shared;
-pub(crate) use service::{release, Route};
-pub use service::{Idempotency, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
+pub(crate) use layer::{Admitted, Shared};
+pub use service::Idempotency;
+
+pub use crate::protocol::{IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};

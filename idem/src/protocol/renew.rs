@@ -14,7 +14,7 @@ use std::time::Duration;
 use idem_core::{Fence, StoreKey};
 use tokio::time::Instant;
 
-use super::service::Route;
+use super::Route;
 use crate::metrics::StoreOp;
 
 struct Entry {

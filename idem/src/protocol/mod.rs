@@ -1,0 +1,269 @@
+//! The protocol of one covered request, one file per step of SPEC.md:
+//!
+//! | rules | step | file |
+//! |---|---|---|
+//! | 1, 2 | the key and the scope (signed and webhook keys) | `key.rs` |
+//! | 11 | reading the body | `read_body.rs` |
+//! | 3, 5, 6, 8, 9 | `begin` and what its answer means (wait mode) | `begin.rs` |
+//! | 10 | store failure (fail-closed, fail-open) | `store_failure.rs` |
+//! | 7, 12 | executing and reading the answer | `execute.rs` |
+//! | — | storing the answer or releasing the key, with retries | `finish.rs` |
+//! | — | renewing leases while executions run | `renew.rs` |
+//! | 4 | replaying (stored headers, cookies) | `replay.rs` |
+//! | all | every refusal, its detail text and its metric | `refusal.rs` |
+//!
+//! This file holds the one `async` block that runs these steps in order
+//! (see [`protocol`] for why it is one block) and the route a request
+//! belongs to (`route.rs`). The tower shell around it is `crate::layer`.
+
+mod begin;
+mod execute;
+mod finish;
+mod key;
+mod read_body;
+pub(crate) mod refusal;
+mod renew;
+mod replay;
+mod route;
+mod store_failure;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body::Body;
+use idem_core::key::raw_body_key;
+use idem_core::{Fingerprint, Problem, StoreError, StoreKey};
+use tower_service::Service;
+
+use self::begin::Next;
+use self::execute::{answer, collect, Answer};
+pub(crate) use self::finish::release;
+use self::finish::{complete_local, finish_remote, release_local};
+use self::key::{header_key, scope_of, Key};
+use self::read_body::{read_limited, ReadError};
+pub(crate) use self::renew::Renewals;
+use self::replay::{replay, replays_cookies};
+pub use self::replay::{IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
+pub(crate) use self::route::Route;
+use self::store_failure::store_failure;
+use crate::context::IdempotencyContext;
+use crate::layer::{Admitted, BoxError, RequestBody, ResponseBody};
+use crate::metrics::{ErrorKind, StoreOp};
+
+/// Records the covered request's outcome on its span (passed down rather
+/// than looked up: `Span::current` costs a thread-local and a registry
+/// lookup even when the span is disabled).
+fn outcome(span: &tracing::Span, o: &'static str) {
+    span.record("outcome", o);
+}
+
+/// The protocol for one covered request (SPEC rules 1 to 12).
+///
+/// One `async move` block that uses its captured arguments in place, not
+/// nested `async fn`s: an `async fn` keeps its arguments twice (as captured
+/// and as locals) and every level held its own copy of the request's parts,
+/// which made this future 3.3 KiB, past what malloc serves from its
+/// per-thread cache, and copied that much per request. Here the parts live
+/// once, helpers borrow them, and the paths only a remote store takes
+/// (retried `complete` and `release`, a secret read from the store) are
+/// boxed where they happen.
+#[allow(clippy::manual_async_fn)] // On purpose: see above.
+pub(crate) fn protocol<S, ReqBody, ResBody>(
+    route: Route,
+    mut inner: S,
+    mut parts: Parts,
+    body: ReqBody,
+    span: tracing::Span,
+    permit: Option<Admitted>,
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send + 'static
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    async move {
+        // Held until the request is answered (the admission limit).
+        let _permit = permit;
+        let shared = &*route.shared;
+        let policy = route.policy();
+        let refuse = |problem: Problem| {
+            outcome(&span, problem.kind.slug());
+            route.count(problem.kind);
+            Ok(refusal::response(shared, &problem))
+        };
+
+        // Rules 1 and 2: the key, before the body is read.
+        let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
+        let key = match header_key(
+            &parts.headers,
+            policy,
+            shared.signing_secret.as_ref(),
+            scope.as_deref(),
+        ) {
+            Ok(k) => k,
+            Err(e) => return refuse(refusal::key_invalid(e)),
+        };
+        let body_keyed = key.is_none()
+            && policy
+                .webhook
+                .as_ref()
+                .is_some_and(|w| w.body_hash_fallback);
+        if key.is_none() && !body_keyed {
+            if policy.key_required {
+                return refuse(refusal::key_missing(&parts.method, parts.uri.path()));
+            }
+            // An optional key that was not sent: no protection asked for.
+            outcome(&span, "unprotected");
+            let req = Request::from_parts(parts, RequestBody::streaming(body));
+            return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+        }
+
+        // Rule 11: read the body (it is part of the fingerprint), within the limit.
+        let bytes = match read_limited(&parts.headers, body, policy.max_request_body).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => {
+                return refuse(refusal::body_too_large(policy.max_request_body))
+            }
+            Err(ReadError::Failed(e)) => return refuse(refusal::body_unreadable(&e)),
+        };
+        let key = match key {
+            Some(k) => k,
+            None => Key::Owned(raw_body_key(&bytes)),
+        };
+
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let fingerprint =
+            Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
+        // In blocks, here and below: a local's room in this future is kept
+        // until its scope ends, even after it was moved.
+        let store_key = {
+            let derived = match shared.secret_ready() {
+                Some(secret) => Ok(StoreKey::derive(secret, scope.as_deref(), key.as_str())),
+                None => Box::pin(shared.secret())
+                    .await
+                    .map(|secret| StoreKey::derive(secret, scope.as_deref(), key.as_str())),
+            };
+            match derived {
+                Ok(k) => k,
+                Err(e) => {
+                    return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await
+                }
+            }
+        };
+        span.record("key", tracing::field::display(store_key.short()));
+
+        let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
+        let mut poll = Duration::from_millis(5);
+        let (fence, begun_at) = loop {
+            let nap = {
+                let started = std::time::Instant::now();
+                let begun = match shared.store.local() {
+                    Some(local) => local.begin_now(&store_key, &fingerprint, policy.lease),
+                    None => match tokio::time::timeout(
+                        shared.store_timeout,
+                        shared.store.begin(&store_key, &fingerprint, policy.lease),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+                    },
+                };
+                let begun_at = std::time::Instant::now();
+                route
+                    .metrics()
+                    .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
+                // Rules 3 to 9: what the store's answer means (see `begin`).
+                match begin::next(begun, wait_until, poll) {
+                    Next::Execute(fence) => break (fence, begun_at),
+                    Next::Replay(stored) => {
+                        tracing::debug!("replaying");
+                        route.metrics().hit();
+                        outcome(&span, "replayed");
+                        let cookies = replays_cookies(policy.replay_set_cookie, scope.is_some());
+                        return Ok(replay(stored, cookies));
+                    }
+                    Next::Refuse(problem) => return refuse(problem),
+                    Next::Nap(nap) => nap,
+                    Next::StoreFailed(e) => {
+                        return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await
+                    }
+                }
+            };
+            // Computed above, so that nothing of this attempt is kept
+            // across the nap.
+            poll = (poll * 2).min(Duration::from_millis(100));
+            tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
+        };
+
+        // Started: this request holds the key. It executes, then its answer
+        // is stored or its key released; a client disconnecting cannot
+        // cancel that half-way (rule 12, see `ResponseFuture`).
+        tracing::debug!("executing");
+        route.metrics().miss();
+        outcome(&span, "executed");
+        if shared.request_context {
+            let context = IdempotencyContext::new(route.clone(), scope, key.into_key());
+            parts.extensions.insert(context);
+        }
+        // Counted so that a shutdown waits for the answer to be stored.
+        let _guard = shared.in_flight.enter();
+        let executed = {
+            // The lease is renewed every third of it while the execution
+            // runs, so a long execution is never taken over while alive, and
+            // a crashed one blocks its key for at most one lease.
+            let _renewed = shared.renewals.register(&route, store_key, fence);
+            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                inner.call(Request::from_parts(parts, RequestBody::buffered(bytes)))
+            }));
+            AssertUnwindSafe(collect(called, policy))
+                .catch_unwind()
+                .await
+                .and_then(|r| r)
+        };
+        // One clock reading ends the execution and starts `complete`.
+        let finished = std::time::Instant::now();
+        route
+            .metrics()
+            .processing(finished.saturating_duration_since(begun_at));
+        let finishing = {
+            let answer = answer(shared, executed);
+            if matches!(answer, Answer::Release(_)) {
+                self::outcome(&span, "executed-not-stored");
+                route.metrics().error(ErrorKind::Upstream);
+            }
+            match shared.store.local() {
+                Some(local) => {
+                    return match answer {
+                        Answer::Store(stored, res) => {
+                            complete_local(&route, local, &store_key, fence, stored, finished);
+                            Ok(res)
+                        }
+                        Answer::Release(result) => {
+                            release_local(&route, local, &store_key, fence);
+                            result
+                        }
+                    }
+                }
+                // Boxed, owning the answer: only a remote store waits here.
+                None => Box::pin(finish_remote(
+                    route.clone(),
+                    store_key,
+                    fence,
+                    answer,
+                    finished,
+                )),
+            }
+        };
+        finishing.await
+    }
+}

@@ -1,0 +1,118 @@
+//! Every refusal the layer makes, with the sentence it tells the client, and
+//! how each is rendered (`application/problem+json`, RFC 9457) and counted.
+//! The slug, status and title of each kind are `ProblemKind`'s, in
+//! idem-core; what is said and counted lives here, once.
+
+use http::{Method, Response};
+use idem_core::{Problem, ProblemKind, StoreError};
+
+use crate::layer::{ResponseBody, Shared};
+use crate::metrics::ErrorKind;
+
+/// How long a client told 409 should wait. Leases are renewed while the
+/// first execution runs, so the lease's remaining time says nothing about
+/// when it will finish; most executions take well under a second.
+const RETRY_AFTER_IN_USE: u64 = 1;
+
+/// A route that requires signed keys on a server without a signing secret.
+pub(super) const NO_SIGNING_SECRET: &str =
+    "this route requires signed keys, but the server has no key-signing secret; nothing was executed";
+
+/// A refusal as an `application/problem+json` response.
+pub(crate) fn response<B>(shared: &Shared, problem: &Problem) -> Response<ResponseBody<B>> {
+    problem.to_response(&shared.problem_base, ResponseBody::full)
+}
+
+/// The `idempotency_errors_total{kind}` a refusal counts in, if any.
+pub(super) fn metric(kind: ProblemKind) -> Option<ErrorKind> {
+    Some(match kind {
+        ProblemKind::KeyMissing => ErrorKind::MissingKey,
+        ProblemKind::KeyInvalid => ErrorKind::InvalidKey,
+        ProblemKind::KeyInUse => ErrorKind::InProgress,
+        ProblemKind::KeyReused => ErrorKind::Mismatch,
+        ProblemKind::StoreUnavailable | ProblemKind::StoreFull => ErrorKind::StoreUnavailable,
+        ProblemKind::BodyTooLarge => ErrorKind::TooLarge,
+        ProblemKind::ExecutionFailed
+        | ProblemKind::UpstreamUnavailable
+        | ProblemKind::UpstreamTimeout => ErrorKind::Upstream,
+        _ => return None,
+    })
+}
+
+/// Too many covered requests in flight (the admission limit).
+pub(crate) fn overloaded() -> Problem {
+    Problem::new(
+        ProblemKind::Overloaded,
+        "too many requests are being handled; nothing was read or executed, retry after the Retry-After delay",
+    )
+    .with_retry_after(1)
+}
+
+/// Rule 1.
+pub(super) fn key_missing(method: &Method, path: &str) -> Problem {
+    Problem::new(
+        ProblemKind::KeyMissing,
+        format!(
+            "{method} {path} requires an Idempotency-Key header: send a unique key (a UUID v4, say) and reuse it on every retry of this operation"
+        ),
+    )
+}
+
+/// Rule 2; `why` says what is wrong with the key.
+pub(super) fn key_invalid(why: String) -> Problem {
+    Problem::new(ProblemKind::KeyInvalid, why)
+}
+
+/// Rule 5.
+pub(super) fn key_in_use() -> Problem {
+    Problem::new(
+        ProblemKind::KeyInUse,
+        "a request with this Idempotency-Key is still being processed; retry after the Retry-After delay to get its answer",
+    )
+    .with_retry_after(RETRY_AFTER_IN_USE)
+}
+
+/// Rule 6.
+pub(super) fn key_reused() -> Problem {
+    Problem::new(
+        ProblemKind::KeyReused,
+        "this Idempotency-Key was already used for a different request (method, path or body differ); use a new key for a new operation",
+    )
+}
+
+/// Rule 11.
+pub(super) fn body_too_large(limit: usize) -> Problem {
+    Problem::new(
+        ProblemKind::BodyTooLarge,
+        format!("the request body is larger than this route's limit of {limit} bytes"),
+    )
+}
+
+/// The request body broke off while it was read.
+pub(super) fn body_unreadable(e: &dyn std::fmt::Display) -> Problem {
+    Problem::new(
+        ProblemKind::BodyUnreadable,
+        format!("the request body could not be read: {e}; send it again"),
+    )
+}
+
+/// Rule 10, fail-closed: `kind` is `StoreUnavailable` or `StoreFull`.
+pub(super) fn store_failed(kind: ProblemKind, e: &StoreError) -> Problem {
+    Problem::new(kind, format!("{e}; nothing was executed, retry later")).with_retry_after(1)
+}
+
+/// Rule 7: the handler panicked.
+pub(super) fn handler_panicked() -> Problem {
+    Problem::new(
+        ProblemKind::ExecutionFailed,
+        "the request handler panicked; nothing was stored, so a retry executes again",
+    )
+}
+
+/// Rule 7: the answer's body failed while it was read.
+pub(super) fn response_body_failed(e: &dyn std::fmt::Display) -> Problem {
+    Problem::new(
+        ProblemKind::ExecutionFailed,
+        format!("the response body failed: {e}; nothing was stored, so a retry executes again"),
+    )
+}

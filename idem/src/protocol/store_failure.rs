@@ -1,0 +1,47 @@
+//! Rule 10: the store failed or could not be reached. Fail-closed (503)
+//! by default; a fail-open route executes without protection.
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
+use idem_core::{ProblemKind, StoreError};
+use tower_service::Service;
+
+use super::{outcome, refusal, Route};
+use crate::layer::{RequestBody, ResponseBody};
+
+/// Rule 10: the store failed. Fail-closed (503) unless the route is
+/// fail-open, which executes the request without protection. Boxed by its
+/// callers: a cold path whose future would otherwise take room in every
+/// covered request's.
+pub(super) async fn store_failure<S, ReqBody, ResBody>(
+    route: &Route,
+    mut inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    e: StoreError,
+    span: &tracing::Span,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+{
+    route.count(ProblemKind::StoreUnavailable);
+    if route.policy().fail_open {
+        outcome(span, "fail-open");
+        tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
+        let req = Request::from_parts(parts, RequestBody::buffered(bytes));
+        return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+    }
+    let kind = match e {
+        StoreError::CapacityExceeded { .. } | StoreError::BytesExceeded { .. } => {
+            ProblemKind::StoreFull
+        }
+        _ => ProblemKind::StoreUnavailable,
+    };
+    outcome(span, kind.slug());
+    tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
+    Ok(refusal::response(
+        &route.shared,
+        &refusal::store_failed(kind, &e),
+    ))
+}

@@ -1,0 +1,164 @@
+//! The secret behind store keys: by default the store's own, so a restart or
+//! a second replica finds the same records; and reading it never makes
+//! requests queue behind a store that does not answer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::routing::post;
+use axum::Router;
+use http::{Request, StatusCode};
+use idem::{
+    Begin, Fence, Fingerprint, IdempotencyLayer, MemoryStore, Secret, Store, StoreError, StoreKey,
+    StoredResponse,
+};
+use idem_core::StoreStats;
+use idem_sqlite_store::SqliteStore;
+use tower::ServiceExt;
+
+fn app(layer: IdempotencyLayer, calls: Arc<AtomicUsize>) -> Router {
+    Router::new()
+        .route(
+            "/payments",
+            post(move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { (StatusCode::CREATED, format!("payment {n}")) }
+            }),
+        )
+        .layer(layer)
+}
+
+async fn pay(router: &Router, key: &str) -> (StatusCode, bool, String) {
+    let req = Request::post("/payments")
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(Body::from("{\"amount\":10}"))
+        .unwrap_or_default();
+    let res = router
+        .clone()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    let status = res.status();
+    let replayed = res.headers().contains_key("idempotent-replayed");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    (
+        status,
+        replayed,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Issue: with the default secret random per process, a layer over SQLite
+/// forgot every record at restart and a retry executed again.
+#[tokio::test]
+async fn rule_4_a_layer_rebuilt_on_the_same_sqlite_file_replays() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("idem.db");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = {
+        let store = SqliteStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let router = app(IdempotencyLayer::new(Arc::new(store)), calls.clone());
+        pay(&router, "restart-key-0001").await
+    };
+    assert_eq!((first.0, first.1), (StatusCode::CREATED, false));
+    // The process restarts: a new store and a new layer on the same file.
+    let store = SqliteStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let router = app(IdempotencyLayer::new(Arc::new(store)), calls.clone());
+    let again = pay(&router, "restart-key-0001").await;
+    assert_eq!(again, (StatusCode::CREATED, true, first.2));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the retry executed again");
+}
+
+/// Two layers on one MemoryStore (it keeps no secret) each get a random
+/// one: the default still works for in-memory stores.
+#[tokio::test]
+async fn a_memory_store_gets_a_random_secret_per_layer() {
+    let store = Arc::new(MemoryStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let a = app(IdempotencyLayer::new(store.clone()), calls.clone());
+    let b = app(IdempotencyLayer::new(store), calls.clone());
+    assert_eq!(pay(&a, "memory-key-0001").await.0, StatusCode::CREATED);
+    assert!(pay(&a, "memory-key-0001").await.1);
+    assert!(!pay(&b, "memory-key-0001").await.1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A store whose `shared_secret` never answers (a server that accepts
+/// connections and says nothing); everything else is a MemoryStore's.
+struct Silent(MemoryStore);
+
+#[async_trait]
+impl Store for Silent {
+    async fn begin(&self, k: &StoreKey, f: &Fingerprint, l: Duration) -> Result<Begin, StoreError> {
+        self.0.begin(k, f, l).await
+    }
+    async fn complete(
+        &self,
+        k: &StoreKey,
+        fence: Fence,
+        r: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.0.complete(k, fence, r, ttl).await
+    }
+    async fn release(&self, k: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        self.0.release(k, fence).await
+    }
+    async fn renew(&self, k: &StoreKey, fence: Fence, l: Duration) -> Result<bool, StoreError> {
+        self.0.renew(k, fence, l).await
+    }
+    async fn get(&self, k: &StoreKey) -> Result<Option<idem::record::Record>, StoreError> {
+        self.0.get(k).await
+    }
+    async fn delete(&self, k: &StoreKey) -> Result<bool, StoreError> {
+        self.0.delete(k).await
+    }
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        self.0.purge_expired(limit).await
+    }
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.0.stats().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    fn backend(&self) -> &'static str {
+        "silent"
+    }
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        std::future::pending().await
+    }
+}
+
+/// Issue: with the store silent, requests queued behind the secret's
+/// bootstrap, each waiting a store timeout after the one before.
+#[tokio::test(start_paused = true)]
+async fn rule_10_requests_waiting_for_the_secret_all_get_503_within_one_store_timeout() {
+    let timeout = Duration::from_secs(2);
+    let layer = IdempotencyLayer::new(Arc::new(Silent(MemoryStore::new())))
+        .secret_from_store()
+        .store_timeout(timeout);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = app(layer, calls.clone());
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let router = router.clone();
+        tasks.push(tokio::spawn(async move {
+            let answer = pay(&router, &format!("silent-key-{i:04}")).await;
+            (answer.0, started.elapsed())
+        }));
+    }
+    for t in tasks {
+        let (status, took) = t.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(took <= timeout * 2, "answered after {took:?}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
