@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::clock::{millis, SharedClock};
+use crate::clock::{deadline_ms, SharedClock};
 use crate::fingerprint::Fingerprint;
 use crate::memory::KeyHasher;
 use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
@@ -142,7 +142,7 @@ impl<S: Store> CachedStore<S> {
         if response.body.len() > self.max_body {
             return;
         }
-        let until_ms = expires_at_ms.min(now.saturating_add(millis(self.max_age)));
+        let until_ms = expires_at_ms.min(deadline_ms(now, self.max_age));
         let mut shard = lock(self.shard(key));
         if !shard.contains_key(key) && !self.reserve() {
             // Full: drop this shard's expired entries, else one entry of it

@@ -73,7 +73,27 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 /// A shared clock handle.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// `Duration` to whole milliseconds, saturating.
+/// The latest deadline a store keeps, in ms since the epoch (about 146
+/// million years from now). Every lease and TTL ends by then, however long
+/// it was configured: a signed 64-bit column (SQLite, PostgreSQL) holds it,
+/// and so does Redis's `PX`, which refuses an expiry past `i64::MAX` ms
+/// from its own clock (hence half of it, for any clock skew).
+pub const MAX_DEADLINE_MS: u64 = (i64::MAX / 2) as u64;
+
+/// `Duration` to whole milliseconds, at most [`MAX_DEADLINE_MS`].
 pub fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MAX_DEADLINE_MS)
+}
+
+/// The deadline `d` after `now_ms`, at most [`MAX_DEADLINE_MS`]: what every
+/// store writes for a lease or a TTL. It fits an `i64`.
+pub fn deadline_ms(now_ms: u64, d: Duration) -> u64 {
+    now_ms.saturating_add(millis(d)).min(MAX_DEADLINE_MS)
+}
+
+/// [`deadline_ms`] as the `i64` a SQL column takes (never negative).
+pub fn deadline_i64(now_ms: u64, d: Duration) -> i64 {
+    i64::try_from(deadline_ms(now_ms, d)).unwrap_or(i64::MAX)
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::clock::{millis, SharedClock, SystemClock};
+use crate::clock::{deadline_ms, SharedClock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
 use crate::scope::StoreKey;
@@ -281,7 +281,7 @@ impl LocalStore for MemoryStore {
             fingerprint: *fingerprint,
             state: RecordState::InProgress {
                 fence: Fence::generate(),
-                lease_until_ms: now.saturating_add(millis(lease)),
+                lease_until_ms: deadline_ms(now, lease),
             },
         };
         let started = |r: &Record| match r.state {
@@ -363,7 +363,7 @@ impl LocalStore for MemoryStore {
                 };
                 r.state = RecordState::Completed {
                     response,
-                    expires_at_ms: now.saturating_add(millis(ttl)),
+                    expires_at_ms: deadline_ms(now, ttl),
                 };
                 Ok(true)
             }
@@ -423,7 +423,7 @@ impl Store for MemoryStore {
                 fence: f,
                 lease_until_ms,
             }) if *f == fence => {
-                *lease_until_ms = now.saturating_add(millis(lease));
+                *lease_until_ms = deadline_ms(now, lease);
                 Ok(true)
             }
             _ => Ok(false),

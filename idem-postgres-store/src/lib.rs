@@ -47,7 +47,7 @@ use async_trait::async_trait;
 pub use deadpool_postgres;
 pub use deadpool_postgres::Pool;
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
-use idem_core::clock::millis;
+use idem_core::clock::deadline_i64;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
     StoreError, StoreKey, StoreStats, StoredResponse, SystemClock,
@@ -373,7 +373,7 @@ impl Store for PostgresStore {
         for _ in 0..ATTEMPTS {
             let now = self.clock.now_ms();
             let fence = Fence::generate();
-            let until = now.saturating_add(millis(lease)) as i64;
+            let until = deadline_i64(now, lease);
             let rows = client
                 .query(
                     &stmt,
@@ -419,7 +419,7 @@ impl Store for PostgresStore {
             .prepare_cached(&self.sql.complete)
             .await
             .map_err(PostgresStoreError::from)?;
-        let expires = self.clock.now_ms().saturating_add(millis(ttl)) as i64;
+        let expires = deadline_i64(self.clock.now_ms(), ttl);
         let n = client
             .execute(
                 &stmt,
@@ -454,7 +454,7 @@ impl Store for PostgresStore {
             .prepare_cached(&self.sql.renew)
             .await
             .map_err(PostgresStoreError::from)?;
-        let until = self.clock.now_ms().saturating_add(millis(lease)) as i64;
+        let until = deadline_i64(self.clock.now_ms(), lease);
         let n = client
             .execute(&stmt, &[&&key.0[..], &(fence.0 as i64), &until])
             .await

@@ -38,7 +38,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idem_core::clock::millis;
+use idem_core::clock::{deadline_ms, millis};
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
     StoreError, StoreKey, StoreStats, StoredResponse, SystemClock,
@@ -410,7 +410,7 @@ impl Store for RedisStore {
                     .arg(&now.to_be_bytes()[..])
                     .arg(&fingerprint.0[..])
                     .arg(&fence.0.to_be_bytes()[..])
-                    .arg(&now.saturating_add(lease_ms).to_be_bytes()[..])
+                    .arg(&deadline_ms(now, lease).to_be_bytes()[..])
                     .arg(px(lease_ms)),
             )
             .await?;
@@ -429,7 +429,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let ttl_ms = millis(ttl);
-        let expires = self.now().saturating_add(ttl_ms);
+        let expires = deadline_ms(self.now(), ttl);
         let done: i64 = self
             .invoke(
                 COMPLETE
@@ -457,7 +457,7 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         let lease_ms = millis(lease);
-        let until = self.now().saturating_add(lease_ms);
+        let until = deadline_ms(self.now(), lease);
         let done: i64 = self
             .invoke(
                 RENEW

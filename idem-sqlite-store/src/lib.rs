@@ -40,7 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use idem_core::clock::millis;
+use idem_core::clock::{deadline_i64, deadline_ms};
 use idem_core::{
     Begin, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store, StoreError,
     StoreKey, StoreStats, StoredResponse, SystemClock,
@@ -494,7 +494,7 @@ fn begin(
     fence: Fence,
 ) -> Result<Begin, SqliteError> {
     let now = w.clock.now_ms();
-    let lease_until = now.saturating_add(millis(lease)) as i64;
+    let lease_until = deadline_i64(now, lease);
     // Every statement here runs in one BEGIN IMMEDIATE transaction on the only
     // writer, so no one can slip in between the read and the write.
     let has_room = w.capacity.is_none_or(|c| w.rows < c);
@@ -571,7 +571,7 @@ impl Store for SqliteStore {
         let encoded = response.encode();
         Ok(self
             .job(move |w| {
-                let expires = w.clock.now_ms().saturating_add(millis(ttl));
+                let expires = deadline_ms(w.clock.now_ms(), ttl);
                 let n = w
                     .conn
                     .prepare_cached(
@@ -609,7 +609,7 @@ impl Store for SqliteStore {
         let key = *key;
         Ok(self
             .job(move |w| {
-                let until = w.clock.now_ms().saturating_add(millis(lease));
+                let until = deadline_ms(w.clock.now_ms(), lease);
                 let n = w
                     .conn
                     .prepare_cached(

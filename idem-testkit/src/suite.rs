@@ -593,6 +593,48 @@ where
     }
 }
 
+/// Rules 5 and 9 with the longest durations a configuration can name
+/// (`Duration::MAX`): the lease holds and the answer replays. A store that
+/// turned such a deadline into a negative number (a cast to `i64`) or a
+/// server error (Redis `PX` past its range) would take the key over or fail.
+pub async fn huge_lease_and_ttl_are_kept<F>(factory: F)
+where
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+{
+    let (store, cfg) = setup!(factory);
+    let k = key();
+    let fence = match store.begin(&k, &fp(1), Duration::MAX).await {
+        Ok(Begin::Started(fence)) => fence,
+        other => panic!("expected Started, got {other:?}"),
+    };
+    match store.begin(&k, &fp(1), Duration::MAX).await {
+        Ok(Begin::InProgress { .. }) => {}
+        other => panic!("a lease of Duration::MAX was not in progress: {other:?}"),
+    }
+    assert!(
+        store.renew(&k, fence, Duration::MAX).await.unwrap_or(false),
+        "renewing with Duration::MAX failed"
+    );
+    assert!(
+        store
+            .complete(&k, fence, &response(b"kept"), Duration::MAX)
+            .await
+            .unwrap_or(false),
+        "completing with a TTL of Duration::MAX failed"
+    );
+    cfg.manual.advance(Duration::from_secs(100 * 365 * 86_400));
+    // The sweeper must not see it as expired either.
+    store
+        .purge_expired(1000)
+        .await
+        .unwrap_or_else(|e| panic!("purge failed: {e}"));
+    assert_eq!(
+        begin(&*store, &k, fp(1)).await,
+        Begin::Completed(response(b"kept"))
+    );
+    assert!(store.get(&k).await.ok().flatten().is_some());
+}
+
 /// Random interleavings of every operation by several actors agree with the
 /// reference model ([`crate::model`]).
 pub async fn model_interleavings<F>(factory: F)

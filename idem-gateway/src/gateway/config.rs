@@ -253,7 +253,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let secs = n * scale;
     if !secs.is_finite() || secs > 10.0 * 365.0 * 86_400.0 {
-        return Err(format!("{s:?} is too long"));
+        return Err(format!("{s:?} is too long: at most 3650d (ten years)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
