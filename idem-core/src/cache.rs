@@ -199,13 +199,21 @@ impl<S: Store> Store for CachedStore<S> {
                 None => {}
             }
         }
-        let outcome = self.inner.begin(key, fingerprint, lease).await?;
-        if matches!(outcome, Begin::Completed(_)) {
-            // The record's expiry is not part of `begin`'s answer: one read
-            // on a miss, so the entry never outlives the record.
-            if let Some(record) = self.inner.get(key).await? {
-                self.remember(key, record, now);
-            }
+        // With the record's expiry, so the entry never outlives the record.
+        // Without one (the store could not say), the answer is replayed all
+        // the same and just not cached: a record the store reported
+        // completed never executes again, and a failed follow-up read is
+        // not an error (which fail-open would have executed).
+        let (outcome, expiry) = self.inner.begin_expiring(key, fingerprint, lease).await?;
+        if let (Begin::Completed(response), Some(expires_at_ms)) = (&outcome, expiry) {
+            let record = Record {
+                fingerprint: *fingerprint,
+                state: RecordState::Completed {
+                    response: response.clone(),
+                    expires_at_ms,
+                },
+            };
+            self.remember(key, record, now);
         }
         Ok(outcome)
     }

@@ -145,6 +145,21 @@ impl Record {
             RecordState::Completed { response, .. } => Begin::Completed(response),
         }
     }
+
+    /// [`into_begin`](Self::into_begin), with the record's expiry when the
+    /// answer is `Completed` (what [`Store::begin_expiring`] returns).
+    ///
+    /// [`Store::begin_expiring`]: crate::store::Store::begin_expiring
+    pub fn into_begin_expiring(
+        self,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> (Begin, Option<u64>) {
+        let deadline = self.deadline_ms();
+        let begun = self.into_begin(fingerprint, now_ms);
+        let expiry = matches!(begun, Begin::Completed(_)).then_some(deadline);
+        (begun, expiry)
+    }
 }
 
 /// The outcome of [`Store::begin`](crate::store::Store::begin).

@@ -123,6 +123,31 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Begin, StoreError>;
 
+    /// [`begin`](Self::begin), with the record's expiry (ms since the epoch)
+    /// when it reports one `Completed`: what a cache in front of the store
+    /// needs so that its entry never outlives the record.
+    ///
+    /// The default asks [`get`](Self::get) once more, and a failed read
+    /// gives no expiry, never an error: the store said completed, so that
+    /// answer is replayed and nothing executes again. A store that reads the
+    /// record's deadline in `begin` anyway returns it from that one read.
+    async fn begin_expiring(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
+        let begun = self.begin(key, fingerprint, lease).await?;
+        let expiry = match begun {
+            Begin::Completed(_) => match self.get(key).await {
+                Ok(Some(record)) => Some(record.deadline_ms()),
+                Ok(None) | Err(_) => None,
+            },
+            _ => None,
+        };
+        Ok((begun, expiry))
+    }
+
     /// Stores the response of the holder of `fence`, kept for `ttl` from now.
     /// Returns `false` (changing nothing) when `fence` no longer holds the key.
     async fn complete(
@@ -225,6 +250,14 @@ impl Store for std::sync::Arc<dyn Store> {
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         (**self).begin(key, fp, lease).await
+    }
+    async fn begin_expiring(
+        &self,
+        key: &StoreKey,
+        fp: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
+        (**self).begin_expiring(key, fp, lease).await
     }
     async fn complete(
         &self,

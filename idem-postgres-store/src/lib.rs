@@ -364,6 +364,15 @@ impl Store for PostgresStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
+        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+    }
+
+    async fn begin_expiring(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&self.sql.begin)
@@ -393,7 +402,7 @@ impl Store for PostgresStore {
                 continue;
             };
             if row.get::<_, bool>(0) {
-                return Ok(Begin::Started(fence));
+                return Ok((Begin::Started(fence), None));
             }
             let expires_at: i64 = row.get(3);
             if expires_at as u64 <= now {
@@ -402,7 +411,7 @@ impl Store for PostgresStore {
                 continue;
             }
             let record = to_record(row.get(1), row.get(2), 0, expires_at, row.get(4))?;
-            return Ok(record.into_begin(fingerprint, now));
+            return Ok(record.into_begin_expiring(fingerprint, now));
         }
         Err(PostgresStoreError::Unsettled(ATTEMPTS).into())
     }

@@ -400,6 +400,15 @@ impl Store for RedisStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
+        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+    }
+
+    async fn begin_expiring(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
         let now = self.now();
         let fence = Fence::generate();
         let lease_ms = millis(lease);
@@ -415,10 +424,10 @@ impl Store for RedisStore {
             )
             .await?;
         let Some(v) = existing else {
-            return Ok(Begin::Started(fence));
+            return Ok((Begin::Started(fence), None));
         };
         let record = decode(&v).map_err(RedisStoreError::from)?;
-        Ok(record.into_begin(fingerprint, now))
+        Ok(record.into_begin_expiring(fingerprint, now))
     }
 
     async fn complete(

@@ -492,7 +492,7 @@ fn begin(
     fp: &Fingerprint,
     lease: Duration,
     fence: Fence,
-) -> Result<Begin, SqliteError> {
+) -> Result<(Begin, Option<u64>), SqliteError> {
     let now = w.clock.now_ms();
     let lease_until = deadline_i64(now, lease);
     // Every statement here runs in one BEGIN IMMEDIATE transaction on the only
@@ -509,11 +509,11 @@ fn begin(
             .execute(params![&key.0[..], &fp.0[..], fence.0 as i64, lease_until])?;
         if inserted == 1 {
             w.rows += 1;
-            return Ok(Begin::Started(fence));
+            return Ok((Begin::Started(fence), None));
         }
     }
     match read_row(&w.conn, key)? {
-        Some(row) if row.3 as u64 > now => Ok(to_record(row)?.into_begin(fp, now)),
+        Some(row) if row.3 as u64 > now => Ok(to_record(row)?.into_begin_expiring(fp, now)),
         Some(_) => {
             // An expired lease or TTL: treated as no record (rules 8 and 9).
             // Replacing it takes no new room.
@@ -523,7 +523,7 @@ fn begin(
                      expires_at = ?4, response = NULL WHERE key = ?1",
                 )?
                 .execute(params![&key.0[..], &fp.0[..], fence.0 as i64, lease_until])?;
-            Ok(Begin::Started(fence))
+            Ok((Begin::Started(fence), None))
         }
         None => {
             // Only reached when full: make room from expired rows, or refuse.
@@ -540,7 +540,7 @@ fn begin(
                 )?
                 .execute(params![&key.0[..], &fp.0[..], fence.0 as i64, lease_until])?;
             w.rows += 1;
-            Ok(Begin::Started(fence))
+            Ok((Begin::Started(fence), None))
         }
     }
 }
@@ -553,6 +553,15 @@ impl Store for SqliteStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
+        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+    }
+
+    async fn begin_expiring(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
         let (key, fp) = (*key, *fingerprint);
         // Drawn here, not on the single writer thread (it is a syscall).
         let fence = Fence::generate();

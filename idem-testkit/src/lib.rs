@@ -73,7 +73,7 @@ macro_rules! store_conformance {
             byte_exact_binary_body_and_repeated_headers, scope_isolation, capacity_refusal,
             admin_get_delete_stats_purge, large_body, complete_twice_is_stale,
             many_keys_concurrently, shared_secret_is_stable, deadlines_order_as_numbers_at_any_instant,
-            huge_lease_and_ttl_are_kept,
+            huge_lease_and_ttl_are_kept, begin_expiring_gives_the_ttl_end,
             model_interleavings);
     };
     ($factory:path, no_capacity) => {
@@ -84,7 +84,7 @@ macro_rules! store_conformance {
             byte_exact_binary_body_and_repeated_headers, scope_isolation,
             admin_get_delete_stats_purge, large_body, complete_twice_is_stale,
             many_keys_concurrently, shared_secret_is_stable, deadlines_order_as_numbers_at_any_instant,
-            huge_lease_and_ttl_are_kept,
+            huge_lease_and_ttl_are_kept, begin_expiring_gives_the_ttl_end,
             model_interleavings);
     };
     (@tests $factory:path, $($test:ident),* $(,)?) => {

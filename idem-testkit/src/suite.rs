@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use idem_core::{Begin, Fingerprint, Secret, Store, StoreError, StoreKey, StoredResponse};
+use idem_core::{Begin, Clock, Fingerprint, Secret, Store, StoreError, StoreKey, StoredResponse};
 
 use crate::StoreConfig;
 
@@ -633,6 +633,41 @@ where
         Begin::Completed(response(b"kept"))
     );
     assert!(store.get(&k).await.ok().flatten().is_some());
+}
+
+/// `begin_expiring` gives a completed record's expiry (what a local cache
+/// keeps its entry until), and none for any other answer.
+pub async fn begin_expiring_gives_the_ttl_end<F>(factory: F)
+where
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+{
+    let (store, cfg) = setup!(factory);
+    let k = key();
+    let fence = match store.begin_expiring(&k, &fp(1), LEASE).await {
+        Ok((Begin::Started(fence), None)) => fence,
+        other => panic!("expected Started without an expiry, got {other:?}"),
+    };
+    match store.begin_expiring(&k, &fp(1), LEASE).await {
+        Ok((Begin::InProgress { .. }, None)) => {}
+        other => panic!("expected InProgress without an expiry, got {other:?}"),
+    }
+    cfg.manual.advance(Duration::from_secs(3));
+    let completed_at = cfg.manual.now_ms();
+    assert!(store
+        .complete(&k, fence, &response(b"e"), Duration::from_secs(10))
+        .await
+        .unwrap_or(false));
+    match store.begin_expiring(&k, &fp(1), LEASE).await {
+        Ok((Begin::Completed(r), Some(expiry))) => {
+            assert_eq!(r, response(b"e"));
+            assert_eq!(expiry, completed_at + 10_000);
+        }
+        other => panic!("expected Completed with its expiry, got {other:?}"),
+    }
+    match store.begin_expiring(&k, &fp(2), LEASE).await {
+        Ok((Begin::Mismatch, None)) => {}
+        other => panic!("expected Mismatch without an expiry, got {other:?}"),
+    }
 }
 
 /// Random interleavings of every operation by several actors agree with the
