@@ -9,6 +9,7 @@ use idem_core::{
     Begin, CachedStore, Fingerprint, ManualClock, MemoryStore, Secret, Store, StoreKey,
     StoredResponse,
 };
+use idem_testkit::faulty::Faulty;
 
 fn response() -> StoredResponse {
     StoredResponse {
@@ -101,71 +102,13 @@ async fn entries_never_outlive_max_age_and_capacity_holds() {
     ));
 }
 
-/// A store whose reads (`get`) fail, as a remote store's do in a blip
-/// between two round trips; every other operation is a MemoryStore's.
-struct ReadsFail(MemoryStore);
-
-#[async_trait::async_trait]
-impl Store for ReadsFail {
-    async fn begin(
-        &self,
-        k: &StoreKey,
-        f: &Fingerprint,
-        l: Duration,
-    ) -> Result<Begin, idem_core::StoreError> {
-        self.0.begin(k, f, l).await
-    }
-    async fn complete(
-        &self,
-        k: &StoreKey,
-        fence: idem_core::Fence,
-        r: &StoredResponse,
-        ttl: Duration,
-    ) -> Result<bool, idem_core::StoreError> {
-        self.0.complete(k, fence, r, ttl).await
-    }
-    async fn release(
-        &self,
-        k: &StoreKey,
-        fence: idem_core::Fence,
-    ) -> Result<bool, idem_core::StoreError> {
-        self.0.release(k, fence).await
-    }
-    async fn renew(
-        &self,
-        k: &StoreKey,
-        fence: idem_core::Fence,
-        l: Duration,
-    ) -> Result<bool, idem_core::StoreError> {
-        self.0.renew(k, fence, l).await
-    }
-    async fn get(&self, _: &StoreKey) -> Result<Option<idem_core::Record>, idem_core::StoreError> {
-        Err(idem_core::StoreError::Timeout(Duration::from_secs(2)))
-    }
-    async fn delete(&self, k: &StoreKey) -> Result<bool, idem_core::StoreError> {
-        self.0.delete(k).await
-    }
-    async fn purge_expired(&self, limit: usize) -> Result<u64, idem_core::StoreError> {
-        self.0.purge_expired(limit).await
-    }
-    async fn stats(&self) -> Result<idem_core::StoreStats, idem_core::StoreError> {
-        self.0.stats().await
-    }
-    async fn ping(&self) -> Result<(), idem_core::StoreError> {
-        Ok(())
-    }
-    fn backend(&self) -> &'static str {
-        "reads-fail"
-    }
-}
-
 /// Issue: when `begin` said Completed and the cache's follow-up read of the
 /// record failed, the cache answered an error (503, or with fail-open a
 /// second execution). A record the store reported completed is replayed.
 #[tokio::test]
 async fn rule_4_a_completed_record_replays_when_the_follow_up_read_fails() {
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let inner = ReadsFail(MemoryStore::new().with_clock(clock.clone()));
+    let inner = Faulty::new(MemoryStore::new().with_clock(clock.clone())).get_fails();
     let cached = CachedStore::new(inner, clock.clone());
     let key = StoreKey::derive(&Secret::generate(), None, "blip-key-000001");
     completed(&cached, &key, Duration::from_secs(10)).await;

@@ -185,6 +185,9 @@ pub struct GatewayArgs {
     /// How long a client may take to send its request headers [default: 10s].
     #[arg(long, env = "IDEM_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
     pub header_read_timeout: Option<String>,
+    /// How long one store operation may take before the request gets 503; the lock timeout must be longer than three of these [default: 5s].
+    #[arg(long, env = "IDEM_STORE_TIMEOUT", value_name = "SECONDS")]
+    pub store_timeout: Option<String>,
     /// Hold a duplicate of an in-progress request up to this long, then replay (instead of 409) [default: off].
     #[arg(long, env = "IDEM_WAIT", value_name = "SECONDS")]
     pub wait: Option<String>,

@@ -224,6 +224,59 @@ async fn sigterm_lets_an_abandoned_execution_finish_and_store_its_answer() {
     assert_eq!(up.executions(), 1);
 }
 
+/// Issue: lease renewal may take a store timeout, and so may each try of
+/// storing the answer; a lease no longer than three store timeouts can run
+/// out while its holder is alive. Such a configuration is refused, naming
+/// both settings.
+#[test]
+fn a_lock_timeout_within_three_store_timeouts_is_refused_naming_both() {
+    let up = ["gateway", "--upstream", "http://127.0.0.1:3000"];
+    let out = idem_cmd(
+        &[
+            &up[..],
+            &["--lock-timeout", "1", "--store-timeout", "1s", "--check"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--lock-timeout") && stderr.contains("--store-timeout"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("idem.toml");
+    std::fs::write(
+        &file,
+        "store_timeout = \"1s\"\n[[routes]]\npath = \"/payments\"\nlock_timeout = \"3s\"\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf8");
+    let out = idem_cmd(&[&up[..], &["--config", path, "--check"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].lock_timeout") && stderr.contains("store_timeout"),
+        "{stderr}"
+    );
+    let out = idem_cmd(
+        &[
+            &up[..],
+            &["--lock-timeout", "1", "--store-timeout", "300ms", "--check"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    // A short lease alone is valid: the store timeout then defaults to a
+    // quarter of it.
+    let out = idem_cmd(&[&up[..], &["--lock-timeout", "1", "--check"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("store_timeout 250ms"),
+        "{out:?}"
+    );
+}
+
 /// `kill -9` of a gateway mid-request on `store`: another gateway answers 409
 /// while the dead holder's lease lives, then takes the key over and executes
 /// once; a key completed before the kill still replays.
@@ -236,6 +289,8 @@ async fn killed_holder(store: &str) {
         store,
         "--lock-timeout",
         "1",
+        "--store-timeout",
+        "330ms",
     ];
     let (gw, base) = gateway(&args);
     let c = client();
@@ -684,6 +739,8 @@ async fn sqlite_on_a_full_disk_answers_503_keeps_its_records_and_recovers() {
         &store,
         "--lock-timeout",
         "1",
+        "--store-timeout",
+        "330ms",
     ]);
     let c = client();
     let url = format!("{base}/reports");
@@ -759,6 +816,8 @@ async fn a_redis_restart_under_load_refuses_then_recovers_and_nothing_executes_t
         &store,
         "--lock-timeout",
         "2",
+        "--store-timeout",
+        "600ms",
     ]);
     // Clients that retry only what was refused (503).
     let load = common::Load::start(&format!("{base}/payments"), 8, "load", BODY, &[503]);

@@ -217,6 +217,8 @@ async fn a_postgres_restart_under_load_refuses_then_recovers_and_nothing_execute
         &server.url(),
         "--lock-timeout",
         "2",
+        "--store-timeout",
+        "600ms",
     ]);
     const BODY: &str = r#"{"amount": 5, "recipient": "acct_pg_load"}"#;
     // Clients that retry what was refused (503) or is still held (409: a

@@ -22,6 +22,7 @@
 //! idem_testkit::store_conformance!(memory);
 //! ```
 
+pub mod faulty;
 pub mod load;
 pub mod model;
 pub mod net;

@@ -566,10 +566,10 @@ impl GatewayConfig {
             "header_read_timeout",
             Duration::from_secs(10),
         )?;
-        let store_timeout = dur(
-            &None,
+        let mut store_timeout = dur(
+            &args.store_timeout,
             &file.store_timeout,
-            "store_timeout",
+            "--store-timeout",
             "store_timeout",
             Duration::from_secs(5),
         )?;
@@ -720,6 +720,47 @@ impl GatewayConfig {
             }
             policy.routes.push((pattern, p));
         }
+        // Unless set, the store timeout is the default's or a quarter of
+        // the shortest lease, whichever is shorter: a short lease alone is
+        // a valid configuration.
+        if args.store_timeout.is_none() && file.store_timeout.is_none() {
+            let shortest = std::iter::once(&policy.default)
+                .chain(policy.routes.iter().map(|(_, p)| p))
+                .map(|p| p.lease)
+                .min()
+                .unwrap_or(store_timeout);
+            store_timeout = store_timeout.min(shortest / 4);
+        }
+        // The lease is renewed until the answer is stored, and one renewal
+        // (or one try of storing) may take a store timeout: a lease no
+        // longer than three of them can run out while its holder is alive,
+        // and a duplicate would execute again.
+        let leases = std::iter::once(("", &policy.default)).chain(
+            policy
+                .routes
+                .iter()
+                .map(|(pattern, p)| (pattern.as_str(), p)),
+        );
+        for (i, (pattern, p)) in leases.enumerate() {
+            if p.lease > store_timeout * 3 {
+                continue;
+            }
+            let lease_name = match i {
+                0 if args.lock_timeout.is_some() => "--lock-timeout".to_owned(),
+                0 => "lock_timeout".to_owned(),
+                _ => format!("routes[{}].lock_timeout ({pattern})", i - 1),
+            };
+            let timeout_name = if args.store_timeout.is_some() {
+                "--store-timeout"
+            } else {
+                "store_timeout"
+            };
+            bail!(
+                "{lease_name}: {:?} must be longer than three times {timeout_name} ({store_timeout:?}): the lease is renewed until the answer is stored, and a store this slow would let it run out while its holder is alive; raise {lease_name} above {:?} or lower {timeout_name}",
+                p.lease,
+                store_timeout * 3
+            );
+        }
 
         let key_signing_secret_file = args
             .key_signing_secret_file
@@ -772,6 +813,7 @@ impl GatewayConfig {
             self.admin_listen.as_deref().unwrap_or("off")
         );
         let _ = writeln!(out, "store         {}", self.store);
+        let _ = writeln!(out, "store_timeout {:?}", self.store_timeout);
         let _ = writeln!(
             out,
             "scope_header  {}",

@@ -8,6 +8,7 @@ use http::Response;
 use idem_core::{Fence, LocalStore, StoreKey, StoredResponse};
 
 use super::execute::Answer;
+use super::renew::Registration;
 use super::Route;
 use crate::layer::ResponseBody;
 use crate::metrics::StoreOp;
@@ -20,7 +21,11 @@ pub(super) async fn finish_remote<B, E>(
     fence: Fence,
     answer: Answer<B, E>,
     finished: std::time::Instant,
+    renewed: Registration,
 ) -> Result<Response<ResponseBody<B>>, E> {
+    // The lease stays renewed until the store has the answer (or the key is
+    // released): `complete`'s retries may outlast a short lease.
+    let _renewed = renewed;
     match answer {
         Answer::Store(stored, res) => {
             complete(&route, &key, fence, stored, finished).await;

@@ -217,11 +217,13 @@ where
         }
         // Counted so that a shutdown waits for the answer to be stored.
         let _guard = shared.in_flight.enter();
+        // The lease is renewed every third of it until the answer is stored
+        // or the key released (not only while the execution runs: storing
+        // can take retries longer than a short lease), so a live request is
+        // never taken over, and a crashed one blocks its key for at most
+        // one lease.
+        let renewed = shared.renewals.register(&route, store_key, fence);
         let executed = {
-            // The lease is renewed every third of it while the execution
-            // runs, so a long execution is never taken over while alive, and
-            // a crashed one blocks its key for at most one lease.
-            let _renewed = shared.renewals.register(&route, store_key, fence);
             let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 inner.call(Request::from_parts(parts, RequestBody::buffered(bytes)))
             }));
@@ -243,7 +245,7 @@ where
             }
             match shared.store.local() {
                 Some(local) => {
-                    return match answer {
+                    let result = match answer {
                         Answer::Store(stored, res) => {
                             complete_local(&route, local, &store_key, fence, stored, finished);
                             Ok(res)
@@ -252,7 +254,9 @@ where
                             release_local(&route, local, &store_key, fence);
                             result
                         }
-                    }
+                    };
+                    drop(renewed);
+                    return result;
                 }
                 // Boxed, owning the answer: only a remote store waits here.
                 None => Box::pin(finish_remote(
@@ -261,6 +265,7 @@ where
                     fence,
                     answer,
                     finished,
+                    renewed,
                 )),
             }
         };

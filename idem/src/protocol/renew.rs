@@ -188,9 +188,13 @@ async fn renew(
     match renewed {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => {
-            tracing::warn!(key = %key.short(), "lease lost: another request took this key over; this execution's answer will not be stored");
-            if let Some(r) = renewals.upgrade() {
-                r.lock().remove(slot, id);
+            // Still registered: the key was taken over. Gone: the answer was
+            // stored (or the key released) while this renewal was on its way.
+            let registered = renewals
+                .upgrade()
+                .is_some_and(|r| r.lock().remove(slot, id));
+            if registered {
+                tracing::warn!(key = %key.short(), "lease lost: another request took this key over; this execution's answer will not be stored");
             }
         }
         Ok(Err(e)) => {

@@ -1,22 +1,20 @@
-//! The secret behind store keys: by default the store's own, so a restart or
-//! a second replica finds the same records; and reading it never makes
-//! requests queue behind a store that does not answer.
+//! Edge paths where an operation could run twice or everyone could be
+//! stalled: the secret behind store keys is by default the store's own (a
+//! restart or a second replica finds the same records), reading it never
+//! makes requests queue behind a silent store, and a lease stays renewed
+//! until the answer is stored.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::routing::post;
 use axum::Router;
 use http::{Request, StatusCode};
-use idem::{
-    Begin, Fence, Fingerprint, IdempotencyLayer, MemoryStore, Secret, Store, StoreError, StoreKey,
-    StoredResponse,
-};
-use idem_core::StoreStats;
+use idem::{IdempotencyLayer, MemoryStore, Policy, RoutePolicy};
 use idem_sqlite_store::SqliteStore;
+use idem_testkit::faulty::Faulty;
 use tower::ServiceExt;
 
 fn app(layer: IdempotencyLayer, calls: Arc<AtomicUsize>) -> Router {
@@ -89,59 +87,12 @@ async fn a_memory_store_gets_a_random_secret_per_layer() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-/// A store whose `shared_secret` never answers (a server that accepts
-/// connections and says nothing); everything else is a MemoryStore's.
-struct Silent(MemoryStore);
-
-#[async_trait]
-impl Store for Silent {
-    async fn begin(&self, k: &StoreKey, f: &Fingerprint, l: Duration) -> Result<Begin, StoreError> {
-        self.0.begin(k, f, l).await
-    }
-    async fn complete(
-        &self,
-        k: &StoreKey,
-        fence: Fence,
-        r: &StoredResponse,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.0.complete(k, fence, r, ttl).await
-    }
-    async fn release(&self, k: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
-        self.0.release(k, fence).await
-    }
-    async fn renew(&self, k: &StoreKey, fence: Fence, l: Duration) -> Result<bool, StoreError> {
-        self.0.renew(k, fence, l).await
-    }
-    async fn get(&self, k: &StoreKey) -> Result<Option<idem::record::Record>, StoreError> {
-        self.0.get(k).await
-    }
-    async fn delete(&self, k: &StoreKey) -> Result<bool, StoreError> {
-        self.0.delete(k).await
-    }
-    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
-        self.0.purge_expired(limit).await
-    }
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.0.stats().await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        std::future::pending().await
-    }
-    fn backend(&self) -> &'static str {
-        "silent"
-    }
-    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        std::future::pending().await
-    }
-}
-
 /// Issue: with the store silent, requests queued behind the secret's
 /// bootstrap, each waiting a store timeout after the one before.
 #[tokio::test(start_paused = true)]
 async fn rule_10_requests_waiting_for_the_secret_all_get_503_within_one_store_timeout() {
     let timeout = Duration::from_secs(2);
-    let layer = IdempotencyLayer::new(Arc::new(Silent(MemoryStore::new())))
+    let layer = IdempotencyLayer::new(Arc::new(Faulty::new(MemoryStore::new()).silent()))
         .secret_from_store()
         .store_timeout(timeout);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -161,4 +112,33 @@ async fn rule_10_requests_waiting_for_the_secret_all_get_503_within_one_store_ti
         assert!(took <= timeout * 2, "answered after {took:?}");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// Issue: lease renewal stopped when the execution ended, before `complete`
+/// returned; a `complete` slower than the lease let a duplicate take the key
+/// over and execute again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_8_the_lease_is_renewed_until_the_answer_is_stored() {
+    let lease = Duration::from_millis(300);
+    let store = Faulty::new(MemoryStore::new()).complete_delay(Duration::from_millis(1200));
+    let layer = IdempotencyLayer::new(Arc::new(store))
+        .policy(Policy::default().default_policy(RoutePolicy::default().lease(lease)))
+        .store_timeout(Duration::from_secs(3));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = app(layer, calls.clone());
+    let first = {
+        let router = router.clone();
+        tokio::spawn(async move { pay(&router, "slow-complete-0001").await })
+    };
+    // The execution is over at once; its answer is being stored for 1.2 s,
+    // four leases. A duplicate meanwhile must find the key still held.
+    tokio::time::sleep(lease * 2).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let duplicate = pay(&router, "slow-complete-0001").await;
+    assert_eq!(duplicate.0, StatusCode::CONFLICT, "{duplicate:?}");
+    let first = first.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.0, StatusCode::CREATED);
+    let replay = pay(&router, "slow-complete-0001").await;
+    assert_eq!(replay, (StatusCode::CREATED, true, first.2));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "executed twice");
 }

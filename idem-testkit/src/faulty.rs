@@ -1,0 +1,136 @@
+//! [`Faulty`]: a store that passes every call to another, with the faults a
+//! test switches on (a failing read, a slow `complete`, a silent server).
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use idem_core::MemoryStore;
+//! use idem_testkit::faulty::Faulty;
+//!
+//! let store = Faulty::new(MemoryStore::new()).complete_delay(Duration::from_millis(500));
+//! ```
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_core::{
+    Begin, Fence, Fingerprint, Record, Secret, Store, StoreError, StoreKey, StoreStats,
+    StoredResponse,
+};
+
+/// A store that forwards to `inner`, with faults. It is never a local store
+/// (`local()` is `None`), so the layer treats it as a remote one: timeouts,
+/// retries and boxed futures, as with Redis or PostgreSQL.
+pub struct Faulty<S> {
+    inner: S,
+    get_fails: bool,
+    complete_delay: Duration,
+    silent: bool,
+}
+
+impl<S> Faulty<S> {
+    /// `inner` with no fault yet.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            get_fails: false,
+            complete_delay: Duration::ZERO,
+            silent: false,
+        }
+    }
+
+    /// `get` fails (a blip between two round trips).
+    pub fn get_fails(mut self) -> Self {
+        self.get_fails = true;
+        self
+    }
+
+    /// `complete` takes this long before it stores the answer.
+    pub fn complete_delay(mut self, delay: Duration) -> Self {
+        self.complete_delay = delay;
+        self
+    }
+
+    /// `ping` and `shared_secret` never answer: a server that accepts
+    /// connections and says nothing.
+    pub fn silent(mut self) -> Self {
+        self.silent = true;
+        self
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Faulty<S> {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.inner.begin(key, fingerprint, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        if !self.complete_delay.is_zero() {
+            tokio::time::sleep(self.complete_delay).await;
+        }
+        self.inner.complete(key, fence, response, ttl).await
+    }
+
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        self.inner.release(key, fence).await
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew(key, fence, lease).await
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        if self.get_fails {
+            return Err(StoreError::Timeout(Duration::from_secs(2)));
+        }
+        self.inner.get(key).await
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+        self.inner.purge_expired(limit).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.inner.stats().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.silent {
+            std::future::pending::<()>().await;
+        }
+        self.inner.ping().await
+    }
+
+    fn backend(&self) -> &'static str {
+        "faulty"
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        if self.silent {
+            std::future::pending::<()>().await;
+        }
+        self.inner.shared_secret().await
+    }
+}
