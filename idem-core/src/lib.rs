@@ -38,7 +38,9 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use fingerprint::{Fingerprint, FingerprintMode};
 pub use key::{CheckedKey, IdempotencyKey, KeyError, KeyRules};
 pub use memory::MemoryStore;
-pub use policy::{PathPattern, Policy, RoutePolicy, SetCookieReplay, StatusSet, WebhookKeys};
+pub use policy::{
+    PathPattern, Policy, RoutePolicy, SetCookieReplay, StatusSet, UnknownOutcome, WebhookKeys,
+};
 pub use problem::{Problem, ProblemKind};
 pub use record::{Begin, DecodeError, Fence, Record, RecordState, StoredResponse};
 pub use scope::{Secret, StoreKey};

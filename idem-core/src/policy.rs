@@ -132,6 +132,36 @@ impl std::str::FromStr for SetCookieReplay {
     }
 }
 
+/// What happens to a key when its execution may have run but nothing of its
+/// answer arrived (the upstream reset, or timed out, before its status line:
+/// SPEC rule 7's unknown outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnknownOutcome {
+    /// The key is released, so a retry executes again. The default, as
+    /// SPEC rule 7 says: right when the operation is safe to run again or
+    /// the upstream deduplicates on its own.
+    #[default]
+    Release,
+    /// The key is kept, answered with a problem (`outcome-unknown`) until
+    /// the record expires or an operator deletes it: never a second
+    /// execution, at the price of a retry that cannot succeed on its own.
+    Keep,
+}
+
+impl std::str::FromStr for UnknownOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "release" => Ok(Self::Release),
+            "keep" => Ok(Self::Keep),
+            other => Err(format!(
+                "unknown unknown_outcome {other:?}; use release or keep"
+            )),
+        }
+    }
+}
+
 /// How one route is treated. Every setting has a default; builders name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePolicy {
@@ -173,6 +203,9 @@ pub struct RoutePolicy {
     /// Whether replays carry the stored `Set-Cookie` headers. The default
     /// is [`SetCookieReplay::Scoped`].
     pub replay_set_cookie: SetCookieReplay,
+    /// What a key becomes when its execution may have run but nothing of
+    /// its answer arrived. The default is [`UnknownOutcome::Release`].
+    pub unknown_outcome: UnknownOutcome,
 }
 
 impl Default for RoutePolicy {
@@ -192,6 +225,7 @@ impl Default for RoutePolicy {
             webhook: None,
             require_signed_keys: false,
             replay_set_cookie: SetCookieReplay::Scoped,
+            unknown_outcome: UnknownOutcome::Release,
         }
     }
 }
@@ -262,6 +296,11 @@ impl RoutePolicy {
     setter!(
         /// Sets whether replays carry `Set-Cookie`. The default is scoped.
         replay_set_cookie: SetCookieReplay
+    );
+    setter!(
+        /// Sets what a key becomes when nothing of its answer arrived. The
+        /// default is release.
+        unknown_outcome: UnknownOutcome
     );
 
     /// Whether `method` is covered.

@@ -45,6 +45,12 @@ pub enum ProblemKind {
     /// Too many covered requests in flight: refused before anything is read
     /// or executed, so memory stays bounded.
     Overloaded,
+    /// Rule 13: the operation ran and its status line arrived, then its
+    /// body broke off.
+    AnswerIncomplete,
+    /// Rule 7 with `unknown_outcome = "keep"`: the operation may have run,
+    /// nothing of its answer arrived, and the key is kept.
+    OutcomeUnknown,
 }
 
 impl ProblemKind {
@@ -63,6 +69,8 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "upstream-unavailable",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::Overloaded => "server-overloaded",
+            Self::AnswerIncomplete => "answer-incomplete",
+            Self::OutcomeUnknown => "outcome-unknown",
         }
     }
 
@@ -78,6 +86,7 @@ impl ProblemKind {
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
             Self::Overloaded => 503,
+            Self::AnswerIncomplete | Self::OutcomeUnknown => 502,
         }
     }
 
@@ -96,6 +105,8 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "Upstream is unavailable",
             Self::UpstreamTimeout => "Upstream timed out",
             Self::Overloaded => "Too many requests in flight",
+            Self::AnswerIncomplete => "The operation ran, but its answer broke off",
+            Self::OutcomeUnknown => "The operation may have run; its answer never arrived",
         }
     }
 }

@@ -340,10 +340,10 @@ async fn upstream_down_is_502_and_releases_the_key() {
         (r.status.as_u16(), r.problem_slug().as_str()),
         (502, "upstream-unavailable")
     );
-    assert!(r.json()["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("cannot connect"));
+    let detail = r.json()["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("could not be reached"), "{detail}");
+    // The upstream's address and the error chain go to the log, not to clients.
+    assert!(!detail.contains(&addr.to_string()), "{detail}");
     // The upstream comes back on the same port: the retry executes.
     let up = CountingUpstream::start_on(addr)
         .await
@@ -922,9 +922,15 @@ async fn a_flood_of_large_answers_stops_at_the_memory_byte_budget() {
     gw.shutdown().await.expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_reset_mid_body_is_not_stored_and_the_retry_executes() {
-    // A raw upstream: it promises 100 bytes, sends 3, and hangs up.
+/// A raw upstream: connection `n` reads the request, writes `answers[n]`
+/// (the last one for every later connection; empty: nothing at all), and
+/// hangs up. Returns its address and the connections it took.
+async fn raw_upstream(
+    answers: &'static [&'static [u8]],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -935,41 +941,105 @@ async fn an_upstream_reset_mid_body_is_not_stored_and_the_retry_executes() {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 let _ = s.read(&mut buf).await;
-                if n == 0 {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 100\r\n\r\nabc")
-                        .await;
-                } else {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                }
+                let answer = answers[n.min(answers.len() - 1)];
+                let _ = s.write_all(answer).await;
                 let _ = s.shutdown().await;
             });
         }
     });
+    (addr, hits)
+}
+
+/// Issue (rule 13): an upstream that sent its 201 and headers, then broke
+/// off its body, had its key released, and the retry executed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_13_an_upstream_reset_mid_body_is_kept_as_ran_and_never_executes_again() {
+    // It promises 100 bytes, sends 3, and hangs up; later it would answer whole.
+    let (addr, hits) = raw_upstream(&[
+        b"HTTP/1.1 201 Created\r\ncontent-length: 100\r\nx-payment: p1\r\n\r\nabc",
+        b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
     let gw = Gateway::start(&format!("http://{addr}"), |_| {}).await;
     let c = client();
     let url = gw.at("/payments");
-    let broken = send(
-        &c,
-        Method::POST,
-        &url,
-        &[("idempotency-key", "reset-key-000001")],
-        BODY,
-    )
-    .await;
+    let broken = post(&c, &url, Some("reset-key-000001"), BODY).await;
     assert_eq!(
         (broken.status.as_u16(), broken.problem_slug().as_str()),
-        (500, "execution-failed")
+        (502, "answer-incomplete")
     );
-    let retry = post(&c, &url, Some("reset-key-000001"), BODY).await;
-    assert_eq!(retry.status, 201);
-    assert_eq!(&retry.body[..], b"ok");
-    assert!(!retry.replayed());
-    assert!(post(&c, &url, Some("reset-key-000001"), BODY)
-        .await
-        .replayed());
+    let detail = broken.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("201"), "{detail}");
+    for _ in 0..2 {
+        let retry = post(&c, &url, Some("reset-key-000001"), BODY).await;
+        assert_eq!(retry.status, 201);
+        assert!(retry.replayed());
+        assert_eq!(retry.headers["idempotent-body-lost"], "true");
+        assert_eq!(retry.headers["idempotent-body-omitted"], "100");
+        assert_eq!(retry.headers["x-payment"], "p1");
+        assert!(retry.body.is_empty());
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "executed twice"
+    );
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+/// Rule 7: an upstream that takes the request and hangs up before any byte
+/// of its answer. By default the key is released and the retry executes;
+/// with `unknown_outcome = "keep"` the key is kept and every retry gets the
+/// `outcome-unknown` problem instead of a second execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_7_an_unknown_outcome_is_released_by_default_and_kept_when_configured() {
+    let (addr, hits) =
+        raw_upstream(&[b"", b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"]).await;
+    let gw = Gateway::start(&format!("http://{addr}"), |_| {}).await;
+    let c = client();
+    let url = gw.at("/payments");
+    let first = post(&c, &url, Some("unknown-key-0001"), BODY).await;
+    assert_eq!(first.status, 502);
+    let detail = first.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !detail.contains("127.0.0.1"),
+        "the upstream's address leaked: {detail}"
+    );
+    let retry = post(&c, &url, Some("unknown-key-0001"), BODY).await;
+    assert_eq!((retry.status.as_u16(), retry.replayed()), (201, false));
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    gw.shutdown().await.expect("clean shutdown");
+
+    let (addr, hits) =
+        raw_upstream(&[b"", b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("idem.toml");
+    std::fs::write(&file, "unknown_outcome = \"keep\"\n").expect("write");
+    let gw = Gateway::start(&format!("http://{addr}"), |a| a.config = Some(file)).await;
+    let url = gw.at("/payments");
+    let first = post(&c, &url, Some("unknown-key-0002"), BODY).await;
+    assert_eq!(
+        (first.status.as_u16(), first.problem_slug().as_str()),
+        (502, "outcome-unknown")
+    );
+    for _ in 0..2 {
+        let retry = post(&c, &url, Some("unknown-key-0002"), BODY).await;
+        assert_eq!(
+            (retry.status.as_u16(), retry.problem_slug().as_str()),
+            (502, "outcome-unknown")
+        );
+        assert!(retry.replayed());
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "executed twice"
+    );
     gw.shutdown().await.expect("clean shutdown");
 }

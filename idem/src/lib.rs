@@ -32,9 +32,13 @@ pub use idem_core::{
     clock, fingerprint, headers, json, key, memory, policy, problem, record, scope, signed, store,
     Begin, Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules, ManualClock,
     MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret, SetCookieReplay,
-    StatusSet, Store, StoreError, StoreKey, StoredResponse, SystemClock, WebhookKeys,
+    StatusSet, Store, StoreError, StoreKey, StoredResponse, SystemClock, UnknownOutcome,
+    WebhookKeys,
 };
-pub use layer::{Idempotency, IdempotencyLayer, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
+pub use layer::{
+    Idempotency, IdempotencyLayer, OutcomeUnknown, IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED,
+    IDEMPOTENT_REPLAYED,
+};
 pub use metrics::Metrics;
 
 /// Errors of the `idem` crate's helpers. Refusals of requests are responses,

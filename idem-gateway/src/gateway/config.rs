@@ -39,6 +39,7 @@ macro_rules! with_route_keys {
             wait: Option<toml::Value>,
             require_signed_keys: Option<bool>,
             replay_set_cookie: Option<String>,
+            unknown_outcome: Option<String>,
         }
 
         impl $name {
@@ -58,6 +59,7 @@ macro_rules! with_route_keys {
                     wait: self.wait.clone(),
                     require_signed_keys: self.require_signed_keys,
                     replay_set_cookie: self.replay_set_cookie.clone(),
+                    unknown_outcome: self.unknown_outcome.clone(),
                 }
             }
         }
@@ -114,6 +116,7 @@ struct RouteFile {
     wait: Option<toml::Value>,
     require_signed_keys: Option<bool>,
     replay_set_cookie: Option<String>,
+    unknown_outcome: Option<String>,
 }
 
 with_route_keys! {
@@ -344,7 +347,8 @@ impl RouteFile {
             fail_open,
             wait,
             require_signed_keys,
-            replay_set_cookie
+            replay_set_cookie,
+            unknown_outcome
         )
     }
 
@@ -418,6 +422,9 @@ impl RouteFile {
             p.replay_set_cookie = v
                 .parse()
                 .map_err(|e| anyhow!("{at}replay_set_cookie: {e}"))?;
+        }
+        if let Some(v) = &self.unknown_outcome {
+            p.unknown_outcome = v.parse().map_err(|e| anyhow!("{at}unknown_outcome: {e}"))?;
         }
         Ok(p)
     }
@@ -841,7 +848,7 @@ impl GatewayConfig {
         let line = |name: &str, p: &RoutePolicy| {
             let methods: Vec<&str> = p.methods.iter().map(Method::as_str).collect();
             format!(
-                "{name:<24} methods={} ttl={:?} lock_timeout={:?} key_required={} fingerprint={:?} max_body={} wait={:?} webhook={} signed_keys={}",
+                "{name:<24} methods={} ttl={:?} lock_timeout={:?} key_required={} fingerprint={:?} max_body={} wait={:?} webhook={} signed_keys={} unknown_outcome={:?}",
                 if methods.is_empty() { "-".to_owned() } else { methods.join(",") },
                 p.ttl,
                 p.lease,
@@ -850,7 +857,8 @@ impl GatewayConfig {
                 p.max_request_body,
                 p.wait,
                 p.webhook.is_some(),
-                p.require_signed_keys
+                p.require_signed_keys,
+                p.unknown_outcome
             )
         };
         for (pattern, p) in &self.policy.routes {

@@ -245,29 +245,39 @@ where
             shared.client.request(Request::from_parts(parts, body)),
         )
         .await;
+        // Details name no upstream address and no error chain (they can
+        // describe the inside of the network): those go to the log.
         Ok(match sent {
-            Err(_) => self.problem(
-                ProblemKind::UpstreamTimeout,
-                format!(
-                    "the upstream {} did not answer within {:?}; nothing was stored, so a retry executes again",
-                    shared.upstream, shared.timeout
-                ),
-            ),
+            Err(_) => {
+                tracing::warn!(upstream = %shared.upstream, timeout = ?shared.timeout, "the upstream did not answer in time");
+                let mut res = self.problem(
+                    ProblemKind::UpstreamTimeout,
+                    format!(
+                        "the upstream did not answer within {:?}; nothing was stored, so a retry executes again",
+                        shared.timeout
+                    ),
+                );
+                // The request went out: it may have run (SPEC rule 7).
+                res.extensions_mut().insert(idem::OutcomeUnknown);
+                res
+            }
             Ok(Err(e)) => {
                 let what = if e.is_connect() {
-                    "cannot connect to the upstream"
+                    "the upstream could not be reached"
                 } else {
-                    "the upstream broke the exchange"
+                    "the upstream broke the exchange before answering"
                 };
-                tracing::warn!(upstream = %shared.upstream, error = %e, "{what}");
-                self.problem(
+                tracing::warn!(upstream = %shared.upstream, error = %source_chain(&e), "{what}");
+                let mut res = self.problem(
                     ProblemKind::UpstreamUnavailable,
-                    format!(
-                        "{what} {}: {}; nothing was stored, so a retry executes again",
-                        shared.upstream,
-                        source_chain(&e)
-                    ),
-                )
+                    format!("{what}; nothing was stored, so a retry executes again"),
+                );
+                // No connection, no request: only a broken exchange may
+                // have reached the operation.
+                if !e.is_connect() {
+                    res.extensions_mut().insert(idem::OutcomeUnknown);
+                }
+                res
             }
             Ok(Ok(res)) => {
                 let (mut parts, inner) = res.into_parts();

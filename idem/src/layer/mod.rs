@@ -26,4 +26,6 @@ pub use layer::IdempotencyLayer;
 pub(crate) use layer::{Admitted, Shared};
 pub use service::Idempotency;
 
-pub use crate::protocol::{IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
+pub use crate::protocol::{
+    OutcomeUnknown, IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED,
+};

@@ -1,33 +1,50 @@
-//! Rules 7 and 12: the execution's answer, read for storing. A status that
-//! is not stored (5xx, 408, 429 by default), a panic or a failed body
-//! releases the key; any other answer is stored. The read runs to its end
-//! even when the client has gone (the layer's `ResponseFuture` sees to it).
+//! Rules 7, 12 and 13: the execution's answer, read for storing. A status
+//! that is not stored (5xx, 408, 429 by default) or a panic releases the key
+//! (or, when the inner service marks its answer [`OutcomeUnknown`] and the
+//! route says `keep`, keeps it); an answer whose body breaks off after its
+//! status line is stored without its body; any other answer is stored. The
+//! read runs to its end even when the client has gone (the layer's
+//! `ResponseFuture` sees to it).
 
 use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::Response;
+use http::{HeaderValue, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
-use idem_core::{RoutePolicy, StoredResponse};
+use idem_core::{RoutePolicy, StoredResponse, UnknownOutcome};
 
 use super::refusal;
-use super::replay::{storable, storable_headers, storable_headers_in, storable_values_len};
+use super::replay::{
+    storable, storable_headers, storable_headers_in, storable_values_len, IDEMPOTENT_BODY_LOST,
+};
 use crate::layer::{BoxError, ResponseBody, Shared};
 
 /// What an execution produced.
 pub(super) enum Outcome<B> {
     /// A status that is not stored (rule 7): passed through, key released.
     NoStore(Response<B>),
+    /// Nothing of the answer arrived, and the route keeps such keys.
+    Unknown,
     /// Read in full, within the stored-response limit: one buffer holding
     /// the storable header values (the first `usize` bytes) then the body.
     Full(http::response::Parts, Bytes, usize),
     /// Over the limit: the part read, and the rest of the stream.
     Oversize(http::response::Parts, Bytes, std::pin::Pin<Box<B>>),
-    /// The response body failed while being read.
-    BodyFailed(BoxError),
+    /// The body broke off after the status line and headers arrived (rule
+    /// 13): the operation ran. With how many body bytes had arrived.
+    BodyFailed(http::response::Parts, u64, BoxError),
 }
+
+/// A response extension an inner service sets on an answer it made itself
+/// when the request may have reached the operation but nothing of the
+/// operation's answer came back (a reset or a timeout before the status
+/// line). On a route whose `unknown_outcome` is `keep` the layer then keeps
+/// the key instead of releasing it. The gateway's proxy sets it; a
+/// connection that was never made is not an unknown outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutcomeUnknown;
 
 /// Awaits the inner service's answer (`called`: its future, or the panic of
 /// the call that was to make it) and reads it, within the stored-response
@@ -59,7 +76,11 @@ where
         // In a block: the response's room is not kept while its body is read.
         let res = fut.await?;
         if policy.no_store.contains(res.status().as_u16()) {
-            return Ok(Outcome::NoStore(res));
+            let unknown = res.extensions().get::<OutcomeUnknown>().is_some();
+            if !(unknown && policy.unknown_outcome == UnknownOutcome::Keep) {
+                return Ok(Outcome::NoStore(res));
+            }
+            return Ok(Outcome::Unknown);
         }
         res.into_parts()
     };
@@ -87,7 +108,10 @@ where
         let frame = match body.frame().await {
             None => break,
             Some(Ok(f)) => f,
-            Some(Err(e)) => return Ok(Outcome::BodyFailed(e.into())),
+            Some(Err(e)) => {
+                let received = (buf.len() - head) as u64;
+                return Ok(Outcome::BodyFailed(parts, received, e.into()));
+            }
         };
         let Ok(data) = frame.into_data() else {
             continue;
@@ -118,10 +142,33 @@ pub(super) fn answer<B, E>(
         Err(_panic) => Release(Ok(refusal::response(shared, &refusal::handler_panicked()))),
         Ok(Err(e)) => Release(Err(e)),
         Ok(Ok(Outcome::NoStore(res))) => Release(Ok(res.map(ResponseBody::inner))),
-        Ok(Ok(Outcome::BodyFailed(e))) => Release(Ok(refusal::response(
-            shared,
-            &refusal::response_body_failed(&e),
-        ))),
+        Ok(Ok(Outcome::Unknown)) => {
+            let problem = refusal::outcome_unknown();
+            let res = refusal::response(shared, &problem);
+            let stored = StoredResponse {
+                status: problem.status(),
+                headers: storable_headers(res.headers()),
+                body: problem.to_json(&shared.problem_base).into(),
+                body_omitted: None,
+            };
+            Store(stored, res)
+        }
+        Ok(Ok(Outcome::BodyFailed(parts, received, e))) => {
+            // Logged here, not sent: error chains can name internal hosts.
+            tracing::warn!(status = parts.status.as_u16(), received, error = %e, "the answer's body broke off after its status line: the operation ran; its answer is kept without the body");
+            let mut headers = storable_headers(&parts.headers);
+            headers.push((IDEMPOTENT_BODY_LOST, HeaderValue::from_static("true")));
+            let stored = StoredResponse {
+                status: parts.status.as_u16(),
+                headers,
+                body: Bytes::new(),
+                body_omitted: Some(declared_length(&parts.headers).unwrap_or(received)),
+            };
+            Store(
+                stored,
+                refusal::response(shared, &refusal::answer_incomplete(parts.status)),
+            )
+        }
         Ok(Ok(Outcome::Full(parts, all, head))) => {
             let bytes = all.slice(head..);
             let stored = StoredResponse {
@@ -136,11 +183,7 @@ pub(super) fn answer<B, E>(
             )
         }
         Ok(Ok(Outcome::Oversize(parts, prefix, rest))) => {
-            let declared = parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
+            let declared = declared_length(&parts.headers);
             let stored = StoredResponse {
                 status: parts.status.as_u16(),
                 headers: storable_headers(&parts.headers),
@@ -153,4 +196,12 @@ pub(super) fn answer<B, E>(
             )
         }
     }
+}
+
+/// The body length an answer announced (`Content-Length`), if it did.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }

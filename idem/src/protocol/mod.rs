@@ -6,7 +6,7 @@
 //! | 11 | reading the body | `read_body.rs` |
 //! | 3, 5, 6, 8, 9 | `begin` and what its answer means (wait mode) | `begin.rs` |
 //! | 10 | store failure (fail-closed, fail-open) | `store_failure.rs` |
-//! | 7, 12 | executing and reading the answer | `execute.rs` |
+//! | 7, 12, 13 | executing and reading the answer (unknown outcomes, broken bodies) | `execute.rs` |
 //! | — | storing the answer or releasing the key, with retries | `finish.rs` |
 //! | — | renewing leases while executions run | `renew.rs` |
 //! | 4 | replaying (stored headers, cookies) | `replay.rs` |
@@ -41,6 +41,7 @@ use idem_core::{Fingerprint, Problem, StoreError, StoreKey};
 use tower_service::Service;
 
 use self::begin::Next;
+pub use self::execute::OutcomeUnknown;
 use self::execute::{answer, collect, Answer};
 pub(crate) use self::finish::release;
 use self::finish::{complete_local, finish_remote, release_local};
@@ -48,7 +49,7 @@ use self::key::{header_key, scope_of, Key};
 use self::read_body::{read_limited, ReadError};
 pub(crate) use self::renew::Renewals;
 use self::replay::{replay, replays_cookies};
-pub use self::replay::{IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
+pub use self::replay::{IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
 pub(crate) use self::route::Route;
 use self::store_failure::store_failure;
 use crate::context::IdempotencyContext;

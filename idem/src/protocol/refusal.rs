@@ -34,7 +34,9 @@ pub(super) fn metric(kind: ProblemKind) -> Option<ErrorKind> {
         ProblemKind::BodyTooLarge => ErrorKind::TooLarge,
         ProblemKind::ExecutionFailed
         | ProblemKind::UpstreamUnavailable
-        | ProblemKind::UpstreamTimeout => ErrorKind::Upstream,
+        | ProblemKind::UpstreamTimeout
+        | ProblemKind::AnswerIncomplete
+        | ProblemKind::OutcomeUnknown => ErrorKind::Upstream,
         _ => return None,
     })
 }
@@ -96,9 +98,16 @@ pub(super) fn body_unreadable(e: &dyn std::fmt::Display) -> Problem {
     )
 }
 
-/// Rule 10, fail-closed: `kind` is `StoreUnavailable` or `StoreFull`.
+/// Rule 10, fail-closed: `kind` is `StoreUnavailable` or `StoreFull`. A
+/// full store says which limit was reached (an operator's setting); an
+/// unreachable one says no more: its error text can name hosts, users and
+/// databases, so it goes to the log (`store_failure`), not to the client.
 pub(super) fn store_failed(kind: ProblemKind, e: &StoreError) -> Problem {
-    Problem::new(kind, format!("{e}; nothing was executed, retry later")).with_retry_after(1)
+    let detail = match kind {
+        ProblemKind::StoreFull => format!("{e}; nothing was executed, retry later"),
+        _ => "the idempotency store did not answer; nothing was executed, retry later".to_owned(),
+    };
+    Problem::new(kind, detail).with_retry_after(1)
 }
 
 /// Rule 7: the handler panicked.
@@ -109,10 +118,22 @@ pub(super) fn handler_panicked() -> Problem {
     )
 }
 
-/// Rule 7: the answer's body failed while it was read.
-pub(super) fn response_body_failed(e: &dyn std::fmt::Display) -> Problem {
+/// Rule 13: the operation ran and answered `status`, then the answer's body
+/// broke off before it all arrived.
+pub(super) fn answer_incomplete(status: http::StatusCode) -> Problem {
     Problem::new(
-        ProblemKind::ExecutionFailed,
-        format!("the response body failed: {e}; nothing was stored, so a retry executes again"),
+        ProblemKind::AnswerIncomplete,
+        format!(
+            "the operation ran and answered {status}, but its answer broke off before the whole body arrived; it is kept without its body, and a retry with this Idempotency-Key gets that status again (marked Idempotent-Body-Lost) instead of executing twice"
+        ),
+    )
+}
+
+/// Rule 7 with `unknown_outcome = "keep"`: nothing of the answer arrived,
+/// and the key is kept rather than risk a second execution.
+pub(super) fn outcome_unknown() -> Problem {
+    Problem::new(
+        ProblemKind::OutcomeUnknown,
+        "the operation may have run, but none of its answer arrived; this Idempotency-Key is kept so that it cannot run twice: check whether it took effect, then use a new key, or have an operator delete this one (idem keys delete)",
     )
 }

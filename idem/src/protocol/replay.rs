@@ -15,6 +15,12 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 /// replayed, the body is not, and nothing executes again.
 pub const IDEMPOTENT_BODY_OMITTED: HeaderName = HeaderName::from_static("idempotent-body-omitted");
 
+/// On a replay of an answer whose body broke off on its way (SPEC rule 13:
+/// the operation ran, its status and headers arrived, its body did not),
+/// `Idempotent-Body-Lost: true`, beside `Idempotent-Body-Omitted`. Kept as
+/// one of the record's headers, so every store replays it as it is.
+pub const IDEMPOTENT_BODY_LOST: HeaderName = HeaderName::from_static("idempotent-body-lost");
+
 /// A stored answer, replayed; `Set-Cookie` dropped when `cookies` is false.
 pub(super) fn replay<B>(stored: StoredResponse, cookies: bool) -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::full(stored.body));
