@@ -73,12 +73,12 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 /// A shared clock handle.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// The latest deadline a store keeps, in ms since the epoch (about 146
-/// million years from now). Every lease and TTL ends by then, however long
-/// it was configured: a signed 64-bit column (SQLite, PostgreSQL) holds it,
-/// and so does Redis's `PX`, which refuses an expiry past `i64::MAX` ms
-/// from its own clock (hence half of it, for any clock skew).
-pub const MAX_DEADLINE_MS: u64 = (i64::MAX / 2) as u64;
+/// The latest deadline a store keeps, in ms since the epoch: 2^53 - 1,
+/// about 285,000 years from now. Every lease and TTL ends by then, however
+/// long it was configured: a signed 64-bit column (SQLite, PostgreSQL)
+/// holds it, Redis's `PX` takes it, and a Lua script's doubles hold every
+/// integer up to it exactly.
+pub const MAX_DEADLINE_MS: u64 = (1 << 53) - 1;
 
 /// `Duration` to whole milliseconds, at most [`MAX_DEADLINE_MS`].
 pub fn millis(d: Duration) -> u64 {

@@ -414,6 +414,75 @@ async fn rule_8_a_killed_gateway_on_postgres_blocks_its_key_for_one_lease_only()
     killed_holder(&url).await;
 }
 
+/// Issue: instances decided lease expiry and TTL by their own clocks; one
+/// whose clock ran ahead took over a live lease (a second execution) and
+/// saw live answers as expired. Two gateways on `store`, the second 60 s
+/// ahead (libfaketime): it replays the first's answer (TTL 30 s) and
+/// answers 409 while the first executes (lease 30 s).
+async fn a_clock_60s_ahead_changes_nothing(store: &str) {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let args = ["--upstream", &up.url(), "--store", store, "--ttl", "30s"];
+    let (_a, a) = gateway(&args);
+    let (_b, b) = common::gateway_with_clock("+60s", &args);
+    let c = client();
+    let done = format!("skew-done-{}", &idem_core::key::generate_uuid_v4()[..8]);
+    let held = format!("skew-held-{}", &idem_core::key::generate_uuid_v4()[..8]);
+    assert_eq!(
+        post(&c, &format!("{a}/payments"), Some(&done), BODY)
+            .await
+            .status,
+        201
+    );
+    let r = post(&c, &format!("{b}/payments"), Some(&done), BODY).await;
+    assert!(
+        r.replayed(),
+        "the gateway ahead saw a live answer as expired: {}",
+        r.status
+    );
+    let slow = {
+        let (c, url, key) = (c.clone(), format!("{a}/payments"), held.clone());
+        tokio::spawn(async move {
+            let h = [
+                ("idempotency-key", key.as_str()),
+                ("x-test-delay-ms", "1500"),
+            ];
+            common::send(&c, Method::POST, &url, &h, BODY).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.executions_of(&held) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never got the request"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dup = post(&c, &format!("{b}/payments"), Some(&held), BODY).await;
+    assert_eq!(dup.status, 409, "the gateway ahead took over a live lease");
+    assert_eq!(slow.await.expect("slow request").status, 201);
+    assert!(post(&c, &format!("{b}/payments"), Some(&held), BODY)
+        .await
+        .replayed());
+    assert_eq!(up.executions_of(&done), 1);
+    assert_eq!(up.executions_of(&held), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_clock_a_gateway_60s_ahead_on_redis_changes_nothing() {
+    if let Some(url) = common::redis_db("REDIS_URL", 10) {
+        a_clock_60s_ahead_changes_nothing(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_clock_a_gateway_60s_ahead_on_postgres_changes_nothing() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipped: DATABASE_URL not set");
+        return;
+    };
+    a_clock_60s_ahead_changes_nothing(&url).await;
+}
+
 /// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`:
 /// each key reaches the upstream once, and every gateway replays it.
 async fn storm(bases: &[String], up: &CountingUpstream) {

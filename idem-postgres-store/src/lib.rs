@@ -23,8 +23,12 @@
 //!   next snapshot sees the winner. No race surfaces as an error.
 //! - **`complete`, `release` and `renew` are fenced**: `WHERE key = $1 AND
 //!   state = 0 AND fence = $2`, so a stale holder changes nothing.
-//! - **Deadlines are the caller's wall clock** in ms, like every store, so
-//!   all instances and tests agree on one notion of time.
+//! - **Time is the server's.** Every statement reads PostgreSQL's own clock
+//!   (`clock_timestamp()`) and computes deadlines itself, so instances whose
+//!   clocks disagree share one clock: an instance running ahead cannot take
+//!   over a live lease or expire a live answer (SPEC: lifetimes, shared
+//!   stores). Tests give a clock of their own ([`PostgresOptions::clock`]),
+//!   sent as a parameter that replaces the server's.
 //! - **Migrations** are versioned, applied under a transaction-scoped
 //!   advisory lock, so instances starting at once apply each step once. They
 //!   run at first use, not at construction, so idem starts while PostgreSQL
@@ -47,10 +51,10 @@ use async_trait::async_trait;
 pub use deadpool_postgres;
 pub use deadpool_postgres::Pool;
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
-use idem_core::clock::deadline_i64;
+use idem_core::clock::millis;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
-    StoreError, StoreKey, StoreStats, StoredResponse, SystemClock,
+    StoreError, StoreKey, StoreStats, StoredResponse,
 };
 use tokio::sync::OnceCell;
 pub use tokio_postgres;
@@ -99,8 +103,10 @@ impl From<PostgresStoreError> for StoreError {
 pub struct PostgresOptions {
     /// The schema holding idem's tables. The default is `public`.
     pub schema: String,
-    /// The clock deadlines are read from. The default is the system clock.
-    pub clock: SharedClock,
+    /// The clock deadlines are read from. The default, `None`, is the
+    /// PostgreSQL server's own (`clock_timestamp()`), shared by every
+    /// instance; tests set a clock they move by hand.
+    pub clock: Option<SharedClock>,
     /// Connections in the pool. The default is 16.
     pub pool_size: usize,
     /// How long to wait for a connection. The default is 2 s.
@@ -111,7 +117,7 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         Self {
             schema: "public".into(),
-            clock: Arc::new(SystemClock),
+            clock: None,
             pool_size: 16,
             connect_timeout: Duration::from_secs(2),
         }
@@ -132,38 +138,62 @@ struct Sql {
 impl Sql {
     fn new(schema: &str) -> Self {
         let t = format!("{schema}.idem_records");
+        // Parameter `$n` as now: the caller's clock when it sent one (tests),
+        // else the server's. Deadlines are capped like every store's.
+        let now = |n: u8| {
+            format!(
+                "COALESCE(${n}::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+            )
+        };
+        let max = idem_core::clock::MAX_DEADLINE_MS;
         Self {
+            // $1 key, $2 fingerprint, $3 fence, $4 lease ms, $5 now (or NULL).
+            // The last column is the time the row was judged by.
             begin: format!(
-                "WITH ins AS ( \
+                "WITH clk AS MATERIALIZED (SELECT {now5} AS now), \
+                 ins AS ( \
                    INSERT INTO {t} AS r (key, fingerprint, state, fence, expires_at, response) \
-                   VALUES ($1, $2, 0, $3, $4, NULL) \
+                   SELECT $1, $2, 0, $3, LEAST(clk.now + $4::bigint, {max}), NULL FROM clk \
                    ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, state = 0, \
                      fence = EXCLUDED.fence, expires_at = EXCLUDED.expires_at, response = NULL \
-                   WHERE r.expires_at <= $5 \
+                   WHERE r.expires_at <= (SELECT now FROM clk) \
                    RETURNING 1 \
                  ) \
-                 SELECT true, NULL::bytea, NULL::smallint, NULL::bigint, NULL::bytea FROM ins \
+                 SELECT true, NULL::bytea, NULL::smallint, NULL::bigint, NULL::bytea, (SELECT now FROM clk) FROM ins \
                  UNION ALL \
-                 SELECT false, fingerprint, state, expires_at, response FROM {t} \
-                 WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
+                 SELECT false, fingerprint, state, expires_at, response, (SELECT now FROM clk) FROM {t} \
+                 WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
+                now5 = now(5)
             ),
+            // $1 key, $2 fence, $3 response, $4 TTL ms, $5 now (or NULL).
             complete: format!(
-                "UPDATE {t} SET state = 1, response = $3, expires_at = $4 \
-                 WHERE key = $1 AND state = 0 AND fence = $2"
+                "UPDATE {t} SET state = 1, response = $3, expires_at = LEAST({now5} + $4::bigint, {max}) \
+                 WHERE key = $1 AND state = 0 AND fence = $2",
+                now5 = now(5)
             ),
             release: format!("DELETE FROM {t} WHERE key = $1 AND state = 0 AND fence = $2"),
+            // $1 key, $2 fence, $3 lease ms, $4 now (or NULL).
             renew: format!(
-                "UPDATE {t} SET expires_at = $3 WHERE key = $1 AND state = 0 AND fence = $2"
+                "UPDATE {t} SET expires_at = LEAST({now4} + $3::bigint, {max}) \
+                 WHERE key = $1 AND state = 0 AND fence = $2",
+                now4 = now(4)
             ),
+            // $1 key, $2 now (or NULL).
             get: format!(
-                "SELECT fingerprint, state, fence, expires_at, response FROM {t} WHERE key = $1"
+                "SELECT fingerprint, state, fence, expires_at, response, {now2} FROM {t} WHERE key = $1",
+                now2 = now(2)
             ),
             delete: format!("DELETE FROM {t} WHERE key = $1"),
+            // $1 now (or NULL), $2 limit.
             purge: format!(
                 "DELETE FROM {t} WHERE key IN \
-                 (SELECT key FROM {t} WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                 (SELECT key FROM {t} WHERE expires_at <= {now1} LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now1 = now(1)
             ),
-            stats: format!("SELECT state, expires_at > $1, count(*) FROM {t} GROUP BY 1, 2"),
+            stats: format!(
+                "SELECT state, expires_at > {now1}, count(*) FROM {t} GROUP BY 1, 2",
+                now1 = now(1)
+            ),
         }
     }
 }
@@ -196,7 +226,7 @@ pub struct PostgresStore {
     sql: Arc<Sql>,
     schema: Arc<str>,
     migrated: Arc<OnceCell<()>>,
-    clock: SharedClock,
+    clock: Option<SharedClock>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -216,6 +246,14 @@ fn valid_identifier(s: &str) -> bool {
 }
 
 impl PostgresStore {
+    /// The `now` parameter of a statement: the configured clock's reading,
+    /// or NULL for the server's own clock.
+    fn now_param(&self) -> Option<i64> {
+        self.clock
+            .as_ref()
+            .map(|c| i64::try_from(c.now_ms()).unwrap_or(i64::MAX))
+    }
+
     /// A store at `url`. Nothing is connected until first use.
     pub fn new(url: &str, options: PostgresOptions) -> Result<Self, PostgresStoreError> {
         if !valid_identifier(&options.schema) {
@@ -380,9 +418,7 @@ impl Store for PostgresStore {
             .map_err(PostgresStoreError::from)?;
         const ATTEMPTS: u32 = 8;
         for _ in 0..ATTEMPTS {
-            let now = self.clock.now_ms();
             let fence = Fence::generate();
-            let until = deadline_i64(now, lease);
             let rows = client
                 .query(
                     &stmt,
@@ -390,8 +426,8 @@ impl Store for PostgresStore {
                         &&key.0[..],
                         &&fingerprint.0[..],
                         &(fence.0 as i64),
-                        &until,
-                        &(now as i64),
+                        &millis_i64(lease),
+                        &self.now_param(),
                     ],
                 )
                 .await
@@ -405,6 +441,7 @@ impl Store for PostgresStore {
                 return Ok((Begin::Started(fence), None));
             }
             let expires_at: i64 = row.get(3);
+            let now = u64::try_from(row.get::<_, i64>(5)).unwrap_or(0);
             if expires_at as u64 <= now {
                 // The snapshot showed an expired row, but a newer live version
                 // blocked the takeover: look again.
@@ -428,11 +465,16 @@ impl Store for PostgresStore {
             .prepare_cached(&self.sql.complete)
             .await
             .map_err(PostgresStoreError::from)?;
-        let expires = deadline_i64(self.clock.now_ms(), ttl);
         let n = client
             .execute(
                 &stmt,
-                &[&&key.0[..], &(fence.0 as i64), &response.encode(), &expires],
+                &[
+                    &&key.0[..],
+                    &(fence.0 as i64),
+                    &response.encode(),
+                    &millis_i64(ttl),
+                    &self.now_param(),
+                ],
             )
             .await
             .map_err(PostgresStoreError::from)?;
@@ -463,9 +505,16 @@ impl Store for PostgresStore {
             .prepare_cached(&self.sql.renew)
             .await
             .map_err(PostgresStoreError::from)?;
-        let until = deadline_i64(self.clock.now_ms(), lease);
         let n = client
-            .execute(&stmt, &[&&key.0[..], &(fence.0 as i64), &until])
+            .execute(
+                &stmt,
+                &[
+                    &&key.0[..],
+                    &(fence.0 as i64),
+                    &millis_i64(lease),
+                    &self.now_param(),
+                ],
+            )
             .await
             .map_err(PostgresStoreError::from)?;
         Ok(n == 1)
@@ -477,13 +526,13 @@ impl Store for PostgresStore {
             .prepare_cached(&self.sql.get)
             .await
             .map_err(PostgresStoreError::from)?;
-        let now = self.clock.now_ms();
         let row = client
-            .query_opt(&stmt, &[&&key.0[..]])
+            .query_opt(&stmt, &[&&key.0[..], &self.now_param()])
             .await
             .map_err(PostgresStoreError::from)?;
         match row {
             Some(r) => {
+                let now = u64::try_from(r.get::<_, i64>(5)).unwrap_or(0);
                 let rec = to_record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))?;
                 Ok(rec.is_live(now).then_some(rec))
             }
@@ -510,10 +559,9 @@ impl Store for PostgresStore {
             .prepare_cached(&self.sql.purge)
             .await
             .map_err(PostgresStoreError::from)?;
-        let now = self.clock.now_ms() as i64;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(client
-            .execute(&stmt, &[&now, &limit])
+            .execute(&stmt, &[&self.now_param(), &limit])
             .await
             .map_err(PostgresStoreError::from)?)
     }
@@ -524,10 +572,9 @@ impl Store for PostgresStore {
             .prepare_cached(&self.sql.stats)
             .await
             .map_err(PostgresStoreError::from)?;
-        let now = self.clock.now_ms() as i64;
         let mut s = StoreStats::default();
         for row in client
-            .query(&stmt, &[&now])
+            .query(&stmt, &[&self.now_param()])
             .await
             .map_err(PostgresStoreError::from)?
         {
@@ -580,4 +627,10 @@ impl Store for PostgresStore {
             .map(Some)
             .map_err(|e| StoreError::backend(BACKEND, e))
     }
+}
+
+/// A lease or TTL in ms, as the `bigint` a statement takes (at most
+/// `MAX_DEADLINE_MS`, so it always fits).
+fn millis_i64(d: Duration) -> i64 {
+    i64::try_from(millis(d)).unwrap_or(i64::MAX)
 }

@@ -17,7 +17,7 @@ async fn postgres(config: StoreConfig) -> Option<Arc<dyn Store>> {
             "idem_test_{}",
             idem_core::key::generate_uuid_v4().replace('-', "_")
         ),
-        clock: config.clock,
+        clock: Some(config.clock),
         ..PostgresOptions::default()
     };
     let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
@@ -30,3 +30,22 @@ async fn postgres(config: StoreConfig) -> Option<Arc<dyn Store>> {
 }
 
 idem_testkit::store_conformance!(postgres, no_capacity);
+
+/// With no clock configured (the default, as the gateway runs it), the
+/// statements read PostgreSQL's own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_clock_times_leases_and_ttls() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipped: DATABASE_URL not set");
+        return;
+    };
+    let options = PostgresOptions {
+        schema: format!(
+            "idem_test_{}",
+            idem_core::key::generate_uuid_v4().replace('-', "_")
+        ),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
+    idem_testkit::suite::server_clock_times_leases_and_ttls(Arc::new(store)).await;
+}

@@ -26,9 +26,13 @@
 //!   `strcoll`, and Redis takes `LC_COLLATE` from its environment, so under
 //!   a locale such as `en_US.UTF-8` byte strings do not sort bytewise.
 //!   Fences are only compared for equality.
-//! - **Time.** Deadlines are wall-clock milliseconds from the caller's clock
-//!   (like every other store, so instances agree and tests can move time);
-//!   Redis removes each record itself with `PX` once its lease or TTL is over.
+//! - **Time is the server's.** Each script reads Redis's own clock (`TIME`)
+//!   and computes deadlines itself, so instances whose clocks disagree share
+//!   one clock: an instance running ahead cannot take over a live lease or
+//!   expire a live answer (SPEC: lifetimes, shared stores). Tests give a
+//!   clock of their own ([`RedisOptions::clock`]), sent with each call.
+//!   Redis also removes each record itself with `PX` once its lease or TTL
+//!   is over.
 //! - **Connections.** A `ConnectionManager` (one multiplexed connection that
 //!   reconnects by itself) or a Cluster connection; never one per request.
 //!   The first connection is made lazily, so idem starts while Redis is down
@@ -38,10 +42,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idem_core::clock::{deadline_ms, millis};
+use idem_core::clock::millis;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
-    StoreError, StoreKey, StoreStats, StoredResponse, SystemClock,
+    StoreError, StoreKey, StoreStats, StoredResponse,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -52,11 +56,25 @@ pub use redis;
 
 const BACKEND: &str = "redis";
 
-static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/begin.lua")));
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/complete.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
-static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/purge.lua")));
+/// A script with the shared helpers (`lua/prelude.lua`: times as numbers,
+/// the clock) in front.
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        })
+    };
+}
+
+static BEGIN: LazyLock<Script> = script!("begin.lua");
+static COMPLETE: LazyLock<Script> = script!("complete.lua");
+static RELEASE: LazyLock<Script> = script!("release.lua");
+static RENEW: LazyLock<Script> = script!("renew.lua");
+static PURGE: LazyLock<Script> = script!("purge.lua");
+static GET: LazyLock<Script> = script!("get.lua");
 
 /// Errors of the Redis store.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +111,10 @@ impl From<RedisStoreError> for StoreError {
 pub struct RedisOptions {
     /// Prefix of every record key. The default is `idem:`.
     pub prefix: String,
-    /// The clock deadlines are read from. The default is the system clock.
-    pub clock: SharedClock,
+    /// The clock deadlines are read from. The default, `None`, is the Redis
+    /// server's own (`TIME` in each script), shared by every instance;
+    /// tests set a clock they move by hand.
+    pub clock: Option<SharedClock>,
     /// How long connecting may take. The default is 2 s.
     pub connect_timeout: Duration,
     /// How long a command may take. The default is 2 s.
@@ -105,7 +125,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         Self {
             prefix: "idem:".into(),
-            clock: Arc::new(SystemClock),
+            clock: None,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
         }
@@ -270,8 +290,20 @@ impl RedisStore {
         k
     }
 
-    fn now(&self) -> u64 {
-        self.options.clock.now_ms()
+    /// The time argument of a script: the configured clock's reading (8
+    /// bytes), or empty for the server's own clock.
+    fn now_arg(&self) -> Vec<u8> {
+        match &self.options.clock {
+            Some(clock) => clock.now_ms().to_be_bytes().to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The raw record at `key` and the time to judge it by (one script, so
+    /// both come from the server at once).
+    async fn get_at(&self, key: &[u8]) -> Result<(Option<Vec<u8>>, u64), RedisStoreError> {
+        let (v, now): (Vec<u8>, String) = self.invoke(GET.key(key).arg(self.now_arg())).await?;
+        Ok(((!v.is_empty()).then_some(v), parse_now(&now)?))
     }
 
     /// Every record key, on every node, for the admin operations (SCAN: never
@@ -303,13 +335,6 @@ impl RedisStore {
         // prefix (the shared secret) is not a record.
         keys.retain(|k| k.len() == self.prefix.len() + 32);
         Ok(keys)
-    }
-
-    async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RedisStoreError> {
-        Ok(redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut self.conn().await?)
-            .await?)
     }
 }
 
@@ -392,6 +417,15 @@ fn px(ms: u64) -> u64 {
     ms.max(1)
 }
 
+/// The time a script answered with (decimal ms).
+fn parse_now(now: &str) -> Result<u64, RedisStoreError> {
+    now.parse().map_err(|_| {
+        RedisStoreError::Corrupt(DecodeError::new(
+            "a script answered a time that is not a number",
+        ))
+    })
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn begin(
@@ -409,25 +443,22 @@ impl Store for RedisStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
-        let now = self.now();
         let fence = Fence::generate();
-        let lease_ms = millis(lease);
-        let existing: Option<Vec<u8>> = self
+        let (existing, now): (Vec<u8>, String) = self
             .invoke(
                 BEGIN
                     .key(self.key(key))
-                    .arg(&now.to_be_bytes()[..])
+                    .arg(self.now_arg())
                     .arg(&fingerprint.0[..])
                     .arg(&fence.0.to_be_bytes()[..])
-                    .arg(&deadline_ms(now, lease).to_be_bytes()[..])
-                    .arg(px(lease_ms)),
+                    .arg(px(millis(lease))),
             )
             .await?;
-        let Some(v) = existing else {
+        if existing.is_empty() {
             return Ok((Begin::Started(fence), None));
-        };
-        let record = decode(&v).map_err(RedisStoreError::from)?;
-        Ok(record.into_begin_expiring(fingerprint, now))
+        }
+        let record = decode(&existing).map_err(RedisStoreError::from)?;
+        Ok(record.into_begin_expiring(fingerprint, parse_now(&now)?))
     }
 
     async fn complete(
@@ -437,16 +468,14 @@ impl Store for RedisStore {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let ttl_ms = millis(ttl);
-        let expires = deadline_ms(self.now(), ttl);
         let done: i64 = self
             .invoke(
                 COMPLETE
                     .key(self.key(key))
                     .arg(&fence.0.to_be_bytes()[..])
-                    .arg(&expires.to_be_bytes()[..])
+                    .arg(self.now_arg())
                     .arg(response.encode())
-                    .arg(px(ttl_ms)),
+                    .arg(px(millis(ttl))),
             )
             .await?;
         Ok(done == 1)
@@ -465,25 +494,22 @@ impl Store for RedisStore {
         fence: Fence,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let lease_ms = millis(lease);
-        let until = deadline_ms(self.now(), lease);
         let done: i64 = self
             .invoke(
                 RENEW
                     .key(self.key(key))
                     .arg(&fence.0.to_be_bytes()[..])
-                    .arg(&until.to_be_bytes()[..])
-                    .arg(px(lease_ms)),
+                    .arg(self.now_arg())
+                    .arg(px(millis(lease))),
             )
             .await?;
         Ok(done == 1)
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let now = self.now();
-        match self.get_raw(&self.key(key)).await? {
-            None => Ok(None),
-            Some(v) => {
+        match self.get_at(&self.key(key)).await? {
+            (None, _) => Ok(None),
+            (Some(v), now) => {
                 let r = decode(&v).map_err(RedisStoreError::from)?;
                 Ok(r.is_live(now).then_some(r))
             }
@@ -500,9 +526,9 @@ impl Store for RedisStore {
     }
 
     async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
-        // Redis drops records itself when their PX runs out; this removes the
-        // ones past their deadline by this instance's clock (clock skew).
-        let now = self.now().to_be_bytes();
+        // Redis drops records itself when their PX runs out; this removes
+        // any past their deadline that it has not dropped yet.
+        let now = self.now_arg();
         let mut purged = 0u64;
         for key in self.all_keys().await? {
             if purged as usize >= limit {
@@ -515,10 +541,9 @@ impl Store for RedisStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let now = self.now();
         let mut s = StoreStats::default();
         for key in self.all_keys().await? {
-            let Some(v) = self.get_raw(&key).await? else {
+            let (Some(v), now) = self.get_at(&key).await? else {
                 continue;
             };
             let r = decode(&v).map_err(RedisStoreError::from)?;

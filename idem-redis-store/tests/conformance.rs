@@ -17,7 +17,7 @@ async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn Store>> {
     };
     let options = RedisOptions {
         prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
-        clock: config.clock,
+        clock: Some(config.clock),
         ..RedisOptions::default()
     };
     let store = RedisStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
@@ -78,4 +78,22 @@ mod en_us_locale {
     }
 
     idem_testkit::store_conformance!(redis_en_us, no_capacity);
+}
+
+/// With no clock configured (the default, as the gateway runs it), the
+/// scripts read Redis's own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_clock_times_leases_and_ttls() {
+    for var in ["REDIS_URL", "REDIS_LOCALE_URL", "REDIS_CLUSTER_URL"] {
+        let Ok(url) = std::env::var(var) else {
+            eprintln!("skipped: {var} not set");
+            continue;
+        };
+        let options = RedisOptions {
+            prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
+        idem_testkit::suite::server_clock_times_leases_and_ttls(Arc::new(store)).await;
+    }
 }

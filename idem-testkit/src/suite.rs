@@ -681,3 +681,54 @@ where
     };
     crate::model::model_interleavings(store, config).await;
 }
+
+/// For a store that keeps time by its server's clock (Redis, PostgreSQL by
+/// default): leases and TTLs run out in real time, read from the server,
+/// and each is alive until then. Takes about 2.5 s of real time.
+pub async fn server_clock_times_leases_and_ttls(store: Arc<dyn Store>) {
+    let short = Duration::from_millis(800);
+    let k = key();
+    let fence = match store.begin(&k, &fp(1), short).await {
+        Ok(Begin::Started(fence)) => fence,
+        other => panic!("expected Started, got {other:?}"),
+    };
+    match begin_for(&*store, &k, short).await {
+        Begin::InProgress { lease_remaining } => {
+            assert!(lease_remaining <= short, "{lease_remaining:?}");
+            assert!(lease_remaining > short / 2, "{lease_remaining:?}");
+        }
+        other => panic!("a live lease was not in progress: {other:?}"),
+    }
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    // Past the lease: taken over, and the old holder changes nothing.
+    let new = match store.begin(&k, &fp(1), short).await {
+        Ok(Begin::Started(f)) => f,
+        other => panic!("an expired lease was not taken over: {other:?}"),
+    };
+    assert!(!store
+        .complete(&k, fence, &response(b"old"), TTL)
+        .await
+        .unwrap_or(true));
+    assert!(store
+        .complete(&k, new, &response(b"new"), short)
+        .await
+        .unwrap_or(false));
+    match store.begin_expiring(&k, &fp(1), short).await {
+        Ok((Begin::Completed(r), Some(_))) => assert_eq!(r, response(b"new")),
+        other => panic!("a live answer was not replayed: {other:?}"),
+    }
+    assert!(store.get(&k).await.ok().flatten().is_some());
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    assert!(store.get(&k).await.ok().flatten().is_none());
+    match store.begin(&k, &fp(2), short).await {
+        Ok(Begin::Started(_)) => {}
+        other => panic!("an answer past its TTL was still live: {other:?}"),
+    }
+}
+
+async fn begin_for(store: &dyn Store, k: &StoreKey, lease: Duration) -> Begin {
+    store
+        .begin(k, &fp(1), lease)
+        .await
+        .unwrap_or_else(|e| panic!("begin failed: {e}"))
+}

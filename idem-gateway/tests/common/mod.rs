@@ -115,12 +115,28 @@ pub fn gateway(args: &[&str]) -> (Proc, String) {
     idem(&["gateway"], &all)
 }
 
+/// Starts `idem gateway` like [`gateway`], under `faketime -f OFFSET`
+/// (libfaketime, from Debian's `faketime`): its wall clock runs `offset`
+/// (`+60s`) away from everyone else's.
+pub fn gateway_with_clock(offset: &str, args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["-f", offset, env!("CARGO_BIN_EXE_idem"), "gateway"];
+    all.extend_from_slice(&["--admin-listen", "none"]);
+    all.extend_from_slice(args);
+    spawn(Command::new("faketime").args(&all), &["gateway"])
+}
+
 fn idem(sub: &[&str], args: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idem"));
+    cmd.args(sub).args(args);
+    spawn(&mut cmd, sub)
+}
+
+/// Starts `cmd` with `--listen` on a free port and waits for its
+/// "listening" line.
+fn spawn(cmd: &mut Command, sub: &[&str]) -> (Proc, String) {
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(sub)
+    let mut child = cmd
         .args(["--listen", &listen])
-        .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -1,10 +1,11 @@
 -- complete: store the answer of the holder of the fence.
 -- KEYS[1] record key
--- ARGV[1] fence (8 bytes)  ARGV[2] expiry (8 bytes BE ms)  ARGV[3] encoded response
--- ARGV[4] TTL in ms (physical expiry)
+-- ARGV[1] fence (8 bytes)   ARGV[2] now (8 bytes BE ms, or empty: the server's clock)
+-- ARGV[3] encoded response   ARGV[4] TTL in ms
 local v = redis.call('GET', KEYS[1])
 if not v or string.sub(v, 1, 1) ~= 'P' or string.sub(v, 2, 9) ~= ARGV[1] then
   return 0
 end
-redis.call('SET', KEYS[1], 'C' .. ARGV[1] .. ARGV[2] .. string.sub(v, 18, 49) .. ARGV[3], 'PX', ARGV[4])
+local now = now_ms(ARGV[2])
+redis.call('SET', KEYS[1], 'C' .. ARGV[1] .. be8(deadline(now, ARGV[4])) .. string.sub(v, 18, 49) .. ARGV[3], 'PX', ARGV[4])
 return 1
