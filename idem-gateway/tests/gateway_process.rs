@@ -277,6 +277,39 @@ fn a_lock_timeout_within_three_store_timeouts_is_refused_naming_both() {
     );
 }
 
+/// POSTs `key` to `url` in a task, the upstream taking `delay_ms` to
+/// answer, and returns once the upstream is executing it.
+async fn executing(
+    c: &HttpClient,
+    url: &str,
+    key: &str,
+    delay_ms: u64,
+    up: &CountingUpstream,
+) -> tokio::task::JoinHandle<common::Answer> {
+    let (c2, url, key2, delay) = (
+        c.clone(),
+        url.to_owned(),
+        key.to_owned(),
+        delay_ms.to_string(),
+    );
+    let task = tokio::spawn(async move {
+        let h = [
+            ("idempotency-key", key2.as_str()),
+            ("x-test-delay-ms", delay.as_str()),
+        ];
+        common::send(&c2, Method::POST, &url, &h, BODY).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.executions_of(key) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never got the request"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task
+}
+
 /// `kill -9` of a gateway mid-request on `store`: another gateway answers 409
 /// while the dead holder's lease lives, then takes the key over and executes
 /// once; a key completed before the kill still replays.
@@ -299,24 +332,7 @@ async fn killed_holder(store: &str) {
     let killed_key = format!("killed-key-{}", &idem_core::key::generate_uuid_v4()[..8]);
     let done = post(&c, &url, Some(&done_key), BODY).await;
     assert_eq!(done.status, 201);
-    {
-        let (c, url, key) = (c.clone(), url.clone(), killed_key.clone());
-        tokio::spawn(async move {
-            let slow = [
-                ("idempotency-key", key.as_str()),
-                ("x-test-delay-ms", "3000"),
-            ];
-            common::send(&c, Method::POST, &url, &slow, BODY).await
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.executions_of(&killed_key) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream never got the request"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _slow = executing(&c, &url, &killed_key, 3000, &up).await;
     signal(&gw, "-KILL");
     drop(gw);
     let (_gw, base) = gateway(&args);
@@ -439,24 +455,7 @@ async fn a_clock_60s_ahead_changes_nothing(store: &str) {
         "the gateway ahead saw a live answer as expired: {}",
         r.status
     );
-    let slow = {
-        let (c, url, key) = (c.clone(), format!("{a}/payments"), held.clone());
-        tokio::spawn(async move {
-            let h = [
-                ("idempotency-key", key.as_str()),
-                ("x-test-delay-ms", "1500"),
-            ];
-            common::send(&c, Method::POST, &url, &h, BODY).await
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.executions_of(&held) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream never got the request"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let slow = executing(&c, &format!("{a}/payments"), &held, 1500, &up).await;
     let dup = post(&c, &format!("{b}/payments"), Some(&held), BODY).await;
     assert_eq!(dup.status, 409, "the gateway ahead took over a live lease");
     assert_eq!(slow.await.expect("slow request").status, 201);
