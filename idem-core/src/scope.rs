@@ -56,6 +56,16 @@ pub enum SecretError {
         #[source]
         source: io::Error,
     },
+    /// The secret file can be read by other users of the machine.
+    #[error(
+        "secret file {path} can be read by group or others (mode {mode:o}); run: chmod 600 {path}"
+    )]
+    Exposed {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 impl Secret {
@@ -87,11 +97,30 @@ impl Secret {
 
     /// Reads a secret file: its content, with surrounding whitespace trimmed,
     /// is the secret.
+    ///
+    /// A file that group or others can read is refused (the secret keys
+    /// every record; whoever reads it can compute store keys): the error
+    /// names the `chmod` that fixes it.
     pub fn read_file(path: &Path) -> Result<Self, SecretError> {
-        let data = std::fs::read(path).map_err(|source| SecretError::Io {
+        let io_err = |source| SecretError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(io_err)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(SecretError::Exposed {
+                    path: path.display().to_string(),
+                    mode: mode & 0o777,
+                });
+            }
+        }
+        let data = std::fs::read(path).map_err(io_err)?;
         let trimmed = data.trim_ascii();
         Self::from_bytes(trimmed.to_vec())
     }

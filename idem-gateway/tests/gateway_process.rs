@@ -685,7 +685,13 @@ async fn signed_keys_issued_by_the_cli_are_required_by_the_gateway() {
     let secret = dir.path().join("signing.secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("secret");
     let secret_arg = secret.to_str().expect("utf8");
-    let out = idem_cmd(&[
+    // Readable by others: refused, naming the fix.
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |mode| {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chmod(0o644);
+    let sign = [
         "keys",
         "sign",
         "order-0001-abcdef",
@@ -693,7 +699,16 @@ async fn signed_keys_issued_by_the_cli_are_required_by_the_gateway() {
         "Bearer alice",
         "--signing-secret-file",
         secret_arg,
-    ]);
+    ];
+    let out = idem_cmd(&sign);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 0644 secret file was used");
+    assert!(
+        stderr.contains(&format!("chmod 600 {secret_arg}")),
+        "{stderr}"
+    );
+    chmod(0o600);
+    let out = idem_cmd(&sign);
     assert!(out.status.success(), "{out:?}");
     let signed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(signed.starts_with("order-0001-abcdef."), "{signed}");

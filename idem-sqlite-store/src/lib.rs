@@ -227,6 +227,7 @@ impl SqliteStore {
     /// Opens the database at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, SqliteError> {
         let path = path.as_ref().to_path_buf();
+        create_private(&path);
         let conn = open_connection(&path, options.busy_timeout)?;
         migrations::run(&conn, &path)?;
         let rows: u64 = conn
@@ -294,6 +295,21 @@ impl SqliteStore {
             .map_err(|_| SqliteError::WriterGone)?;
         reply_rx.await.map_err(|_| SqliteError::WriterGone)?
     }
+}
+
+/// Creates the database file readable and writable by its owner only (mode
+/// 0600) when it does not exist yet: the records hold full responses.
+/// SQLite gives the `-wal` and `-shm` files the database file's permissions.
+/// Any failure is left to `Connection::open` to report.
+fn create_private(path: &Path) {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let _ = opts.open(path);
 }
 
 fn open_connection(path: &Path, busy: Duration) -> Result<Connection, SqliteError> {
