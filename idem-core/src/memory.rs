@@ -356,7 +356,14 @@ impl LocalStore for MemoryStore {
                 } else {
                     StoredResponse {
                         status: response.status,
-                        headers: response.headers,
+                        // Copied: a header value may be a slice of the
+                        // buffer the body is in (the layer reads both into
+                        // one), and would keep the whole dropped body alive.
+                        headers: response
+                            .headers
+                            .into_iter()
+                            .map(|(name, value)| (name, owned(&value)))
+                            .collect(),
                         body: bytes::Bytes::new(),
                         body_omitted: Some(response.body_omitted.unwrap_or(body as u64)),
                     }
@@ -471,4 +478,12 @@ impl Store for MemoryStore {
     fn local(&self) -> Option<&dyn LocalStore> {
         Some(self)
     }
+}
+
+/// `value` in an allocation of its own (same bytes, same sensitivity).
+fn owned(value: &http::HeaderValue) -> http::HeaderValue {
+    let mut copy =
+        http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
 }
