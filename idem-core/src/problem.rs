@@ -48,6 +48,8 @@ pub enum ProblemKind {
     /// Rule 13: the operation ran and its status line arrived, then its
     /// body broke off.
     AnswerIncomplete,
+    /// The request body did not arrive within the body read timeout.
+    BodyTimeout,
     /// Rule 7 with `unknown_outcome = "keep"`: the operation may have run,
     /// nothing of its answer arrived, and the key is kept.
     OutcomeUnknown,
@@ -70,6 +72,7 @@ impl ProblemKind {
             Self::UpstreamTimeout => "upstream-timeout",
             Self::Overloaded => "server-overloaded",
             Self::AnswerIncomplete => "answer-incomplete",
+            Self::BodyTimeout => "request-body-timeout",
             Self::OutcomeUnknown => "outcome-unknown",
         }
     }
@@ -87,6 +90,7 @@ impl ProblemKind {
             Self::UpstreamTimeout => 504,
             Self::Overloaded => 503,
             Self::AnswerIncomplete | Self::OutcomeUnknown => 502,
+            Self::BodyTimeout => 408,
         }
     }
 
@@ -106,6 +110,7 @@ impl ProblemKind {
             Self::UpstreamTimeout => "Upstream timed out",
             Self::Overloaded => "Too many requests in flight",
             Self::AnswerIncomplete => "The operation ran, but its answer broke off",
+            Self::BodyTimeout => "Request body did not arrive in time",
             Self::OutcomeUnknown => "The operation may have run; its answer never arrived",
         }
     }

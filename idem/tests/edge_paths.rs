@@ -142,3 +142,36 @@ async fn rule_8_the_lease_is_renewed_until_the_answer_is_stored() {
     assert_eq!(replay, (StatusCode::CREATED, true, first.2));
     assert_eq!(calls.load(Ordering::SeqCst), 1, "executed twice");
 }
+
+/// Issue: a request body that never arrives held its in-flight slot for as
+/// long as the client kept the connection, so a few such clients made every
+/// covered request get 503. It now gets 408 once the body read timeout has
+/// passed, nothing executes, and its slot is free for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_gets_408_and_frees_its_slot() {
+    let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new()))
+        .max_in_flight(1)
+        .body_read_timeout(Duration::from_millis(300));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = app(layer, calls.clone());
+    // A body stream that sends nothing and never ends.
+    let silent = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let req = Request::post("/payments")
+        .header("idempotency-key", "silent-body-0001")
+        .body(Body::from_stream(silent))
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(3), router.clone().oneshot(req))
+        .await
+        .unwrap_or_else(|_| panic!("no answer: the silent body held its request"))
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let ok = pay(&router, "after-silent-0001").await;
+    assert_eq!(ok.0, StatusCode::CREATED, "the slot was not freed: {ok:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -86,6 +86,7 @@ with_route_keys! {
         upstream_timeout: Option<toml::Value>,
         drain_timeout: Option<toml::Value>,
         header_read_timeout: Option<toml::Value>,
+        body_read_timeout: Option<toml::Value>,
         max_header_bytes: Option<toml::Value>,
         store_timeout: Option<toml::Value>,
         max_connections: Option<toml::Value>,
@@ -204,6 +205,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// How long a client may take to send its headers. The default is 10 s.
     pub header_read_timeout: Duration,
+    /// How long a covered request's body may take to arrive (408 past it).
+    pub body_read_timeout: Duration,
     /// Largest request head (HTTP/1 buffer, HTTP/2 header list). The default is 64 KiB.
     pub max_header_bytes: usize,
     /// How long a store call may take. The default is 5 s.
@@ -573,6 +576,13 @@ impl GatewayConfig {
             "header_read_timeout",
             Duration::from_secs(10),
         )?;
+        let body_read_timeout = dur(
+            &args.body_read_timeout,
+            &file.body_read_timeout,
+            "--body-read-timeout",
+            "body_read_timeout",
+            Duration::from_secs(30),
+        )?;
         let mut store_timeout = dur(
             &args.store_timeout,
             &file.store_timeout,
@@ -583,6 +593,7 @@ impl GatewayConfig {
         for (d, name) in [
             (upstream_timeout, "upstream_timeout"),
             (header_read_timeout, "header_read_timeout"),
+            (body_read_timeout, "body_read_timeout"),
             (store_timeout, "store_timeout"),
         ] {
             if d.is_zero() {
@@ -795,6 +806,7 @@ impl GatewayConfig {
             upstream_timeout,
             drain_timeout,
             header_read_timeout,
+            body_read_timeout,
             max_header_bytes,
             store_timeout,
             max_connections,

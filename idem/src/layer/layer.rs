@@ -52,6 +52,9 @@ pub(crate) struct Shared {
     pub(crate) scope_header: Option<HeaderName>,
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
+    /// How long a covered request's body may take to arrive (from the
+    /// first wait for it); past it, 408 and the in-flight slot is freed.
+    pub(crate) body_read_timeout: Duration,
     pub(crate) signing_secret: Option<Secret>,
     pub(crate) max_in_flight: Option<Arc<Admission>>,
     pub(crate) metrics: Metrics,
@@ -174,6 +177,7 @@ impl IdempotencyLayer {
                 scope_header: Some(http::header::AUTHORIZATION),
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
+                body_read_timeout: Duration::from_secs(30),
                 signing_secret: None,
                 max_in_flight: None,
                 metrics: Metrics::new(),
@@ -202,6 +206,7 @@ impl IdempotencyLayer {
                     scope_header: s.scope_header.clone(),
                     problem_base: s.problem_base.clone(),
                     store_timeout: s.store_timeout,
+                    body_read_timeout: s.body_read_timeout,
                     signing_secret: s.signing_secret.clone(),
                     max_in_flight: s.max_in_flight.clone(),
                     metrics: s.metrics.clone(),
@@ -257,6 +262,14 @@ impl IdempotencyLayer {
     /// (SPEC rule 10). The default is 5 s.
     pub fn store_timeout(self, timeout: Duration) -> Self {
         self.with(|s| s.store_timeout = timeout)
+    }
+
+    /// Sets how long a covered request's body may take to arrive, counted
+    /// from the first wait for it; a body that takes longer gets `408`
+    /// `request-body-timeout`, nothing executes, and its in-flight slot is
+    /// freed. The default is 30 s.
+    pub fn body_read_timeout(self, timeout: Duration) -> Self {
+        self.with(|s| s.body_read_timeout = timeout)
     }
 
     /// Sets the secret that signs keys, for routes whose policy has

@@ -129,12 +129,21 @@ where
         }
 
         // Rule 11: read the body (it is part of the fingerprint), within the limit.
-        let bytes = match read_limited(&parts.headers, body, policy.max_request_body).await {
+        let read = read_limited(
+            &parts.headers,
+            body,
+            policy.max_request_body,
+            shared.body_read_timeout,
+        );
+        let bytes = match read.await {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
                 return refuse(refusal::body_too_large(policy.max_request_body))
             }
             Err(ReadError::Failed(e)) => return refuse(refusal::body_unreadable(&e)),
+            Err(ReadError::TimedOut) => {
+                return refuse(refusal::body_timeout(shared.body_read_timeout))
+            }
         };
         let key = match key {
             Some(k) => k,

@@ -1,11 +1,18 @@
 //! Rule 11: the request body is read in full (it is part of the
-//! fingerprint), and refused as soon as it passes the route's limit.
+//! fingerprint), refused as soon as it passes the route's limit, and given
+//! up (408) when it does not arrive within the body read timeout: a client
+//! that sends headers and no body must not hold an in-flight slot.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;
 use http_body::Body;
-use http_body_util::BodyExt;
+use tokio::time::Sleep;
 
 use crate::layer::BoxError;
 
@@ -13,14 +20,19 @@ use crate::layer::BoxError;
 pub(super) enum ReadError {
     TooLarge,
     Failed(BoxError),
+    /// Not all of it arrived within the body read timeout.
+    TimedOut,
 }
 
 /// Reads a request body, refusing it as soon as it passes `limit`: a
-/// declared `Content-Length` over the limit is refused before any byte is read.
+/// declared `Content-Length` over the limit is refused before any byte is
+/// read. The body must have arrived `within` this long of the first wait
+/// for it.
 pub(super) async fn read_limited<B>(
     headers: &HeaderMap,
     body: B,
     limit: usize,
+    within: Duration,
 ) -> Result<Bytes, ReadError>
 where
     B: Body<Data = Bytes>,
@@ -37,7 +49,22 @@ where
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
+    // The timer is made at the first wait, not before: a body that is
+    // already here (most are) costs no timer at all.
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
+                return Poll::Ready(Ok(frame));
+            }
+            let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(ReadError::TimedOut)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
         let Ok(data) = frame.into_data() else {
             continue;

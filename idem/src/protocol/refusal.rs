@@ -90,6 +90,14 @@ pub(super) fn body_too_large(limit: usize) -> Problem {
     )
 }
 
+/// The request body did not arrive within the body read timeout.
+pub(super) fn body_timeout(within: std::time::Duration) -> Problem {
+    Problem::new(
+        ProblemKind::BodyTimeout,
+        format!("the request body did not arrive within {within:?}; nothing was executed, send the request again"),
+    )
+}
+
 /// The request body broke off while it was read.
 pub(super) fn body_unreadable(e: &dyn std::fmt::Display) -> Problem {
     Problem::new(
