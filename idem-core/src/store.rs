@@ -205,8 +205,8 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// The layer calls these when present: a call that cannot wait needs
     /// neither the boxed future an `async` trait method returns nor a
-    /// timeout around it (measured: about a tenth of the layer's own work
-    /// per first execution through the gateway).
+    /// timeout around it, a measurable share of the layer's own work per
+    /// first execution (docs/BENCHMARKS.md).
     fn local(&self) -> Option<&dyn LocalStore> {
         None
     }

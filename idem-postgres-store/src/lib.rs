@@ -39,9 +39,9 @@
 //!   connection, broken connections replaced after a server restart), chosen
 //!   over sqlx by measurement: the same `begin` and `complete` statements, 64
 //!   concurrent callers, a pool of 16 connections each, alternating runs
-//!   (`bench/pg-drivers`, docs/BENCHMARKS.md): tokio-postgres + deadpool did
-//!   6,094 begin+complete pairs per second, sqlx 4,082 (0.67×), medians of
-//!   five. It also has the smaller dependency tree, and statements are
+//!   (`bench/pg-drivers`; the figures are in docs/BENCHMARKS.md, "PostgreSQL
+//!   drivers"): tokio-postgres + deadpool did half as many again. It also
+//!   has the smaller dependency tree, and statements are
 //!   prepared and typed explicitly, with no compile-time database.
 
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! Lease renewal for every running execution of a layer, by one task.
 //!
 //! A timer per execution would be simpler, but registering and cancelling
-//! a timer on every request showed up in the gateway benchmark (about a
-//! tenth of first-execution throughput): most executions finish long before
+//! a timer on every request showed up in the gateway benchmark
+//! (docs/BENCHMARKS.md): most executions finish long before
 //! their first renewal is due. Registering here is a lock and a slot in a
 //! slab (no hashing); one task wakes every few hundred milliseconds and
 //! renews what is due.

@@ -54,8 +54,7 @@ pub(super) fn replays_cookies(policy: SetCookieReplay, scoped: bool) -> bool {
 /// The headers to store, each value copied: a value parsed by hyper is a
 /// slice of its connection's whole read buffer, and a record that kept it
 /// would keep kilobytes alive per key (measured: the memory store grew by
-/// a read buffer per request, and first executions ran at 0.66× the plain
-/// proxy instead of 0.9×).
+/// a read buffer per request; the throughput cost is in docs/BENCHMARKS.md).
 pub(super) fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     let mut stored = Vec::with_capacity(storable(headers).count());
     stored.extend(storable(headers).map(|(n, v)| {
