@@ -441,7 +441,7 @@ impl Store for PostgresStore {
                 return Ok((Begin::Started(fence), None));
             }
             let expires_at: i64 = row.get(3);
-            let now = u64::try_from(row.get::<_, i64>(5)).unwrap_or(0);
+            let now = judged_at(row);
             if expires_at as u64 <= now {
                 // The snapshot showed an expired row, but a newer live version
                 // blocked the takeover: look again.
@@ -532,7 +532,7 @@ impl Store for PostgresStore {
             .map_err(PostgresStoreError::from)?;
         match row {
             Some(r) => {
-                let now = u64::try_from(r.get::<_, i64>(5)).unwrap_or(0);
+                let now = judged_at(&r);
                 let rec = to_record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))?;
                 Ok(rec.is_live(now).then_some(rec))
             }
@@ -627,6 +627,12 @@ impl Store for PostgresStore {
             .map(Some)
             .map_err(|e| StoreError::backend(BACKEND, e))
     }
+}
+
+/// The time a `begin` or `get` row was judged by: its last column (the
+/// configured clock's, or the server's).
+fn judged_at(row: &tokio_postgres::Row) -> u64 {
+    u64::try_from(row.get::<_, i64>(5)).unwrap_or(0)
 }
 
 /// A lease or TTL in ms, as the `bigint` a statement takes (at most
