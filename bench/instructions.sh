@@ -7,14 +7,16 @@
 # within a percent from run to run whatever else the machine is doing, so they
 # show what a change to the layer costs or saves. See docs/BENCHMARKS.md.
 #
-# Usage: bench/instructions.sh [seconds=10]
+# Usage: bench/instructions.sh [seconds=10] [only variants whose name contains this]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-10}
+SECS=${1:-10}; ONLY=${2:-}
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 cargo build --release -q -p idem-gateway --bins --examples
+cargo build --release -q -p idem --example bench_axum
 BIN=${IDEM_BIN:-target/release/idem}  # IDEM_BIN: measure another build
+AXUM=${BENCH_AXUM:-target/release/examples/bench_axum}  # the same, for the axum app
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 UP=127.0.0.1:18300
 
@@ -25,10 +27,12 @@ wait_port() { # name port
 
 target/release/examples/bench_upstream "$UP" >"$WORK/upstream.log" 2>&1 & wait_port upstream 18300
 
-measure() { # name port script args... (args "plain": the plain proxy)
+measure() { # name port script args... (args "plain": the plain proxy; "axum plain|layer": bench_axum)
   local name=$1 port=$2 script=$3; shift 3
+  [[ $name == *"$ONLY"* ]] || return 0
   local cmd=("$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn "$@")
   [ "${1:-}" = plain ] && cmd=(target/release/examples/plain_proxy "127.0.0.1:$port" "$UP")
+  [ "${1:-}" = axum ] && cmd=("$AXUM" "127.0.0.1:$port" "$2" current)
   valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "${cmd[@]}" \
     >"$WORK/$name.log" 2>&1 &
   local pid=$!
@@ -83,3 +87,9 @@ measure first-gateway-no-layer 18304 new-keys.lua --store memory:// --bench-with
 # Replays: the warm-up executes the 16 keys of bench/replays.lua once.
 measure replay-gateway-memory 18306 replays.lua --store memory://
 measure replay-gateway-no-layer 18308 replays.lua --store memory:// --bench-without-layer
+# The layer around a tiny axum handler (idem/examples/bench_axum.rs), on the
+# current-thread runtime: what bench/layer.sh measures in time.
+measure first-axum-plain 18312 new-keys.lua axum plain
+measure first-axum-layer 18314 new-keys.lua axum layer
+measure replay-axum-plain 18316 replays.lua axum plain
+measure replay-axum-layer 18318 replays.lua axum layer

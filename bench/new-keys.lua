@@ -18,5 +18,6 @@ wrk.body = '{"amount": 42.5, "currency": "EUR", "recipient": "acct_123"}'
 
 function request()
   counter = counter + 1
-  return wrk.format(nil, nil, { ["Idempotency-Key"] = prefix .. counter })
+  -- wrk.format replaces wrk.headers with the table it is given: both go in.
+  return wrk.format(nil, nil, { ["Content-Type"] = "application/json", ["Idempotency-Key"] = prefix .. counter })
 end

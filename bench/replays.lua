@@ -8,5 +8,6 @@ wrk.body = '{"amount": 42.5, "currency": "EUR", "recipient": "acct_123"}'
 
 function request()
   counter = counter + 1
-  return wrk.format(nil, nil, { ["Idempotency-Key"] = "bench-replay-key-" .. (counter % 16) })
+  -- wrk.format replaces wrk.headers with the table it is given: both go in.
+  return wrk.format(nil, nil, { ["Content-Type"] = "application/json", ["Idempotency-Key"] = "bench-replay-key-" .. (counter % 16) })
 end

@@ -232,7 +232,7 @@ where
         // can take retries longer than a short lease), so a live request is
         // never taken over, and a crashed one blocks its key for at most
         // one lease.
-        let renewed = shared.renewals.register(&route, store_key, fence);
+        let renewed = shared.renewals.register(&route, store_key, fence, begun_at);
         let executed = {
             let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 inner.call(Request::from_parts(parts, RequestBody::buffered(bytes)))

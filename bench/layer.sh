@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The layer's own cost, measured so that the numbers cannot flatter it: a
+# tiny axum payments handler (idem/examples/bench_axum.rs) with and without
+# `IdempotencyLayer` + `MemoryStore`, the server pinned to core 0, wrk pinned
+# to core 1 with one thread, alternating runs, medians. Reports requests/s,
+# p99 and the server's CPU time per request (user + system, from
+# /proc/PID/stat) for first executions (a new key each) and replays, on the
+# multi-thread and current-thread runtimes. See docs/BENCHMARKS.md.
+#
+# Usage: bench/layer.sh [runs=3] [seconds=10] [connections=16] [runtimes="multi current"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}; SECS=${2:-10}; CONNS=${3:-16}; RUNTIMES=${4:-multi current}
+SERVER_CPU=${SERVER_CPU:-0}; WRK_CPU=${WRK_CPU:-1}
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+cargo build --release -q -p idem --example bench_axum
+EX=${BENCH_AXUM:-target/release/examples/bench_axum}  # BENCH_AXUM: measure another build
+WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+OUT="$WORK/results.tsv"
+TICK=$(getconf CLK_TCK)
+
+wait_port() { # port
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done
+  echo "port $1 did not open" >&2; exit 1
+}
+
+cpu_ticks() { # pid: user + system clock ticks, all threads
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run() { # scenario variant runtime port pid script
+  local before after res rps p99 reqs non2xx
+  before=$(cpu_ticks "$5")
+  res=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "bench/$6" "http://127.0.0.1:$4/payments")
+  after=$(cpu_ticks "$5")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$res")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$res")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$res"); non2xx=${non2xx:-0}
+  local us
+  us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/max($reqs,1):.2f}')")
+  printf '%s\t%s/%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$rps" "$p99" "$us" "$non2xx" | tee -a "$OUT"
+}
+
+port=18500
+declare -A PID PORT
+for rt in $RUNTIMES; do
+  for v in plain layer; do
+    port=$((port + 1))
+    taskset -c "$SERVER_CPU" "$EX" "127.0.0.1:$port" "$v" "$rt" >"$WORK/$v-$rt.log" 2>&1 &
+    PID[$v/$rt]=$!; PORT[$v/$rt]=$port
+    wait_port "$port"
+    # Warm-up; also executes the 16 replay keys once.
+    taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d2s -s bench/replays.lua "http://127.0.0.1:$port/payments" >/dev/null
+  done
+done
+
+printf 'scenario\tvariant\treq/s\tp99\tcpu-us/req\tnon-2xx\n'
+for i in $(seq "$RUNS"); do
+  for rt in $RUNTIMES; do
+    for s in first:new-keys.lua replay:replays.lua; do
+      for v in plain layer; do
+        run "${s%%:*}" "$v" "$rt" "${PORT[$v/$rt]}" "${PID[$v/$rt]}" "${s#*:}"
+      done
+    done
+  done
+done
+
+python3 - "$OUT" <<'EOF'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+def num(s):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if s.endswith(unit):
+            return float(s[: -len(unit)]) * f
+    return float(s)
+groups = {}
+for scen, var, rps, p99, us, non2xx in rows:
+    groups.setdefault((scen, var), []).append((float(rps), num(p99), float(us), int(non2xx)))
+print("\nmedians\nscenario\tvariant\treq/s\tp99(ms)\tcpu-us/req\tnon-2xx\tvs plain (req/s, cpu)")
+for (scen, var), v in sorted(groups.items()):
+    rps = statistics.median(x[0] for x in v)
+    p99 = statistics.median(x[1] for x in v)
+    us = statistics.median(x[2] for x in v)
+    non = sum(x[3] for x in v)
+    rt = var.split("/")[1]
+    base = groups.get((scen, "plain/" + rt))
+    ratio = ""
+    if base and not var.startswith("plain"):
+        ratio = f"{rps / statistics.median(x[0] for x in base):.2f}x, {us / statistics.median(x[2] for x in base):.2f}x"
+    print(f"{scen}\t{var}\t{rps:.0f}\t{p99:.2f}\t{us:.2f}\t{non}\t{ratio}")
+EOF
