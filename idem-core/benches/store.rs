@@ -90,5 +90,24 @@ fn memory(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, keys, memory);
+/// Issue 17 item 14: 128 objects with keys out of order around 1 MiB must
+/// cost less than 5x the same payload in one flat object.
+fn canonical_json(c: &mut Criterion) {
+    let payload = format!("\"{}\"", "x".repeat(1 << 20));
+    let mut nested = payload.clone();
+    for _ in 0..128 {
+        nested = format!(r#"{{"b": {nested}, "a": 1}}"#);
+    }
+    let flat = format!(r#"{{"b": {payload}, "a": 1}}"#);
+    let mut g = c.benchmark_group("canonical_json");
+    g.sample_size(20);
+    g.bench_function("flat_1MiB", |b| {
+        b.iter(|| idem_core::json::canonicalize(flat.as_bytes()))
+    });
+    g.bench_function("nested_unsorted_128_around_1MiB", |b| {
+        b.iter(|| idem_core::json::canonicalize(nested.as_bytes()))
+    });
+}
+
+criterion_group!(benches, keys, memory, canonical_json);
 criterion_main!(benches);

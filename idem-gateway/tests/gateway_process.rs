@@ -917,3 +917,36 @@ async fn a_redis_restart_under_load_refuses_then_recovers_and_nothing_executes_t
         all.len()
     );
 }
+
+/// Issue 17 item 10, as a user runs the gateway: after the upstream reset
+/// its idle connections, the next request could be written to a dead pooled
+/// connection and answered 502 though it never reached the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_reset_pooled_connection_is_sent_again_and_executes_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = common::ResettingUpstream::start().await;
+    let upstream = format!("http://{}", up.addr);
+    let (_gw, url) = gateway(&["--upstream", &upstream, "--store", "memory://"]);
+    let c = client();
+    let url = format!("{url}/payments");
+    let mut failures = Vec::new();
+    for run in 0..50 {
+        let first = post(&c, &url, Some(&format!("pooled-key-{run:04}-a")), BODY).await;
+        assert_eq!(first.status.as_u16(), 201, "{first:?}");
+        up.reset_idle().await;
+        let before = up.executed.load(SeqCst);
+        let second = post(&c, &url, Some(&format!("pooled-key-{run:04}-b")), BODY).await;
+        let ran = up.executed.load(SeqCst) - before;
+        if second.status.as_u16() != 201 || ran != 1 {
+            failures.push(format!(
+                "run {run}: {} executed {ran}: {second:?}",
+                second.status
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 50 failed: {failures:#?}",
+        failures.len()
+    );
+}

@@ -10,6 +10,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -352,5 +353,95 @@ impl Load {
         }
         assert_eq!(upstream.executions(), all.len());
         all
+    }
+}
+
+/// A keep-alive upstream that answers every request 201 and counts them,
+/// and can reset (RST, not FIN) every connection idle in the gateway's pool.
+pub struct ResettingUpstream {
+    pub addr: std::net::SocketAddr,
+    pub executed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    reset: tokio::sync::watch::Sender<u64>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ResettingUpstream {
+    pub async fn start() -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let executed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (reset, _) = tokio::sync::watch::channel(0u64);
+        let (e, o, r) = (executed.clone(), open.clone(), reset.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (e, o) = (e.clone(), o.clone());
+                let mut resets = r.subscribe();
+                o.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // Idle between requests: a reset closes it with an RST.
+                        let n = tokio::select! {
+                            read = s.read(&mut chunk) => read.unwrap_or(0),
+                            _ = resets.changed() => {
+                                let _ = s.set_zero_linger();
+                                break;
+                            }
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // One whole request: its head, then content-length bytes.
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            continue;
+                        }
+                        buf.drain(..end + 4 + length);
+                        e.fetch_add(1, SeqCst);
+                        let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(s);
+                    o.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            executed,
+            reset,
+            open,
+        }
+    }
+
+    /// Resets every idle connection and waits until they are closed.
+    pub async fn reset_idle(&self) {
+        self.reset.send_modify(|n| *n += 1);
+        // Polled without sleeping: the next request should follow the RST
+        // closely, before the gateway's pool has noticed it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            if self.open.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the upstream's connections did not close");
     }
 }
