@@ -203,6 +203,9 @@ pub struct GatewayArgs {
     /// Covered requests handled at once at most; past it 503 server-overloaded [default: 4096].
     #[arg(long, env = "IDEM_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<String>,
+    /// Concurrent HTTP/2 streams a client connection may open at most (SETTINGS_MAX_CONCURRENT_STREAMS) [default: 100].
+    #[arg(long, env = "IDEM_H2_MAX_STREAMS", value_name = "N")]
+    pub h2_max_streams: Option<String>,
     /// Records a memory:// store holds at most; past it new keys get 503 idempotency-store-full [default: 1000000].
     #[arg(long, env = "IDEM_MEMORY_CAPACITY", value_name = "RECORDS")]
     pub memory_capacity: Option<String>,

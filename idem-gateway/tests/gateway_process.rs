@@ -950,3 +950,89 @@ async fn a_request_on_a_reset_pooled_connection_is_sent_again_and_executes_once(
         failures.len()
     );
 }
+
+/// Issue 17 item 7: four h2c streams that never send their body and HTTP/1
+/// requests trickling a byte a second held all four in-flight slots, and
+/// every other covered request got 503 `server-overloaded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_never_come_hold_no_in_flight_slot() {
+    use http_body_util::StreamBody;
+    use tokio::io::AsyncWriteExt;
+    let up = CountingUpstream::start().await.expect("upstream");
+    let (_gw, url) = gateway(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory://",
+        "--max-in-flight",
+        "4",
+    ]);
+    let addr = url.trim_start_matches("http://").to_owned();
+
+    // Four h2c streams (prior knowledge) whose DATA never comes.
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let silent = futures_util::stream::pending::<
+            Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>,
+        >();
+        let req = http::Request::post(format!("{url}/payments"))
+            .header("idempotency-key", format!("stalled-h2-{i:04}"))
+            .header("content-type", "application/json")
+            .body(StreamBody::new(silent))
+            .expect("request");
+        let sent = h2.send_request(req);
+        stalled.push(tokio::spawn(sent));
+    }
+    // HTTP/1 requests announcing 20 bytes, sending one a second.
+    let mut trickles = Vec::new();
+    for i in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: trickle-{i:04}\r\ncontent-length: 20\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        trickles.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                if s.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let ok = post(
+        &client(),
+        &format!("{url}/payments"),
+        Some("normal-key-0001"),
+        BODY,
+    )
+    .await;
+    assert_eq!(ok.status.as_u16(), 201, "{ok:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(up.executions(), 1);
+    for t in trickles {
+        t.abort();
+    }
+    for t in stalled {
+        t.abort();
+    }
+}

@@ -91,6 +91,7 @@ with_route_keys! {
         store_timeout: Option<toml::Value>,
         max_connections: Option<toml::Value>,
         max_in_flight: Option<toml::Value>,
+        h2_max_streams: Option<toml::Value>,
         memory_capacity: Option<toml::Value>,
         memory_max_bytes: Option<toml::Value>,
         workers: Option<toml::Value>,
@@ -217,6 +218,9 @@ pub struct GatewayConfig {
     /// Covered requests handled at once at most; past it 503
     /// `server-overloaded`. The default is 4,096.
     pub max_in_flight: usize,
+    /// Concurrent HTTP/2 streams one client connection may open at most.
+    /// The default is 100.
+    pub h2_max_streams: u32,
     /// Records a `memory://` store holds at most; past it new keys get 503
     /// `idempotency-store-full`. The default is 1,000,000.
     pub memory_capacity: usize,
@@ -639,9 +643,20 @@ impl GatewayConfig {
             "memory_capacity",
             1_000_000,
         )?;
-        if max_connections == 0 || max_in_flight == 0 || memory_capacity == 0 {
-            bail!("max_connections, max_in_flight and memory_capacity must be at least 1");
+        let h2_max_streams = count(
+            &args.h2_max_streams,
+            &file.h2_max_streams,
+            "--h2-max-streams",
+            "h2_max_streams",
+            100,
+        )?;
+        if max_connections == 0 || max_in_flight == 0 || memory_capacity == 0 || h2_max_streams == 0
+        {
+            bail!("max_connections, max_in_flight, h2_max_streams and memory_capacity must be at least 1");
         }
+        let Ok(h2_max_streams) = u32::try_from(h2_max_streams) else {
+            bail!("h2_max_streams must be at most {}", u32::MAX);
+        };
         let memory_max_bytes = count(
             &args.memory_max_bytes,
             &file.memory_max_bytes,
@@ -811,6 +826,7 @@ impl GatewayConfig {
             store_timeout,
             max_connections,
             max_in_flight,
+            h2_max_streams,
             memory_capacity,
             memory_max_bytes,
             workers,
@@ -840,8 +856,8 @@ impl GatewayConfig {
         );
         let _ = writeln!(
             out,
-            "limits        max_connections={} max_in_flight={}",
-            self.max_connections, self.max_in_flight
+            "limits        max_connections={} max_in_flight={} h2_max_streams={}",
+            self.max_connections, self.max_in_flight, self.h2_max_streams
         );
         let _ = writeln!(
             out,
@@ -1036,6 +1052,36 @@ mod tests {
                 "{err:?}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn h2_max_streams_comes_from_the_flag_or_the_file_and_defaults_to_100() -> anyhow::Result<()> {
+        let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
+        assert_eq!(c.h2_max_streams, 100);
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nh2_max_streams = 8\n",
+            GatewayArgs::default(),
+        )?;
+        assert_eq!(c.h2_max_streams, 8);
+        assert!(c.summary().contains("h2_max_streams=8"), "{}", c.summary());
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nh2_max_streams = 8\n",
+            GatewayArgs {
+                h2_max_streams: Some("2".into()),
+                ..Default::default()
+            },
+        )?;
+        assert_eq!(c.h2_max_streams, 2);
+        let err = resolve_text(
+            "upstream = \"http://a:1\"\nh2_max_streams = 0\n",
+            GatewayArgs::default(),
+        )
+        .map_err(|e| format!("{e:#}"));
+        assert!(
+            matches!(&err, Err(e) if e.contains("h2_max_streams")),
+            "{err:?}"
+        );
         Ok(())
     }
 

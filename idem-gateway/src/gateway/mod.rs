@@ -545,7 +545,7 @@ fn http_builder(config: &GatewayConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(config.h2_max_streams);
     builder
 }
 

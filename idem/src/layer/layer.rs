@@ -282,9 +282,11 @@ impl IdempotencyLayer {
     }
 
     /// Bounds the covered requests handled at once: past `limit`, a covered
-    /// request is refused at once with 503 `server-overloaded` (and
-    /// `Retry-After`), before its body is read or anything executes, so a
-    /// flood cannot grow memory without bound. The default is no limit.
+    /// request is refused with 503 `server-overloaded` (and `Retry-After`)
+    /// as soon as its body has arrived, before anything executes. A request
+    /// takes its slot only once its body is here, so clients that send
+    /// headers and no body (or a byte a second) cannot hold the slots: the
+    /// body read timeout ends them. The default is no limit.
     pub fn max_in_flight(self, limit: usize) -> Self {
         self.with(|s| s.max_in_flight = Some(Arc::new(Admission::new(limit))))
     }

@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::body::{BoxError, RequestBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::{IdempotencyLayer, Shared};
-use crate::protocol::{protocol, refusal, Route};
+use crate::protocol::{protocol, Route};
 
 /// The service made by [`IdempotencyLayer`](super::IdempotencyLayer).
 pub struct Idempotency<S> {
@@ -87,19 +87,6 @@ where
         match Route::find(&self.shared, req.method(), req.uri().path()) {
             None => ResponseFuture::passthrough(self.inner.call(req.map(RequestBody::streaming))),
             Some(route) => {
-                let permit = match &self.shared.max_in_flight {
-                    None => None,
-                    Some(limit) => match limit.try_enter() {
-                        Some(p) => Some(p),
-                        None => {
-                            let res = refusal::response(&self.shared, &refusal::overloaded());
-                            return ResponseFuture::protocol(
-                                async move { Ok(res) },
-                                tracing::Span::none(),
-                            );
-                        }
-                    },
-                };
                 // The clone that was made ready is the one to call (tower's
                 // usual dance); a fresh clone stays for the next request.
                 let clone = self.inner.clone();
@@ -115,10 +102,7 @@ where
                     outcome = tracing::field::Empty,
                 );
                 let (parts, body) = req.into_parts();
-                ResponseFuture::protocol(
-                    protocol(route, inner, parts, body, span.clone(), permit),
-                    span,
-                )
+                ResponseFuture::protocol(protocol(route, inner, parts, body, span.clone()), span)
             }
         }
     }

@@ -63,6 +63,15 @@ fn outcome(span: &tracing::Span, o: &'static str) {
     span.record("outcome", o);
 }
 
+/// A slot under the layer's in-flight limit, if it has one; `Err` when
+/// every slot is taken.
+fn admit(shared: &crate::layer::Shared) -> Result<Option<Admitted>, ()> {
+    match &shared.max_in_flight {
+        None => Ok(None),
+        Some(limit) => limit.try_enter().map(Some).ok_or(()),
+    }
+}
+
 /// The protocol for one covered request (SPEC rules 1 to 12).
 ///
 /// One `async move` block that uses its captured arguments in place, not
@@ -80,7 +89,6 @@ pub(crate) fn protocol<S, ReqBody, ResBody>(
     mut parts: Parts,
     body: ReqBody,
     span: tracing::Span,
-    permit: Option<Admitted>,
 ) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send + 'static
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -92,8 +100,6 @@ where
     ResBody::Error: Into<BoxError>,
 {
     async move {
-        // Held until the request is answered (the admission limit).
-        let _permit = permit;
         let shared = &*route.shared;
         let policy = route.policy();
         let refuse = |problem: Problem| {
@@ -123,6 +129,10 @@ where
                 return refuse(refusal::key_missing(&parts.method, parts.uri.path()));
             }
             // An optional key that was not sent: no protection asked for.
+            let _permit = match admit(shared) {
+                Ok(p) => p,
+                Err(()) => return refuse(refusal::overloaded()),
+            };
             outcome(&span, "unprotected");
             let req = Request::from_parts(parts, RequestBody::streaming(body));
             return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
@@ -144,6 +154,15 @@ where
             Err(ReadError::TimedOut) => {
                 return refuse(refusal::body_timeout(shared.body_read_timeout))
             }
+        };
+        // The in-flight slot is taken once the body is here, and held until
+        // the request is answered: taken before, requests whose bodies
+        // never come (or trickle in) would hold every slot until their
+        // body read timeout, and refuse everyone else. Bodies being read
+        // are bounded by the connection limit and that timeout instead.
+        let _permit = match admit(shared) {
+            Ok(p) => p,
+            Err(()) => return refuse(refusal::overloaded()),
         };
         let key = match key {
             Some(k) => k,

@@ -45,7 +45,7 @@ pub(super) fn metric(kind: ProblemKind) -> Option<ErrorKind> {
 pub(crate) fn overloaded() -> Problem {
     Problem::new(
         ProblemKind::Overloaded,
-        "too many requests are being handled; nothing was read or executed, retry after the Retry-After delay",
+        "too many requests are being handled; nothing was executed, retry after the Retry-After delay",
     )
     .with_retry_after(1)
 }
