@@ -212,6 +212,12 @@ pub struct GatewayArgs {
     /// Bytes the records of a memory:// store account for at most (answers plus 256 per record); past it new keys get 503 idempotency-store-full [default: 1GiB].
     #[arg(long, env = "IDEM_MEMORY_MAX_BYTES", value_name = "BYTES")]
     pub memory_max_bytes: Option<String>,
+    /// Records a sqlite:// store holds at most; past it new keys get 503 idempotency-store-full [default: 10000000].
+    #[arg(long, env = "IDEM_SQLITE_CAPACITY", value_name = "RECORDS")]
+    pub sqlite_capacity: Option<String>,
+    /// Bytes the records of a sqlite:// store account for at most (answers plus 160 per record); past it new keys get 503 idempotency-store-full [default: 10GiB].
+    #[arg(long, env = "IDEM_SQLITE_MAX_BYTES", value_name = "BYTES")]
+    pub sqlite_max_bytes: Option<String>,
     /// Threads serving requests [default: one per CPU core]. Fewer than the cores leaves room for processes sharing the machine (docs/BENCHMARKS.md).
     #[arg(long, env = "IDEM_WORKERS", value_name = "N")]
     pub workers: Option<String>,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use idem_core::{CachedStore, MemoryStore, Secret, Store, SystemClock};
 use idem_postgres_store::{PostgresOptions, PostgresStore};
 use idem_redis_store::{RedisOptions, RedisStore};
-use idem_sqlite_store::SqliteStore;
+use idem_sqlite_store::{SqliteOptions, SqliteStore};
 
 /// A parsed `--store` URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -122,7 +122,7 @@ pub fn open(
     secret_file: Option<&Path>,
     local_cache: usize,
 ) -> anyhow::Result<OpenedStore> {
-    open_with(url, secret_file, local_cache, None)
+    open_with(url, secret_file, local_cache, None, None)
 }
 
 /// The bounds of a `memory://` store: past either, new keys are refused with
@@ -135,14 +135,27 @@ pub struct MemoryLimits {
     pub bytes: usize,
 }
 
-/// [`open`], with bounds for `memory://`. `None`: unbounded.
+/// The bounds of a `sqlite://` store, as [`MemoryLimits`] are for memory:
+/// past either, new keys get 503 `idempotency-store-full` (after expired
+/// records were purged); an answer that would overrun the bytes is kept
+/// without its body.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteLimits {
+    /// Records held at most.
+    pub records: u64,
+    /// Accounted bytes at most (`ROW_OVERHEAD` per row plus its answer).
+    pub bytes: u64,
+}
+
+/// [`open`], with bounds for `memory://` and `sqlite://`. `None`: unbounded.
 pub fn open_with(
     url: &StoreUrl,
     secret_file: Option<&Path>,
     local_cache: usize,
     memory_limits: Option<MemoryLimits>,
+    sqlite_limits: Option<SqliteLimits>,
 ) -> anyhow::Result<OpenedStore> {
-    let mut opened = open_store(url, secret_file, memory_limits)?;
+    let mut opened = open_store(url, secret_file, memory_limits, sqlite_limits)?;
     if local_cache > 0 {
         // Replays of hot keys answered locally (see idem_core::cache).
         let cached = CachedStore::new(opened.store, Arc::new(SystemClock)).capacity(local_cache);
@@ -155,6 +168,7 @@ fn open_store(
     url: &StoreUrl,
     secret_file: Option<&Path>,
     memory_limits: Option<MemoryLimits>,
+    sqlite_limits: Option<SqliteLimits>,
 ) -> anyhow::Result<OpenedStore> {
     let explicit = match secret_file {
         Some(p) => Some(Secret::read_file(p).with_context(|| {
@@ -207,7 +221,12 @@ fn open_store(
             })
         }
         StoreUrl::Sqlite(path) => {
-            let store = SqliteStore::open(path)
+            let options = SqliteOptions {
+                capacity: sqlite_limits.map(|l| l.records),
+                max_bytes: sqlite_limits.map(|l| l.bytes),
+                ..SqliteOptions::default()
+            };
+            let store = SqliteStore::open_with(path, options)
                 .with_context(|| format!("cannot open store sqlite://{}", path.display()))?;
             let secret = match explicit {
                 Some(s) => s,

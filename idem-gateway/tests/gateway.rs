@@ -1077,3 +1077,34 @@ async fn rule_7_a_request_on_a_reset_pooled_connection_is_sent_again_and_execute
     );
     gw.shutdown().await.expect("shutdown");
 }
+
+/// Issue 17 item 8: on SQLite a flood of new keys grew the file without
+/// bound. `--sqlite-capacity` bounds it like the memory store: past it a new
+/// key gets 503 `idempotency-store-full` and does not execute; the live
+/// records still replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sqlite_store_refuses_new_keys_and_keeps_replaying() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", dir.path().join("full.db").display());
+    let gw = Gateway::start(&up.url(), |a| {
+        a.store = Some(store);
+        a.sqlite_capacity = Some("2".into());
+    })
+    .await;
+    let c = client();
+    let url = gw.at("/payments");
+    for k in ["sqlite-full-0001", "sqlite-full-0002"] {
+        assert_eq!(post(&c, &url, Some(k), BODY).await.status.as_u16(), 201);
+    }
+    let refused = post(&c, &url, Some("sqlite-full-0003"), BODY).await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.problem_slug().as_str()),
+        (503, "idempotency-store-full"),
+        "{refused:?}"
+    );
+    assert_eq!(up.executions(), 2, "the refused key executed");
+    let replay = post(&c, &url, Some("sqlite-full-0001"), BODY).await;
+    assert!(replay.replayed(), "{replay:?}");
+    gw.shutdown().await.expect("shutdown");
+}

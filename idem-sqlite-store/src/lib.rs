@@ -100,6 +100,12 @@ pub enum SqliteError {
         /// The configured capacity.
         capacity: u64,
     },
+    /// The store's records take up its byte budget.
+    #[error("the SQLite store is full ({max_bytes} bytes of records)")]
+    FullBytes {
+        /// The configured budget.
+        max_bytes: u64,
+    },
     /// A stored response could not be decoded.
     #[error(transparent)]
     Corrupt(#[from] idem_core::DecodeError),
@@ -114,6 +120,9 @@ pub enum SqliteError {
 impl From<SqliteError> for StoreError {
     fn from(e: SqliteError) -> Self {
         match e {
+            SqliteError::FullBytes { max_bytes } => StoreError::BytesExceeded {
+                max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            },
             SqliteError::Full { capacity } => StoreError::CapacityExceeded {
                 capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
             },
@@ -132,6 +141,48 @@ pub struct Writer {
     /// approximate; it is recounted at every sweep.)
     rows: u64,
     capacity: Option<u64>,
+    /// Bytes the rows account for ([`ROW_OVERHEAD`] each plus its stored
+    /// answer), kept exact the same way as `rows`.
+    bytes: u64,
+    max_bytes: Option<u64>,
+}
+
+/// Bytes accounted to every row whatever its answer: key, fingerprint,
+/// state, fence, expiry, and the index entry on the key, with SQLite's page
+/// slack. The budget bounds the database file to within this estimate.
+pub const ROW_OVERHEAD: u64 = 160;
+
+impl Writer {
+    /// Whether one more row fits both bounds.
+    fn has_room(&self) -> bool {
+        self.capacity.is_none_or(|c| self.rows < c)
+            && self
+                .max_bytes
+                .is_none_or(|m| self.bytes.saturating_add(ROW_OVERHEAD) <= m)
+    }
+
+    /// Recounts rows and bytes from the table (another process may share
+    /// the file).
+    fn recount(&mut self) -> rusqlite::Result<()> {
+        let (rows, bytes) = count_rows(&self.conn)?;
+        self.rows = rows;
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+fn count_rows(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT count(*), coalesce(sum(length(response)), 0) FROM idem_records",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+    .map(|(rows, answers)| {
+        (
+            rows,
+            rows.saturating_mul(ROW_OVERHEAD).saturating_add(answers),
+        )
+    })
 }
 
 type Reply = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>) + Send>;
@@ -184,6 +235,12 @@ pub struct SqliteOptions {
     /// The most records held; new keys beyond it are refused. The default is
     /// no limit.
     pub capacity: Option<u64>,
+    /// The most bytes the records may account for ([`ROW_OVERHEAD`] each
+    /// plus its stored answer); new keys beyond it are refused, and an
+    /// answer that would overrun it is kept without its body (a replay says
+    /// `Idempotent-Body-Omitted`): the operation ran, so its record stays.
+    /// The default is no limit.
+    pub max_bytes: Option<u64>,
     /// How often the sweeper deletes expired rows. The default is 60 s.
     pub sweep_interval: Duration,
     /// How long to wait for another process holding the write lock. The
@@ -196,6 +253,7 @@ impl Default for SqliteOptions {
         Self {
             clock: Arc::new(SystemClock),
             capacity: None,
+            max_bytes: None,
             sweep_interval: Duration::from_secs(60),
             busy_timeout: Duration::from_secs(5),
         }
@@ -230,11 +288,7 @@ impl SqliteStore {
         create_private(&path);
         let conn = open_connection(&path, options.busy_timeout)?;
         migrations::run(&conn, &path)?;
-        let rows: u64 = conn
-            .query_row("SELECT count(*) FROM idem_records", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)?;
+        let (rows, bytes) = count_rows(&conn)?;
         // Checkpoints run on their own thread and connection (see
         // `checkpointer_loop`), so the writer never waits for an fsync.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -244,6 +298,8 @@ impl SqliteStore {
             clock: options.clock,
             rows,
             capacity: options.capacity,
+            bytes,
+            max_bytes: options.max_bytes,
         };
         let (tx, rx) = mpsc::channel();
         // The writer holds this sender; when the writer ends, the
@@ -411,7 +467,7 @@ fn run_batch(w: &mut Writer, batch: &mut Vec<Box<dyn Job>>) {
         }
         return;
     }
-    let rows_before = w.rows;
+    let (rows_before, bytes_before) = (w.rows, w.bytes);
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let mut rolled_back: Option<Arc<rusqlite::Error>> = None;
     for job in batch.drain(..) {
@@ -438,6 +494,7 @@ fn run_batch(w: &mut Writer, batch: &mut Vec<Box<dyn Job>>) {
     if commit_err.is_some() {
         let _ = w.conn.execute_batch("ROLLBACK");
         w.rows = rows_before;
+        w.bytes = bytes_before;
     }
     for reply in replies {
         reply(commit_err.as_ref());
@@ -445,20 +502,25 @@ fn run_batch(w: &mut Writer, batch: &mut Vec<Box<dyn Job>>) {
 }
 
 fn sweep(w: &mut Writer, now: u64, limit: usize) -> Result<u64, rusqlite::Error> {
-    let n = w.conn.execute(
-        "DELETE FROM idem_records WHERE id IN \
-         (SELECT id FROM idem_records WHERE expires_at <= ?1 LIMIT ?2)",
-        params![now as i64, limit as i64],
-    )? as u64;
+    let (n, freed) = {
+        let mut stmt = w.conn.prepare_cached(
+            "DELETE FROM idem_records WHERE id IN \
+             (SELECT id FROM idem_records WHERE expires_at <= ?1 LIMIT ?2) \
+             RETURNING length(response)",
+        )?;
+        let mut deleted = stmt.query(params![now as i64, limit as i64])?;
+        let (mut n, mut freed) = (0u64, 0u64);
+        while let Some(r) = deleted.next()? {
+            n += 1;
+            freed += ROW_OVERHEAD + r.get::<_, Option<i64>>(0)?.unwrap_or(0) as u64;
+        }
+        (n, freed)
+    };
     w.rows = w.rows.saturating_sub(n);
+    w.bytes = w.bytes.saturating_sub(freed);
     if (n as usize) < limit {
         // Caught up: recount, in case another process shares the file.
-        w.rows = w
-            .conn
-            .query_row("SELECT count(*) FROM idem_records", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)?;
+        w.recount()?;
     }
     Ok(n)
 }
@@ -513,8 +575,7 @@ fn begin(
     let lease_until = deadline_i64(now, lease);
     // Every statement here runs in one BEGIN IMMEDIATE transaction on the only
     // writer, so no one can slip in between the read and the write.
-    let has_room = w.capacity.is_none_or(|c| w.rows < c);
-    if has_room {
+    if w.has_room() {
         // The common case, a new key, in one statement.
         let inserted = w
             .conn
@@ -525,14 +586,17 @@ fn begin(
             .execute(params![&key.0[..], &fp.0[..], fence.0 as i64, lease_until])?;
         if inserted == 1 {
             w.rows += 1;
+            w.bytes += ROW_OVERHEAD;
             return Ok((Begin::Started(fence), None));
         }
     }
     match read_row(&w.conn, key)? {
         Some(row) if row.3 as u64 > now => Ok(to_record(row)?.into_begin_expiring(fp, now)),
-        Some(_) => {
+        Some(row) => {
             // An expired lease or TTL: treated as no record (rules 8 and 9).
-            // Replacing it takes no new room.
+            // Replacing it takes no new room, and frees its answer's.
+            let answer = row.4.as_ref().map_or(0, |r| r.len() as u64);
+            w.bytes = w.bytes.saturating_sub(answer);
             w.conn
                 .prepare_cached(
                     "UPDATE idem_records SET fingerprint = ?2, state = 0, fence = ?3, \
@@ -543,11 +607,15 @@ fn begin(
         }
         None => {
             // Only reached when full: make room from expired rows, or refuse.
-            if let Some(capacity) = w.capacity {
-                sweep(w, now, SWEEP_BATCH)?;
-                if w.rows >= capacity {
-                    return Err(SqliteError::Full { capacity });
-                }
+            sweep(w, now, SWEEP_BATCH)?;
+            if let Some(capacity) = w.capacity.filter(|&c| w.rows >= c) {
+                return Err(SqliteError::Full { capacity });
+            }
+            if let Some(max_bytes) = w
+                .max_bytes
+                .filter(|&m| w.bytes.saturating_add(ROW_OVERHEAD) > m)
+            {
+                return Err(SqliteError::FullBytes { max_bytes });
             }
             w.conn
                 .prepare_cached(
@@ -556,6 +624,7 @@ fn begin(
                 )?
                 .execute(params![&key.0[..], &fp.0[..], fence.0 as i64, lease_until])?;
             w.rows += 1;
+            w.bytes += ROW_OVERHEAD;
             Ok((Begin::Started(fence), None))
         }
     }
@@ -592,11 +661,31 @@ impl Store for SqliteStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let key = *key;
-        // Encode on the caller's thread, not the single writer's.
+        // Encode on the caller's thread, not the single writer's; with a
+        // byte budget, also the answer without its body, kept instead when
+        // the whole one would overrun the budget.
         let encoded = response.encode();
+        let slim = (!response.body.is_empty()).then(|| {
+            StoredResponse {
+                status: response.status,
+                headers: response.headers.clone(),
+                body: bytes::Bytes::new(),
+                body_omitted: Some(response.body_omitted.unwrap_or(response.body.len() as u64)),
+            }
+            .encode()
+        });
         Ok(self
             .job(move |w| {
                 let expires = deadline_ms(w.clock.now_ms(), ttl);
+                let fits = |len: usize| {
+                    w.max_bytes
+                        .is_none_or(|m| w.bytes.saturating_add(len as u64) <= m)
+                };
+                let encoded = match slim {
+                    Some(slim) if !fits(encoded.len()) => slim,
+                    _ => encoded,
+                };
+                let len = encoded.len() as u64;
                 let n = w
                     .conn
                     .prepare_cached(
@@ -604,6 +693,9 @@ impl Store for SqliteStore {
                          WHERE key = ?3 AND state = 0 AND fence = ?4",
                     )?
                     .execute(params![encoded, expires as i64, &key.0[..], fence.0 as i64])?;
+                if n == 1 {
+                    w.bytes += len;
+                }
                 Ok(n == 1)
             })
             .await?)
@@ -620,6 +712,7 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![&key.0[..], fence.0 as i64])?;
                 w.rows = w.rows.saturating_sub(n as u64);
+                w.bytes = w.bytes.saturating_sub(n as u64 * ROW_OVERHEAD);
                 Ok(n == 1)
             })
             .await?)
@@ -664,12 +757,21 @@ impl Store for SqliteStore {
         let key = *key;
         Ok(self
             .job(move |w| {
-                let n = w
+                let answer: Option<Option<i64>> = w
                     .conn
-                    .prepare_cached("DELETE FROM idem_records WHERE key = ?1")?
-                    .execute([&key.0[..]])?;
-                w.rows = w.rows.saturating_sub(n as u64);
-                Ok(n == 1)
+                    .prepare_cached(
+                        "DELETE FROM idem_records WHERE key = ?1 RETURNING length(response)",
+                    )?
+                    .query_row([&key.0[..]], |r| r.get(0))
+                    .optional()?;
+                let Some(answer) = answer else {
+                    return Ok(false);
+                };
+                w.rows = w.rows.saturating_sub(1);
+                w.bytes = w
+                    .bytes
+                    .saturating_sub(ROW_OVERHEAD + answer.unwrap_or(0) as u64);
+                Ok(true)
             })
             .await?)
     }

@@ -94,6 +94,8 @@ with_route_keys! {
         h2_max_streams: Option<toml::Value>,
         memory_capacity: Option<toml::Value>,
         memory_max_bytes: Option<toml::Value>,
+        sqlite_capacity: Option<toml::Value>,
+        sqlite_max_bytes: Option<toml::Value>,
         workers: Option<toml::Value>,
         runtime: Option<String>,
         #[serde(default)]
@@ -232,6 +234,12 @@ pub struct GatewayConfig {
     /// Bytes the records of a `memory://` store account for at most; past
     /// it new keys get 503 `idempotency-store-full`. The default is 1 GiB.
     pub memory_max_bytes: usize,
+    /// Records a `sqlite://` store holds at most; past it new keys get 503
+    /// `idempotency-store-full`. The default is 10,000,000.
+    pub sqlite_capacity: u64,
+    /// Bytes the records of a `sqlite://` store account for at most (each
+    /// answer plus `ROW_OVERHEAD` per record). The default is 10 GiB.
+    pub sqlite_max_bytes: u64,
     /// Which requests are covered, and how.
     pub policy: Policy,
     /// Proxy without the layer (benchmark baseline only).
@@ -667,6 +675,26 @@ impl GatewayConfig {
         if memory_max_bytes < 1 << 20 {
             bail!("memory_max_bytes: must be at least 1MiB, got {memory_max_bytes}");
         }
+        let sqlite_capacity = count(
+            &args.sqlite_capacity,
+            &file.sqlite_capacity,
+            "--sqlite-capacity",
+            "sqlite_capacity",
+            10_000_000,
+        )?;
+        if sqlite_capacity == 0 {
+            bail!("sqlite_capacity: must be at least 1");
+        }
+        let sqlite_max_bytes = count(
+            &args.sqlite_max_bytes,
+            &file.sqlite_max_bytes,
+            "--sqlite-max-bytes",
+            "sqlite_max_bytes",
+            10 << 30,
+        )?;
+        if sqlite_max_bytes < 1 << 20 {
+            bail!("sqlite_max_bytes: must be at least 1MiB, got {sqlite_max_bytes}");
+        }
         let workers = match flag(&args.workers).or_else(|| file.workers.clone()) {
             Some(v) => {
                 let n = size_of(&from("--workers", "workers"), &v)?;
@@ -829,6 +857,8 @@ impl GatewayConfig {
             h2_max_streams,
             memory_capacity,
             memory_max_bytes,
+            sqlite_capacity: sqlite_capacity as u64,
+            sqlite_max_bytes: sqlite_max_bytes as u64,
             workers,
             runtime,
             policy,
@@ -871,6 +901,13 @@ impl GatewayConfig {
                 out,
                 "memory_store  capacity={} records, max_bytes={}",
                 self.memory_capacity, self.memory_max_bytes
+            );
+        }
+        if matches!(self.store, StoreUrl::Sqlite(_)) {
+            let _ = writeln!(
+                out,
+                "sqlite_store  capacity={} records, max_bytes={}",
+                self.sqlite_capacity, self.sqlite_max_bytes
             );
         }
         let line = |name: &str, p: &RoutePolicy| {

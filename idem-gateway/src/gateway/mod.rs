@@ -68,6 +68,10 @@ pub async fn run(
             records: config.memory_capacity,
             bytes: config.memory_max_bytes,
         }),
+        Some(stores::SqliteLimits {
+            records: config.sqlite_capacity,
+            bytes: config.sqlite_max_bytes,
+        }),
     )?;
     let metrics = Metrics::new();
     let layer = IdempotencyLayer::new(opened.store.clone())
