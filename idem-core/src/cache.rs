@@ -274,6 +274,10 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.backend()
     }
 
+    fn capacity(&self) -> Option<u64> {
+        self.inner.capacity()
+    }
+
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
         self.inner.shared_secret().await
     }

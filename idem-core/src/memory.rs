@@ -487,6 +487,10 @@ impl Store for MemoryStore {
     fn local(&self) -> Option<&dyn LocalStore> {
         Some(self)
     }
+
+    fn capacity(&self) -> Option<u64> {
+        Some(self.capacity as u64)
+    }
 }
 
 /// `value` in an allocation of its own (same bytes, same sensitivity).

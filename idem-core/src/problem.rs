@@ -53,6 +53,9 @@ pub enum ProblemKind {
     /// Rule 7 with `unknown_outcome = "keep"`: the operation may have run,
     /// nothing of its answer arrived, and the key is kept.
     OutcomeUnknown,
+    /// One scope (one client, or the anonymous scope) holds its share of
+    /// the store's capacity: its new keys wait, other scopes' do not.
+    ScopeFull,
 }
 
 impl ProblemKind {
@@ -74,6 +77,7 @@ impl ProblemKind {
             Self::AnswerIncomplete => "answer-incomplete",
             Self::BodyTimeout => "request-body-timeout",
             Self::OutcomeUnknown => "outcome-unknown",
+            Self::ScopeFull => "idempotency-scope-full",
         }
     }
 
@@ -91,6 +95,7 @@ impl ProblemKind {
             Self::Overloaded => 503,
             Self::AnswerIncomplete | Self::OutcomeUnknown => 502,
             Self::BodyTimeout => 408,
+            Self::ScopeFull => 429,
         }
     }
 
@@ -112,6 +117,7 @@ impl ProblemKind {
             Self::AnswerIncomplete => "The operation ran, but its answer broke off",
             Self::BodyTimeout => "Request body did not arrive in time",
             Self::OutcomeUnknown => "The operation may have run; its answer never arrived",
+            Self::ScopeFull => "Too many idempotency keys held for this client",
         }
     }
 }

@@ -189,6 +189,13 @@ pub trait Store: Send + Sync + 'static {
     /// The backend's name for metrics and logs: `memory`, `sqlite`, ….
     fn backend(&self) -> &'static str;
 
+    /// The most records this store holds, when it is bounded (memory,
+    /// SQLite); `None` (the default) for stores bounded by their server.
+    /// The layer keeps one scope from taking more than its share of it.
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
+
     /// A secret kept in the store itself, created by the first instance that
     /// asks and read by every other, so instances sharing a store agree on
     /// store keys without configuration. `None` (the default) for stores that
@@ -296,6 +303,9 @@ impl Store for std::sync::Arc<dyn Store> {
     }
     fn backend(&self) -> &'static str {
         (**self).backend()
+    }
+    fn capacity(&self) -> Option<u64> {
+        (**self).capacity()
     }
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
         (**self).shared_secret().await

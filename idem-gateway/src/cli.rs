@@ -212,6 +212,9 @@ pub struct GatewayArgs {
     /// Bytes the records of a memory:// store account for at most (answers plus 256 per record); past it new keys get 503 idempotency-store-full [default: 1GiB].
     #[arg(long, env = "IDEM_MEMORY_MAX_BYTES", value_name = "BYTES")]
     pub memory_max_bytes: Option<String>,
+    /// The share of a memory:// or sqlite:// store's capacity one scope (one client, or the anonymous scope) may hold; past it that scope's new keys get 429 idempotency-scope-full, 1 turns it off [default: 0.5].
+    #[arg(long, env = "IDEM_SCOPE_SHARE", value_name = "FRACTION")]
+    pub scope_share: Option<String>,
     /// Records a sqlite:// store holds at most; past it new keys get 503 idempotency-store-full [default: 10000000].
     #[arg(long, env = "IDEM_SQLITE_CAPACITY", value_name = "RECORDS")]
     pub sqlite_capacity: Option<String>,

@@ -842,7 +842,13 @@ async fn in_flight_and_connection_limits_refuse_with_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_new_keys_stops_at_the_memory_capacity() {
     let up = CountingUpstream::start().await.expect("upstream");
-    let gw = Gateway::start(&up.url(), |a| a.memory_capacity = Some("5".into())).await;
+    // One client floods here: the per-scope share (tested on its own) is
+    // turned off to reach the store's own bound.
+    let gw = Gateway::start(&up.url(), |a| {
+        a.memory_capacity = Some("5".into());
+        a.scope_share = Some("1".into());
+    })
+    .await;
     let c = client();
     for i in 0..5 {
         let key = format!("flood-key-{i:06}");
@@ -1090,6 +1096,7 @@ async fn a_full_sqlite_store_refuses_new_keys_and_keeps_replaying() {
     let gw = Gateway::start(&up.url(), |a| {
         a.store = Some(store);
         a.sqlite_capacity = Some("2".into());
+        a.scope_share = Some("1".into());
     })
     .await;
     let c = client();

@@ -1036,3 +1036,51 @@ async fn bodies_that_never_come_hold_no_in_flight_slot() {
         t.abort();
     }
 }
+
+/// Issue 17 item 8, as a user runs the gateway: one client flooding new keys
+/// into `memory://` made every user's new keys get 503 for a TTL. Past half
+/// the store, that client's new keys get 429 `idempotency-scope-full`;
+/// another client's POST still gets its 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_scope_leaves_room_for_the_others() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let (_gw, url) = gateway(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory://",
+        "--memory-capacity",
+        "20",
+    ]);
+    let c = client();
+    let url = format!("{url}/payments");
+    let flood = [
+        ("authorization", "Bearer sk_flooder"),
+        ("content-type", "application/json"),
+    ];
+    let mut refused = 0;
+    for i in 0..30 {
+        let key = format!("flood-{i:04}");
+        let mut h = flood.to_vec();
+        h.push(("idempotency-key", &key));
+        let a = send(&c, Method::POST, &url, &h, BODY).await;
+        match a.status.as_u16() {
+            201 => {}
+            429 => {
+                assert_eq!(a.problem_slug(), "idempotency-scope-full");
+                assert!(a.headers.contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("flood request {i}: {other} {a:?}"),
+        }
+    }
+    assert_eq!(refused, 20, "the flooder got more than half the store");
+    let other = [
+        ("authorization", "Bearer sk_someone_else"),
+        ("content-type", "application/json"),
+        ("idempotency-key", "someone-else-0001"),
+    ];
+    let a = send(&c, Method::POST, &url, &other, BODY).await;
+    assert_eq!(a.status.as_u16(), 201, "{a:?}");
+    assert_eq!(up.executions(), 11);
+}

@@ -175,3 +175,89 @@ async fn a_body_that_never_arrives_gets_408_and_frees_its_slot() {
     assert_eq!(ok.0, StatusCode::CREATED, "the slot was not freed: {ok:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+async fn pay_as(router: &Router, who: Option<&str>, key: &str) -> (StatusCode, Option<String>) {
+    let mut req = Request::post("/payments")
+        .header("idempotency-key", key)
+        .header("content-type", "application/json");
+    if let Some(who) = who {
+        req = req.header("authorization", format!("Bearer {who}"));
+    }
+    let req = req.body(Body::from("{\"amount\":10}")).unwrap_or_default();
+    let res = router
+        .clone()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    let status = res.status();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("idempotency-scope-full"), "{text}");
+    }
+    (status, retry)
+}
+
+/// Issue 17 item 8: one client flooding new keys filled the store, and every
+/// user got 503 `idempotency-store-full` for a TTL. One scope now holds at
+/// most half the store (the default share): past it, its new keys get 429,
+/// while its replays and other scopes' requests go on.
+#[tokio::test]
+async fn one_scope_cannot_take_more_than_its_share_of_the_store() {
+    let store = Arc::new(MemoryStore::new().with_capacity(10));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = app(IdempotencyLayer::new(store), calls.clone());
+    for i in 0..5 {
+        let (status, _) = pay_as(&router, None, &format!("flood-key-{i:04}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (status, retry) = pay_as(&router, None, "flood-key-0005").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry.is_some(), "no Retry-After");
+    assert_eq!(calls.load(Ordering::SeqCst), 5, "the refused key executed");
+    // Its replays still replay.
+    assert_eq!(
+        pay_as(&router, None, "flood-key-0000").await.0,
+        StatusCode::CREATED
+    );
+    // Another scope keeps working, up to its own share.
+    for i in 0..5 {
+        let (status, _) = pay_as(&router, Some("sk_other"), &format!("other-key-{i:04}")).await;
+        assert_eq!(status, StatusCode::CREATED, "another scope was refused");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
+
+/// The refused key was released: once the share allows, the same key
+/// executes (it was never left in progress).
+#[tokio::test]
+async fn a_key_refused_for_its_scope_is_not_left_in_progress() {
+    let store = Arc::new(MemoryStore::new().with_capacity(2));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = app(
+        IdempotencyLayer::new(store.clone()).scope_share(0.5),
+        calls.clone(),
+    );
+    assert_eq!(
+        pay_as(&router, None, "share-key-0001").await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        pay_as(&router, None, "share-key-0002").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(store.len(), 1, "the refused key's record was kept");
+    // With the share off, the same key executes at once.
+    let router = app(IdempotencyLayer::new(store).scope_share(1.0), calls.clone());
+    assert_eq!(
+        pay_as(&router, None, "share-key-0002").await.0,
+        StatusCode::CREATED
+    );
+}

@@ -95,6 +95,7 @@ with_route_keys! {
         memory_capacity: Option<toml::Value>,
         memory_max_bytes: Option<toml::Value>,
         sqlite_capacity: Option<toml::Value>,
+        scope_share: Option<toml::Value>,
         sqlite_max_bytes: Option<toml::Value>,
         workers: Option<toml::Value>,
         runtime: Option<String>,
@@ -237,6 +238,9 @@ pub struct GatewayConfig {
     /// Records a `sqlite://` store holds at most; past it new keys get 503
     /// `idempotency-store-full`. The default is 10,000,000.
     pub sqlite_capacity: u64,
+    /// The share of a bounded store's capacity one scope may hold (0 to 1;
+    /// 1: no per-scope bound). The default is 0.5.
+    pub scope_share: f64,
     /// Bytes the records of a `sqlite://` store account for at most (each
     /// answer plus `ROW_OVERHEAD` per record). The default is 10 GiB.
     pub sqlite_max_bytes: u64,
@@ -685,6 +689,19 @@ impl GatewayConfig {
         if sqlite_capacity == 0 {
             bail!("sqlite_capacity: must be at least 1");
         }
+        let scope_share = match flag(&args.scope_share).or_else(|| file.scope_share.clone()) {
+            None => 0.5,
+            Some(v) => {
+                let key = from("--scope-share", "scope_share");
+                let text = value_text(&key, &v)?;
+                match text.trim().parse::<f64>() {
+                    Ok(x) if x > 0.0 && x <= 1.0 => x,
+                    _ => bail!(
+                        "{key}: expected a fraction above 0 and at most 1 (0.5: half the store; 1: no per-scope bound), got {text}"
+                    ),
+                }
+            }
+        };
         let sqlite_max_bytes = count(
             &args.sqlite_max_bytes,
             &file.sqlite_max_bytes,
@@ -858,6 +875,7 @@ impl GatewayConfig {
             memory_capacity,
             memory_max_bytes,
             sqlite_capacity: sqlite_capacity as u64,
+            scope_share,
             sqlite_max_bytes: sqlite_max_bytes as u64,
             workers,
             runtime,
@@ -1119,6 +1137,40 @@ mod tests {
             matches!(&err, Err(e) if e.contains("h2_max_streams")),
             "{err:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn scope_share_is_a_fraction_from_the_flag_or_the_file() -> anyhow::Result<()> {
+        let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
+        assert!((c.scope_share - 0.5).abs() < f64::EPSILON);
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nscope_share = 0.25\n",
+            GatewayArgs::default(),
+        )?;
+        assert!((c.scope_share - 0.25).abs() < f64::EPSILON);
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\n",
+            GatewayArgs {
+                scope_share: Some("1".into()),
+                ..Default::default()
+            },
+        )?;
+        assert!((c.scope_share - 1.0).abs() < f64::EPSILON);
+        for bad in ["0", "1.5", "half"] {
+            let err = resolve_text(
+                "upstream = \"http://a:1\"\n",
+                GatewayArgs {
+                    scope_share: Some(bad.into()),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("{e:#}"));
+            assert!(
+                matches!(&err, Err(e) if e.contains("--scope-share")),
+                "{bad}: {err:?}"
+            );
+        }
         Ok(())
     }
 

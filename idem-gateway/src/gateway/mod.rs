@@ -75,6 +75,7 @@ pub async fn run(
     )?;
     let metrics = Metrics::new();
     let layer = IdempotencyLayer::new(opened.store.clone())
+        .scope_share(config.scope_share)
         .policy(config.policy.clone())
         .scope_header(config.scope_header.clone())
         .problem_base(config.problem_base.clone())

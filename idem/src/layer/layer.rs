@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use super::service::Idempotency;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::protocol::Renewals;
+use crate::protocol::{Renewals, ScopeQuota};
 
 /// Where the secret behind store keys comes from.
 pub(crate) enum SecretSource {
@@ -65,6 +65,27 @@ pub(crate) struct Shared {
     pub(crate) renewals: Arc<Renewals>,
     /// Whether executions get an [`IdempotencyContext`](crate::IdempotencyContext).
     pub(crate) request_context: bool,
+    /// The share of a bounded store's capacity one scope may hold.
+    pub(crate) scope_share: f64,
+    /// Made at first use from the store's capacity and `scope_share`;
+    /// `None` when the store is unbounded or the share is the whole store.
+    pub(crate) scope_quota: OnceLock<Option<Arc<ScopeQuota>>>,
+}
+
+impl Shared {
+    /// The per-scope bound on records, if any (see `scope_share`).
+    pub(crate) fn scope_quota(&self) -> Option<&ScopeQuota> {
+        self.scope_quota
+            .get_or_init(|| {
+                let capacity = self.store.capacity()?;
+                if !(self.scope_share > 0.0 && self.scope_share < 1.0) {
+                    return None;
+                }
+                let max = (capacity as f64 * self.scope_share).ceil() as usize;
+                Some(Arc::new(ScopeQuota::new(max)))
+            })
+            .as_deref()
+    }
 }
 
 /// The bound on covered requests handled at once. Requests are admitted or
@@ -185,6 +206,8 @@ impl IdempotencyLayer {
                 in_flight: Arc::default(),
                 renewals: Arc::default(),
                 request_context: true,
+                scope_share: 0.5,
+                scope_quota: OnceLock::new(),
             }),
         }
     }
@@ -214,6 +237,8 @@ impl IdempotencyLayer {
                     in_flight: s.in_flight.clone(),
                     renewals: Arc::default(),
                     request_context: s.request_context,
+                    scope_share: s.scope_share,
+                    scope_quota: OnceLock::new(),
                 };
                 f(&mut copy);
                 self.shared = Arc::new(copy);
@@ -222,6 +247,7 @@ impl IdempotencyLayer {
         // The routes or the registry may have changed.
         if let Some(s) = Arc::get_mut(&mut self.shared) {
             s.route_metrics = OnceLock::new();
+            s.scope_quota = OnceLock::new();
         }
         self
     }
@@ -279,6 +305,17 @@ impl IdempotencyLayer {
     /// none (such routes refuse every key).
     pub fn key_signing_secret(self, secret: Secret) -> Self {
         self.with(|s| s.signing_secret = Some(secret))
+    }
+
+    /// The share of a bounded store's capacity (a
+    /// [`MemoryStore`](idem_core::MemoryStore)'s or a SQLite store's
+    /// records) that one scope may hold: past it, that scope's new keys get
+    /// 429 `idempotency-scope-full` with `Retry-After`, while its replays
+    /// and every other scope's requests go on. The anonymous scope is a
+    /// scope like any other. Counted per layer (per instance). The default
+    /// is one half; `1.0` (or any value outside `(0, 1)`) turns it off.
+    pub fn scope_share(self, share: f64) -> Self {
+        self.with(|s| s.scope_share = share)
     }
 
     /// Bounds the covered requests handled at once: past `limit`, a covered

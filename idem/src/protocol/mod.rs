@@ -20,6 +20,7 @@ mod begin;
 mod execute;
 mod finish;
 mod key;
+mod quota;
 mod read_body;
 pub(crate) mod refusal;
 mod renew;
@@ -46,6 +47,7 @@ use self::execute::{answer, collect, Answer};
 pub(crate) use self::finish::release;
 use self::finish::{complete_local, finish_remote, release_local};
 use self::key::{header_key, scope_of, Key};
+pub(crate) use self::quota::ScopeQuota;
 use self::read_body::{read_limited, ReadError};
 pub(crate) use self::renew::Renewals;
 use self::replay::{replay, replays_cookies};
@@ -234,6 +236,23 @@ where
             tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
         };
 
+        // A new record: counted against its scope's share of a bounded
+        // store (see `quota`). Over it, the record just made is released and
+        // the scope told to wait; replays above never get here.
+        let quota = match shared.scope_quota() {
+            None => None,
+            Some(q) => {
+                let tag = q.tag(scope.as_deref());
+                if !q.take(tag) {
+                    match shared.store.local() {
+                        Some(local) => release_local(&route, local, &store_key, fence),
+                        None => Box::pin(release(&route, &store_key, fence)).await,
+                    }
+                    return refuse(refusal::scope_full(q.max(), policy.ttl));
+                }
+                Some((q, tag))
+            }
+        };
         // Started: this request holds the key. It executes, then its answer
         // is stored or its key released; a client disconnecting cannot
         // cancel that half-way (rule 12, see `ResponseFuture`).
@@ -271,6 +290,12 @@ where
             if matches!(answer, Answer::Release(_)) {
                 self::outcome(&span, "executed-not-stored");
                 route.metrics().error(ErrorKind::Upstream);
+            }
+            if let Some((q, tag)) = quota {
+                match answer {
+                    Answer::Release(_) => q.give_back(tag),
+                    Answer::Store(..) => q.expire_after(tag, policy.ttl),
+                }
             }
             match shared.store.local() {
                 Some(local) => {

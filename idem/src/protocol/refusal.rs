@@ -41,6 +41,18 @@ pub(super) fn metric(kind: ProblemKind) -> Option<ErrorKind> {
     })
 }
 
+/// One scope holds its share of a bounded store (see `quota`).
+pub(super) fn scope_full(max: usize, ttl: std::time::Duration) -> Problem {
+    Problem::new(
+        ProblemKind::ScopeFull,
+        format!(
+            "this client holds {max} idempotency keys, its share of the store; nothing was executed. Retry after the Retry-After delay, as keys expire ({}s after their answer) or are released",
+            ttl.as_secs()
+        ),
+    )
+    .with_retry_after(ttl.as_secs().clamp(1, 60))
+}
+
 /// Too many covered requests in flight (the admission limit).
 pub(crate) fn overloaded() -> Problem {
     Problem::new(
