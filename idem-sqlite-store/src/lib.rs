@@ -265,6 +265,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     tx: mpsc::Sender<Box<dyn Job>>,
     path: Arc<PathBuf>,
+    capacity: Option<u64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -319,6 +320,7 @@ impl SqliteStore {
         Ok(Self {
             tx,
             path: Arc::new(path),
+            capacity: options.capacity,
         })
     }
 
@@ -783,6 +785,10 @@ impl Store for SqliteStore {
                 Ok(sweep(w, now, limit)?)
             })
             .await?)
+    }
+
+    fn capacity(&self) -> Option<u64> {
+        self.capacity
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

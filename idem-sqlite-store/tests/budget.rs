@@ -114,6 +114,8 @@ async fn expired_records_make_room_before_a_new_key_is_refused() {
             .await
             .unwrap_or(false));
     }
+    // Reported, so that the layer can keep one scope to its share of it.
+    assert_eq!(store.capacity(), Some(2));
     match store.begin(&key(3), &fp(), LEASE).await {
         Err(StoreError::CapacityExceeded { capacity: 2 }) => {}
         other => panic!("expected CapacityExceeded, got {other:?}"),
