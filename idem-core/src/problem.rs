@@ -56,6 +56,8 @@ pub enum ProblemKind {
     /// One scope (one client, or the anonymous scope) holds its share of
     /// the store's capacity: its new keys wait, other scopes' do not.
     ScopeFull,
+    /// One scope's new keys came faster than its configured rate.
+    ScopeRateLimited,
 }
 
 impl ProblemKind {
@@ -78,6 +80,7 @@ impl ProblemKind {
             Self::BodyTimeout => "request-body-timeout",
             Self::OutcomeUnknown => "outcome-unknown",
             Self::ScopeFull => "idempotency-scope-full",
+            Self::ScopeRateLimited => "idempotency-scope-rate-limited",
         }
     }
 
@@ -95,7 +98,7 @@ impl ProblemKind {
             Self::Overloaded => 503,
             Self::AnswerIncomplete | Self::OutcomeUnknown => 502,
             Self::BodyTimeout => 408,
-            Self::ScopeFull => 429,
+            Self::ScopeFull | Self::ScopeRateLimited => 429,
         }
     }
 
@@ -118,6 +121,7 @@ impl ProblemKind {
             Self::BodyTimeout => "Request body did not arrive in time",
             Self::OutcomeUnknown => "The operation may have run; its answer never arrived",
             Self::ScopeFull => "Too many idempotency keys held for this client",
+            Self::ScopeRateLimited => "New idempotency keys are coming too fast from this client",
         }
     }
 }

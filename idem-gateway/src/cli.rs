@@ -215,6 +215,12 @@ pub struct GatewayArgs {
     /// The share of a memory:// or sqlite:// store's capacity one scope (one client, or the anonymous scope) may hold; past it that scope's new keys get 429 idempotency-scope-full, 1 turns it off [default: 0.5].
     #[arg(long, env = "IDEM_SCOPE_SHARE", value_name = "FRACTION")]
     pub scope_share: Option<String>,
+    /// New keys one scope may start per second (a token bucket per scope and instance); past it 429 idempotency-scope-rate-limited [default: no limit].
+    #[arg(long, env = "IDEM_SCOPE_KEY_RATE", value_name = "PER_SECOND")]
+    pub scope_key_rate: Option<String>,
+    /// New keys one scope may start at once before its rate applies [default: one second's worth, at least 1].
+    #[arg(long, env = "IDEM_SCOPE_KEY_BURST", value_name = "N")]
+    pub scope_key_burst: Option<String>,
     /// Records a sqlite:// store holds at most; past it new keys get 503 idempotency-store-full [default: 10000000].
     #[arg(long, env = "IDEM_SQLITE_CAPACITY", value_name = "RECORDS")]
     pub sqlite_capacity: Option<String>,

@@ -1084,3 +1084,54 @@ async fn a_flood_from_one_scope_leaves_room_for_the_others() {
     assert_eq!(a.status.as_u16(), 201, "{a:?}");
     assert_eq!(up.executions(), 11);
 }
+
+/// Issue 17 item 8, the opt-in rate of new keys per scope, as a user runs
+/// the gateway: a burst of 3, then 429 `idempotency-scope-rate-limited`;
+/// another scope still gets its 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_past_its_key_rate_gets_429_and_others_do_not() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let (_gw, url) = gateway(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory://",
+        "--scope-key-rate",
+        "0.2",
+        "--scope-key-burst",
+        "3",
+    ]);
+    let c = client();
+    let url = format!("{url}/payments");
+    let post_as = |who: &'static str, key: String| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let auth = format!("Bearer {who}");
+            let h = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("idempotency-key", key.as_str()),
+            ];
+            send(&c, Method::POST, &url, &h, BODY).await
+        }
+    };
+    for i in 0..3 {
+        let a = post_as("sk_fast", format!("fast-key-{i:04}")).await;
+        assert_eq!(a.status.as_u16(), 201, "{a:?}");
+    }
+    let limited = post_as("sk_fast", "fast-key-0003".into()).await;
+    assert_eq!(
+        (limited.status.as_u16(), limited.problem_slug().as_str()),
+        (429, "idempotency-scope-rate-limited"),
+        "{limited:?}"
+    );
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(
+        post_as("sk_other", "other-key-0001".into())
+            .await
+            .status
+            .as_u16(),
+        201
+    );
+    assert_eq!(up.executions(), 4);
+}

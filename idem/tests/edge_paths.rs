@@ -200,7 +200,11 @@ async fn pay_as(router: &Router, who: Option<&str>, key: &str) -> (StatusCode, O
         .unwrap_or_default();
     if status == StatusCode::TOO_MANY_REQUESTS {
         let text = String::from_utf8_lossy(&body);
-        assert!(text.contains("idempotency-scope-full"), "{text}");
+        assert!(
+            text.contains("idempotency-scope-full")
+                || text.contains("idempotency-scope-rate-limited"),
+            "{text}"
+        );
     }
     (status, retry)
 }
@@ -260,4 +264,35 @@ async fn a_key_refused_for_its_scope_is_not_left_in_progress() {
         pay_as(&router, None, "share-key-0002").await.0,
         StatusCode::CREATED
     );
+}
+
+/// Issue 17 item 8, the opt-in rate: a scope past its rate of new keys gets
+/// 429 with a Retry-After; its replays and other scopes are not limited.
+#[tokio::test]
+async fn a_scope_past_its_rate_of_new_keys_gets_429_and_replays_still_replay() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new())).scope_key_rate(0.5, 2);
+    let router = app(layer, calls.clone());
+    assert_eq!(
+        pay_as(&router, Some("fast"), "rate-key-0001").await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        pay_as(&router, Some("fast"), "rate-key-0002").await.0,
+        StatusCode::CREATED
+    );
+    let (status, retry) = pay_as(&router, Some("fast"), "rate-key-0003").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry.as_deref(), Some("2"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the limited key executed");
+    // A retry of an answered key takes no token.
+    assert_eq!(
+        pay_as(&router, Some("fast"), "rate-key-0001").await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        pay_as(&router, Some("slow"), "rate-key-0004").await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }

@@ -96,6 +96,8 @@ with_route_keys! {
         memory_max_bytes: Option<toml::Value>,
         sqlite_capacity: Option<toml::Value>,
         scope_share: Option<toml::Value>,
+        scope_key_rate: Option<toml::Value>,
+        scope_key_burst: Option<toml::Value>,
         sqlite_max_bytes: Option<toml::Value>,
         workers: Option<toml::Value>,
         runtime: Option<String>,
@@ -241,6 +243,9 @@ pub struct GatewayConfig {
     /// The share of a bounded store's capacity one scope may hold (0 to 1;
     /// 1: no per-scope bound). The default is 0.5.
     pub scope_share: f64,
+    /// New keys one scope may start per second, and the burst; `None`: no
+    /// rate (the default).
+    pub scope_key_rate: Option<(f64, u32)>,
     /// Bytes the records of a `sqlite://` store account for at most (each
     /// answer plus `ROW_OVERHEAD` per record). The default is 10 GiB.
     pub sqlite_max_bytes: u64,
@@ -702,6 +707,36 @@ impl GatewayConfig {
                 }
             }
         };
+        let scope_key_rate = match flag(&args.scope_key_rate)
+            .or_else(|| file.scope_key_rate.clone())
+        {
+            None => None,
+            Some(v) => {
+                let key = from("--scope-key-rate", "scope_key_rate");
+                let text = value_text(&key, &v)?;
+                let rate = match text.trim().parse::<f64>() {
+                    Ok(x) if x > 0.0 && x.is_finite() => x,
+                    _ => bail!(
+                        "{key}: expected new keys per second, above 0 (20, or 0.5), got {text}"
+                    ),
+                };
+                let burst =
+                    match flag(&args.scope_key_burst).or_else(|| file.scope_key_burst.clone()) {
+                        None => rate.ceil().max(1.0) as u32,
+                        Some(b) => {
+                            let n = size_of(&from("--scope-key-burst", "scope_key_burst"), &b)?;
+                            match u32::try_from(n) {
+                                Ok(n) if n >= 1 => n,
+                                _ => bail!(
+                                    "scope_key_burst: must be between 1 and {}, got {n}",
+                                    u32::MAX
+                                ),
+                            }
+                        }
+                    };
+                Some((rate, burst))
+            }
+        };
         let sqlite_max_bytes = count(
             &args.sqlite_max_bytes,
             &file.sqlite_max_bytes,
@@ -876,6 +911,7 @@ impl GatewayConfig {
             memory_max_bytes,
             sqlite_capacity: sqlite_capacity as u64,
             scope_share,
+            scope_key_rate,
             sqlite_max_bytes: sqlite_max_bytes as u64,
             workers,
             runtime,
@@ -1168,6 +1204,41 @@ mod tests {
             .map_err(|e| format!("{e:#}"));
             assert!(
                 matches!(&err, Err(e) if e.contains("--scope-share")),
+                "{bad}: {err:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn scope_key_rate_is_off_by_default_and_its_burst_follows_it() -> anyhow::Result<()> {
+        let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
+        assert_eq!(c.scope_key_rate, None);
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\nscope_key_rate = 2.5\n",
+            GatewayArgs::default(),
+        )?;
+        assert_eq!(c.scope_key_rate, Some((2.5, 3)));
+        let c = resolve_text(
+            "upstream = \"http://a:1\"\n",
+            GatewayArgs {
+                scope_key_rate: Some("0.2".into()),
+                scope_key_burst: Some("5".into()),
+                ..Default::default()
+            },
+        )?;
+        assert_eq!(c.scope_key_rate, Some((0.2, 5)));
+        for bad in ["0", "-1", "fast"] {
+            let err = resolve_text(
+                "upstream = \"http://a:1\"\n",
+                GatewayArgs {
+                    scope_key_rate: Some(bad.into()),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("{e:#}"));
+            assert!(
+                matches!(&err, Err(e) if e.contains("--scope-key-rate")),
                 "{bad}: {err:?}"
             );
         }

@@ -85,6 +85,10 @@ pub async fn run(
         // The upstream is another process: nothing reads the extension.
         .request_context(false)
         .metrics(metrics.clone());
+    let layer = match config.scope_key_rate {
+        Some((rate, burst)) => layer.scope_key_rate(rate, burst),
+        None => layer,
+    };
     let layer = match &config.key_signing_secret_file {
         Some(path) => layer.key_signing_secret(idem::Secret::read_file(path).map_err(|e| {
             anyhow::anyhow!(

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use super::service::Idempotency;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::protocol::{Renewals, ScopeQuota};
+use crate::protocol::{KeyRate, Renewals, ScopeQuota};
 
 /// Where the secret behind store keys comes from.
 pub(crate) enum SecretSource {
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     /// Made at first use from the store's capacity and `scope_share`;
     /// `None` when the store is unbounded or the share is the whole store.
     pub(crate) scope_quota: OnceLock<Option<Arc<ScopeQuota>>>,
+    /// The opt-in rate of new keys per scope.
+    pub(crate) key_rate: Option<Arc<KeyRate>>,
 }
 
 impl Shared {
@@ -208,6 +210,7 @@ impl IdempotencyLayer {
                 request_context: true,
                 scope_share: 0.5,
                 scope_quota: OnceLock::new(),
+                key_rate: None,
             }),
         }
     }
@@ -239,6 +242,7 @@ impl IdempotencyLayer {
                     request_context: s.request_context,
                     scope_share: s.scope_share,
                     scope_quota: OnceLock::new(),
+                    key_rate: s.key_rate.clone(),
                 };
                 f(&mut copy);
                 self.shared = Arc::new(copy);
@@ -316,6 +320,19 @@ impl IdempotencyLayer {
     /// is one half; `1.0` (or any value outside `(0, 1)`) turns it off.
     pub fn scope_share(self, share: f64) -> Self {
         self.with(|s| s.scope_share = share)
+    }
+
+    /// Limits each scope to `per_second` new keys a second, in bursts of up
+    /// to `burst` (a token bucket per scope, per layer): past it, the
+    /// scope's new keys get 429 `idempotency-scope-rate-limited` with the
+    /// `Retry-After` of its next token, and nothing executes. Replays take
+    /// no token. The default is no rate; a rate that is not above zero
+    /// turns it off.
+    pub fn scope_key_rate(self, per_second: f64, burst: u32) -> Self {
+        self.with(|s| {
+            s.key_rate = (per_second > 0.0 && per_second.is_finite())
+                .then(|| Arc::new(KeyRate::new(per_second, f64::from(burst))));
+        })
     }
 
     /// Bounds the covered requests handled at once: past `limit`, a covered

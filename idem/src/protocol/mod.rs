@@ -21,6 +21,7 @@ mod execute;
 mod finish;
 mod key;
 mod quota;
+mod rate;
 mod read_body;
 pub(crate) mod refusal;
 mod renew;
@@ -48,6 +49,7 @@ pub(crate) use self::finish::release;
 use self::finish::{complete_local, finish_remote, release_local};
 use self::key::{header_key, scope_of, Key};
 pub(crate) use self::quota::ScopeQuota;
+pub(crate) use self::rate::KeyRate;
 use self::read_body::{read_limited, ReadError};
 pub(crate) use self::renew::Renewals;
 use self::replay::{replay, replays_cookies};
@@ -239,6 +241,15 @@ where
         // A new record: counted against its scope's share of a bounded
         // store (see `quota`). Over it, the record just made is released and
         // the scope told to wait; replays above never get here.
+        if let Some(rate) = &shared.key_rate {
+            if let Err(wait) = rate.take(rate.tag(scope.as_deref())) {
+                match shared.store.local() {
+                    Some(local) => release_local(&route, local, &store_key, fence),
+                    None => Box::pin(release(&route, &store_key, fence)).await,
+                }
+                return refuse(refusal::scope_rate_limited(wait));
+            }
+        }
         let quota = match shared.scope_quota() {
             None => None,
             Some(q) => {

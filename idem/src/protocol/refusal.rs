@@ -53,6 +53,18 @@ pub(super) fn scope_full(max: usize, ttl: std::time::Duration) -> Problem {
     .with_retry_after(ttl.as_secs().clamp(1, 60))
 }
 
+/// One scope's new keys came faster than its rate (see `rate`).
+pub(super) fn scope_rate_limited(wait: std::time::Duration) -> Problem {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Problem::new(
+        ProblemKind::ScopeRateLimited,
+        format!(
+            "this client sends new idempotency keys faster than its rate; nothing was executed. Retry in {secs}s; retries of keys already answered are not limited"
+        ),
+    )
+    .with_retry_after(secs)
+}
+
 /// Too many covered requests in flight (the admission limit).
 pub(crate) fn overloaded() -> Problem {
     Problem::new(
