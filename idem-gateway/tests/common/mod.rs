@@ -76,6 +76,18 @@ pub async fn send(
     }
 }
 
+/// POSTs `body` with `key` as the client `who` (`Authorization: Bearer
+/// WHO`, the default scope header).
+pub async fn post_as(client: &HttpClient, url: &str, who: &str, key: &str, body: &str) -> Answer {
+    let auth = format!("Bearer {who}");
+    let h = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("idempotency-key", key),
+    ];
+    send(client, Method::POST, url, &h, body).await
+}
+
 pub async fn post(client: &HttpClient, url: &str, key: Option<&str>, body: &str) -> Answer {
     let mut h = vec![("content-type", "application/json")];
     if let Some(k) = key {
