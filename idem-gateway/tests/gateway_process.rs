@@ -922,15 +922,10 @@ async fn a_redis_restart_under_load_refuses_then_recovers_and_nothing_executes_t
 /// its idle connections, the next request could be written to a dead pooled
 /// connection and answered 502 though it never reached the upstream.
 ///
-/// Not fixed yet: it fails about one run in twelve of the whole file (seen
-/// once on 2026-11-30, under the load of the other tests; not on demand).
-/// hyper-util's pool sends a request again only when hyper hands it back,
-/// which it does when the connection breaks before taking the request, not
-/// when the reset arrives while it writes it. Ignored so that CI stays
-/// meaningful; run it with `cargo test -p idem-gateway --test
-/// gateway_process -- --ignored`.
+/// It failed about one run in twelve of the whole file before the fix (the
+/// reset racing the write); `a_request_the_upstream_reset_unread_…` below
+/// makes the same failure happen every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 17 item 10, not fixed: a reset racing the write of a pooled request still gets 502"]
 async fn a_request_on_a_reset_pooled_connection_is_sent_again_and_executes_once() {
     use std::sync::atomic::Ordering::SeqCst;
     let up = common::ResettingUpstream::start().await;
@@ -1114,4 +1109,71 @@ async fn a_scope_past_its_key_rate_gets_429_and_others_do_not() {
     let other = post_as(&c, &url, "sk_other", "other-key-0001", BODY).await;
     assert_eq!(other.status.as_u16(), 201);
     assert_eq!(up.executions(), 4);
+}
+
+/// Issue 17 item 10, made deterministic: an upstream that answers the first
+/// request of each connection and resets the connection (RST, unread) when a
+/// second one arrives on it, as a server does that closed the connection
+/// while it idled in the gateway's pool. The second request never reached
+/// the operation: it must be sent again on a new connection, and execute
+/// once; before, it got 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_reset_unread_is_sent_again_and_executes_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let executed = Arc::new(AtomicUsize::new(0));
+    let e = executed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The first request, whole.
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                e.fetch_add(1, SeqCst);
+                let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                // A second request on this connection: reset, unread.
+                if s.readable().await.is_ok() {
+                    let _ = s.set_zero_linger();
+                }
+            });
+        }
+    });
+    let upstream = format!("http://{addr}");
+    let (_gw, url) = gateway(&["--upstream", &upstream, "--store", "memory://"]);
+    let c = client();
+    let url = format!("{url}/payments");
+    for run in 0..10 {
+        let first = post(&c, &url, Some(&format!("unread-key-{run:04}-a")), BODY).await;
+        assert_eq!(first.status.as_u16(), 201, "{first:?}");
+        let before = executed.load(SeqCst);
+        let second = post(&c, &url, Some(&format!("unread-key-{run:04}-b")), BODY).await;
+        assert_eq!(second.status.as_u16(), 201, "run {run}: {second:?}");
+        assert_eq!(executed.load(SeqCst) - before, 1, "run {run}");
+    }
 }

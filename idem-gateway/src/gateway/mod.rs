@@ -217,7 +217,7 @@ pub async fn run(
 /// connection pool, so a thread only uses connections its runtime drives.
 fn proxy_maker<B>(config: &GatewayConfig) -> impl Fn() -> Proxy<B> + Send + Sync + 'static
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + proxy::Resend + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let (upstream, timeout, problem_base) = (

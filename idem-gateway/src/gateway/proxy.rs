@@ -117,8 +117,54 @@ impl Body for ProxyBody {
     }
 }
 
+/// A request body the proxy can send a second time. When the upstream
+/// resets a pooled connection without reading the request (it closed the
+/// connection while it sat idle in the pool, and the reset raced the
+/// write), the request never reached the operation: it is sent once more on
+/// a new connection, as nginx and Envoy do with requests not yet sent.
+pub trait Resend: Sized {
+    /// A copy to send again, if the body is buffered.
+    fn resend(&self) -> Option<Self>;
+}
+
+impl Resend for Incoming {
+    fn resend(&self) -> Option<Self> {
+        None
+    }
+}
+
+impl<B> Resend for idem::layer::RequestBody<B> {
+    fn resend(&self) -> Option<Self> {
+        self.try_clone()
+    }
+}
+
+/// Whether the exchange failed because the upstream reset the connection
+/// (or had closed it for writing) before any answer: it did not read the
+/// whole request. A server that read a request and then died closes with
+/// FIN (nothing unread), not with a reset; a connection refused is a
+/// connect error, not this.
+fn reset_unread(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cur = err.source();
+    }
+    false
+}
+
 struct Shared<B> {
     client: Client<HttpConnector, B>,
+    /// Never pools: the connection for a request sent a second time is new.
+    fresh: Client<HttpConnector, B>,
     upstream: Upstream,
     timeout: Duration,
     problem_base: String,
@@ -145,7 +191,7 @@ impl<B> Clone for Proxy<B> {
 
 impl<B> Proxy<B>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Resend + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     /// A proxy to `upstream`, waiting up to `timeout` for its headers and
@@ -159,10 +205,15 @@ where
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         Self {
             shared: Arc::new(Shared {
                 client,
+                fresh,
                 upstream,
                 timeout,
                 problem_base: problem_base.into(),
@@ -240,10 +291,33 @@ where
         parts.version = Version::HTTP_11;
 
         let shared = &self.shared;
-        let sent = tokio::time::timeout(
-            shared.timeout,
-            shared.client.request(Request::from_parts(parts, body)),
-        )
+        // Kept to send again only if the upstream resets without reading
+        // it: the header pairs in one vector (a `HeaderMap` clone costs
+        // three allocations and its index; values share their bytes).
+        let again = body.resend().map(|b| {
+            let mut headers = Vec::with_capacity(parts.headers.len());
+            headers.extend(parts.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+            (parts.method.clone(), parts.uri.clone(), headers, b)
+        });
+        let sent = tokio::time::timeout(shared.timeout, async {
+            match shared.client.request(Request::from_parts(parts, body)).await {
+                Err(e) if reset_unread(&e) && again.is_some() => {
+                    tracing::info!(upstream = %shared.upstream, error = %source_chain(&e), "the upstream reset a pooled connection without reading the request; sending it again on a new connection");
+                    match again {
+                        Some((method, uri, headers, b)) => {
+                            let mut req = Request::new(b);
+                            *req.method_mut() = method;
+                            *req.uri_mut() = uri;
+                            *req.version_mut() = Version::HTTP_11;
+                            req.headers_mut().extend(headers);
+                            shared.fresh.request(req).await
+                        }
+                        None => Err(e),
+                    }
+                }
+                other => other,
+            }
+        })
         .await;
         // Details name no upstream address and no error chain (they can
         // describe the inside of the network): those go to the log.
@@ -310,7 +384,7 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 
 impl<B> tower_service::Service<Request<B>> for Proxy<B>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Resend + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<ProxyBody>;

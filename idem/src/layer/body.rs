@@ -38,6 +38,18 @@ impl<B> RequestBody<B> {
         }
     }
 
+    /// A copy of a buffered body that has not been read yet, to send it
+    /// again (a proxy retrying a request its upstream never read); `None`
+    /// for a streamed body.
+    pub fn try_clone(&self) -> Option<Self> {
+        match &self.kind {
+            RequestKind::Buffered { data } => Some(Self {
+                kind: RequestKind::Buffered { data: data.clone() },
+            }),
+            RequestKind::Streaming { .. } => None,
+        }
+    }
+
     /// The original body, streamed.
     pub fn streaming(inner: B) -> Self {
         Self {
