@@ -16,6 +16,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// A scope's tag under `hasher` (`None`: the anonymous scope, which no
+/// header value can collide with by construction).
+pub(super) fn scope_tag(hasher: &RandomState, scope: Option<&[u8]>) -> u64 {
+    match scope {
+        None => hasher.hash_one(0u8),
+        Some(s) => hasher.hash_one((1u8, s)),
+    }
+}
+
 /// Records per scope, and when each completed one stops counting.
 pub(crate) struct ScopeQuota {
     /// The most records one scope may hold.
@@ -53,10 +62,7 @@ impl ScopeQuota {
 
     /// The tag of `scope` (`None`: the anonymous scope).
     pub(crate) fn tag(&self, scope: Option<&[u8]>) -> u64 {
-        match scope {
-            None => self.hasher.hash_one(0u8),
-            Some(s) => self.hasher.hash_one((1u8, s)),
-        }
+        scope_tag(&self.hasher, scope)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -6,7 +6,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,10 +38,7 @@ impl KeyRate {
 
     /// The tag of `scope` (`None`: the anonymous scope).
     pub(crate) fn tag(&self, scope: Option<&[u8]>) -> u64 {
-        match scope {
-            None => self.hasher.hash_one(0u8),
-            Some(s) => self.hasher.hash_one((1u8, s)),
-        }
+        super::quota::scope_tag(&self.hasher, scope)
     }
 
     /// Takes a token for `tag`, or says how long until the next one.
