@@ -76,6 +76,28 @@ fn admit(shared: &crate::layer::Shared) -> Result<Option<Admitted>, ()> {
     }
 }
 
+/// Counts a new record against its scope's rate and share, if the layer
+/// has them: the share's count to settle when the record goes, or the
+/// refusal.
+fn admit_scope<'a>(
+    shared: &'a crate::layer::Shared,
+    scope: Option<&[u8]>,
+    ttl: Duration,
+) -> Result<Option<(&'a ScopeQuota, u64)>, Problem> {
+    if let Some(rate) = &shared.key_rate {
+        rate.take(rate.tag(scope))
+            .map_err(refusal::scope_rate_limited)?;
+    }
+    let Some(q) = shared.scope_quota() else {
+        return Ok(None);
+    };
+    let tag = q.tag(scope);
+    if !q.take(tag) {
+        return Err(refusal::scope_full(q.max(), ttl));
+    }
+    Ok(Some((q, tag)))
+}
+
 /// The protocol for one covered request (SPEC rules 1 to 12).
 ///
 /// One `async move` block that uses its captured arguments in place, not
@@ -238,30 +260,18 @@ where
             tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
         };
 
-        // A new record: counted against its scope's share of a bounded
-        // store (see `quota`). Over it, the record just made is released and
-        // the scope told to wait; replays above never get here.
-        if let Some(rate) = &shared.key_rate {
-            if let Err(wait) = rate.take(rate.tag(scope.as_deref())) {
+        // A new record: within its scope's rate of new keys and share of a
+        // bounded store (see `rate` and `quota`)? If not, the record just
+        // made is released and the scope told to wait; replays above never
+        // get here.
+        let quota = match admit_scope(shared, scope.as_deref(), policy.ttl) {
+            Ok(q) => q,
+            Err(problem) => {
                 match shared.store.local() {
                     Some(local) => release_local(&route, local, &store_key, fence),
                     None => Box::pin(release(&route, &store_key, fence)).await,
                 }
-                return refuse(refusal::scope_rate_limited(wait));
-            }
-        }
-        let quota = match shared.scope_quota() {
-            None => None,
-            Some(q) => {
-                let tag = q.tag(scope.as_deref());
-                if !q.take(tag) {
-                    match shared.store.local() {
-                        Some(local) => release_local(&route, local, &store_key, fence),
-                        None => Box::pin(release(&route, &store_key, fence)).await,
-                    }
-                    return refuse(refusal::scope_full(q.max(), policy.ttl));
-                }
-                Some((q, tag))
+                return refuse(problem);
             }
         };
         // Started: this request holds the key. It executes, then its answer

@@ -1,0 +1,249 @@
+//! The writer thread: the one connection every store operation runs on,
+//! in group-committed batches (see the crate's design notes), its sweeper,
+//! and the checkpointer thread beside it.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use idem_core::clock::SharedClock;
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+use crate::{SqliteError, ROW_OVERHEAD};
+
+const MAX_BATCH: usize = 256;
+/// Expired rows deleted per sweep statement.
+pub(crate) const SWEEP_BATCH: usize = 1000;
+
+/// What the writer thread holds.
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) clock: SharedClock,
+    /// Rows in the table, kept exact by the single writer, so the capacity
+    /// check costs nothing. (Another process writing the same file makes it
+    /// approximate; it is recounted at every sweep.)
+    pub(crate) rows: u64,
+    pub(crate) capacity: Option<u64>,
+    /// Bytes the rows account for ([`ROW_OVERHEAD`] each plus its stored
+    /// answer), kept exact the same way as `rows`.
+    pub(crate) bytes: u64,
+    pub(crate) max_bytes: Option<u64>,
+}
+
+impl Writer {
+    /// Whether one more row fits both bounds.
+    pub(crate) fn has_room(&self) -> bool {
+        self.capacity.is_none_or(|c| self.rows < c)
+            && self
+                .max_bytes
+                .is_none_or(|m| self.bytes.saturating_add(ROW_OVERHEAD) <= m)
+    }
+
+    /// Recounts rows and bytes from the table (another process may share
+    /// the file).
+    pub(crate) fn recount(&mut self) -> rusqlite::Result<()> {
+        let (rows, bytes) = count_rows(&self.conn)?;
+        self.rows = rows;
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+pub(crate) fn count_rows(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT count(*), coalesce(sum(length(response)), 0) FROM idem_records",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+    .map(|(rows, answers)| {
+        (
+            rows,
+            rows.saturating_mul(ROW_OVERHEAD).saturating_add(answers),
+        )
+    })
+}
+
+pub(crate) type Reply = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>) + Send>;
+
+/// One operation queued for the writer thread.
+pub(crate) trait Job: Send {
+    /// Runs the operation; returns how to answer once the batch's fate is
+    /// known, and whether the operation itself failed.
+    fn run(self: Box<Self>, w: &mut Writer) -> (Reply, bool);
+    /// Answers without running (the batch could not start, or was rolled back).
+    fn fail(self: Box<Self>, e: &Arc<rusqlite::Error>);
+}
+
+pub(crate) struct Op<F, R> {
+    pub(crate) f: F,
+    pub(crate) reply: oneshot::Sender<Result<R, SqliteError>>,
+}
+
+impl<F, R> Job for Op<F, R>
+where
+    R: Send + 'static,
+    F: FnOnce(&mut Writer) -> Result<R, SqliteError> + Send,
+{
+    fn run(self: Box<Self>, w: &mut Writer) -> (Reply, bool) {
+        let Op { f, reply } = *self;
+        let result = f(w);
+        let failed = result.is_err();
+        let reply: Reply = Box::new(move |commit_err| {
+            let result = match (result, commit_err) {
+                (Ok(_), Some(e)) => Err(SqliteError::Commit(e.clone())),
+                (r, _) => r,
+            };
+            // The caller may have gone (its request was cancelled); the work
+            // is done either way.
+            let _ = reply.send(result);
+        });
+        (reply, failed)
+    }
+
+    fn fail(self: Box<Self>, e: &Arc<rusqlite::Error>) {
+        let _ = self.reply.send(Err(SqliteError::Commit(e.clone())));
+    }
+}
+
+pub(crate) fn writer_loop(mut w: Writer, rx: mpsc::Receiver<Box<dyn Job>>, sweep_every: Duration) {
+    let mut next_sweep = Instant::now() + sweep_every;
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(job) => batch.push(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&mut w, &mut batch);
+        }
+        if Instant::now() >= next_sweep {
+            let now = w.clock.now_ms();
+            match sweep(&mut w, now, SWEEP_BATCH) {
+                // A full batch: more may be waiting; come back soon, after
+                // serving whatever queued meanwhile.
+                Ok(n) if n as usize == SWEEP_BATCH => next_sweep = Instant::now(),
+                Ok(_) => next_sweep = Instant::now() + sweep_every,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sqlite sweeper failed; retrying later");
+                    next_sweep = Instant::now() + sweep_every;
+                }
+            }
+        }
+    }
+}
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+/// WAL frames (pages) beyond which a checkpoint may briefly block the writer
+/// to reset the WAL: 64 MiB with 4 KiB pages.
+const WAL_CAP_FRAMES: i64 = 16_384;
+
+/// Copies the WAL into the database file, off the writer thread.
+///
+/// With `synchronous=NORMAL` a commit in WAL mode does not fsync; the fsyncs
+/// happen at checkpoints. Left to SQLite's auto-checkpoint they would run on
+/// the committing thread, the single writer, stalling every queued operation
+/// behind them (measured: it halves first-execution throughput). PASSIVE
+/// checkpoints from this second connection run concurrently with the writer.
+/// A writer that never lets a checkpoint catch up would grow the WAL without
+/// end, so past a cap a RESTART checkpoint waits for the writer's current
+/// transaction, briefly blocks the next one, and lets the WAL start over.
+pub(crate) fn checkpointer_loop(conn: Connection, alive: mpsc::Receiver<()>) {
+    loop {
+        match alive.recv_timeout(CHECKPOINT_EVERY) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The writer is gone: one last checkpoint, then stop.
+            _ => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                return;
+            }
+        }
+        let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match passive {
+            Ok((log, _)) if log > WAL_CAP_FRAMES => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "sqlite WAL restart checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed; retrying"),
+        }
+    }
+}
+
+fn run_batch(w: &mut Writer, batch: &mut Vec<Box<dyn Job>>) {
+    if let Err(e) = w.conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = Arc::new(e);
+        for job in batch.drain(..) {
+            job.fail(&e);
+        }
+        return;
+    }
+    let (rows_before, bytes_before) = (w.rows, w.bytes);
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut rolled_back: Option<Arc<rusqlite::Error>> = None;
+    for job in batch.drain(..) {
+        if let Some(e) = &rolled_back {
+            job.fail(e);
+            continue;
+        }
+        let (reply, failed) = job.run(w);
+        replies.push(reply);
+        // Some errors (disk full, I/O) make SQLite roll back the whole
+        // transaction; then every job of this batch so far was undone, and
+        // statements after it would autocommit one by one: fail them all.
+        if failed && w.conn.is_autocommit() {
+            rolled_back = Some(Arc::new(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("transaction rolled back by an earlier error in the batch".into()),
+            )));
+        }
+    }
+    let commit_err = match &rolled_back {
+        Some(e) => Some(e.clone()),
+        None => w.conn.execute_batch("COMMIT").err().map(Arc::new),
+    };
+    if commit_err.is_some() {
+        let _ = w.conn.execute_batch("ROLLBACK");
+        w.rows = rows_before;
+        w.bytes = bytes_before;
+    }
+    for reply in replies {
+        reply(commit_err.as_ref());
+    }
+}
+
+pub(crate) fn sweep(w: &mut Writer, now: u64, limit: usize) -> Result<u64, rusqlite::Error> {
+    let (n, freed) = {
+        let mut stmt = w.conn.prepare_cached(
+            "DELETE FROM idem_records WHERE id IN \
+             (SELECT id FROM idem_records WHERE expires_at <= ?1 LIMIT ?2) \
+             RETURNING length(response)",
+        )?;
+        let mut deleted = stmt.query(params![now as i64, limit as i64])?;
+        let (mut n, mut freed) = (0u64, 0u64);
+        while let Some(r) = deleted.next()? {
+            n += 1;
+            freed += ROW_OVERHEAD + r.get::<_, Option<i64>>(0)?.unwrap_or(0) as u64;
+        }
+        (n, freed)
+    };
+    w.rows = w.rows.saturating_sub(n);
+    w.bytes = w.bytes.saturating_sub(freed);
+    if (n as usize) < limit {
+        // Caught up: recount, in case another process shares the file.
+        w.recount()?;
+    }
+    Ok(n)
+}
