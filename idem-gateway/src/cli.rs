@@ -188,6 +188,9 @@ pub struct GatewayArgs {
     /// How long a covered request's body may take to arrive; a slower one gets 408 and frees its in-flight slot [default: 30s].
     #[arg(long, env = "IDEM_BODY_READ_TIMEOUT", value_name = "SECONDS")]
     pub body_read_timeout: Option<String>,
+    /// How long a covered request's body may stop arriving (before its first byte or between two chunks); past it 408 and its in-flight slot is freed [default: 30s].
+    #[arg(long, env = "IDEM_BODY_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub body_idle_timeout: Option<String>,
     /// How long one store operation may take before the request gets 503; the lock timeout must be longer than three of these [default: 5s].
     #[arg(long, env = "IDEM_STORE_TIMEOUT", value_name = "SECONDS")]
     pub store_timeout: Option<String>,

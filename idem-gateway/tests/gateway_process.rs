@@ -1041,6 +1041,77 @@ async fn bodies_that_never_come_hold_no_in_flight_slot() {
     }
 }
 
+/// Issue 17 item 7, the idle half: `--body-idle-timeout` ends a body that
+/// stops arriving with 408 long before `--body-read-timeout`, and the upstream
+/// never sees it; a body that keeps coming is read to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = CountingUpstream::start().await.expect("upstream");
+    let (_gw, url) = gateway(&[
+        "--upstream",
+        &up.url(),
+        "--store",
+        "memory://",
+        "--body-read-timeout",
+        "60s",
+        "--body-idle-timeout",
+        "1s",
+    ]);
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = "POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: stalls-0001\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{\"amount\"";
+    s.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("no answer within 10 s: the idle timeout did not apply")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("stopped arriving"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(up.executions(), 0);
+    // Half a second between bytes: slow, never idle for a second.
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let body = br#"{"amount": 1}"#;
+    let head = format!(
+        "POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: slow-body-0001\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    for chunk in body.chunks(4) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Err(e) = s.write_all(chunk).await {
+            let mut answer = vec![0u8; 4096];
+            let n = s.read(&mut answer).await.unwrap_or(0);
+            panic!(
+                "{e} after {:?}: {}",
+                started.elapsed(),
+                String::from_utf8_lossy(&answer[..n])
+            );
+        }
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("no answer")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(up.executions(), 1);
+}
+
 /// Issue 17 item 8, as a user runs the gateway: one client flooding new keys
 /// into `memory://` made every user's new keys get 503 for a TTL. Past half
 /// the store, that client's new keys get 429 `idempotency-scope-full`;

@@ -176,6 +176,78 @@ async fn a_body_that_never_arrives_gets_408_and_frees_its_slot() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// Issue 17 item 7: a body that trickles in held its request until the
+/// total body read timeout. A body that stops arriving for the idle timeout
+/// now gets 408 then, long before the total; one that keeps coming, however
+/// slowly, is read to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408_at_the_idle_timeout() {
+    let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new()))
+        .max_in_flight(1)
+        .body_read_timeout(Duration::from_secs(30))
+        .body_idle_timeout(Duration::from_millis(400));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = app(layer, calls.clone());
+    // `chunks` bytes of `{"amount":10}` (padded with spaces), one every `gap`,
+    // then, if `stall`, nothing more.
+    let trickle = |gap: Duration, stall: bool| {
+        let text = b"{\"amount\":10}      ".to_vec();
+        let stream = futures_util::stream::unfold(0usize, move |i| {
+            let text = text.clone();
+            async move {
+                if i == 4 && stall {
+                    futures_util::future::pending::<()>().await;
+                }
+                if i >= text.len() {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&text[i..=i])),
+                    i + 1,
+                ))
+            }
+        });
+        Body::from_stream(stream)
+    };
+    let send = |key: &'static str, body: Body| {
+        let router = router.clone();
+        async move {
+            let req = Request::post("/payments")
+                .header("idempotency-key", key)
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap_or_default();
+            let res = tokio::time::timeout(Duration::from_secs(10), router.oneshot(req))
+                .await
+                .unwrap_or_else(|_| panic!("no answer for {key}"))
+                .unwrap_or_else(|e| match e {});
+            let status = res.status();
+            let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // 20 bytes 100 ms apart: 2 s in all, no gap near the idle timeout.
+    let (status, text) = send("trickle-0001", trickle(Duration::from_millis(100), false)).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let started = std::time::Instant::now();
+    let (status, text) = send("stalled-0001", trickle(Duration::from_millis(10), true)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text}");
+    assert!(text.contains("stopped arriving"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}: the idle timeout did not apply",
+        started.elapsed()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let ok = pay(&router, "after-stalled-0001").await;
+    assert_eq!(ok.0, StatusCode::CREATED, "the slot was not freed: {ok:?}");
+}
+
 async fn pay_as(router: &Router, who: Option<&str>, key: &str) -> (StatusCode, Option<String>) {
     let mut req = Request::post("/payments")
         .header("idempotency-key", key)

@@ -87,6 +87,7 @@ with_route_keys! {
         drain_timeout: Option<toml::Value>,
         header_read_timeout: Option<toml::Value>,
         body_read_timeout: Option<toml::Value>,
+        body_idle_timeout: Option<toml::Value>,
         max_header_bytes: Option<toml::Value>,
         store_timeout: Option<toml::Value>,
         max_connections: Option<toml::Value>,
@@ -213,6 +214,8 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// How long a covered request's body may take to arrive (408 past it).
     pub body_read_timeout: Duration,
+    /// How long a covered request's body may stop arriving (408 past it).
+    pub body_idle_timeout: Duration,
     /// Largest request head (HTTP/1 buffer, HTTP/2 header list). The default is 64 KiB.
     pub max_header_bytes: usize,
     /// How long a store call may take. The default is 5 s.
@@ -604,6 +607,13 @@ impl GatewayConfig {
             "body_read_timeout",
             Duration::from_secs(30),
         )?;
+        let body_idle_timeout = dur(
+            &args.body_idle_timeout,
+            &file.body_idle_timeout,
+            "--body-idle-timeout",
+            "body_idle_timeout",
+            Duration::from_secs(30),
+        )?;
         let mut store_timeout = dur(
             &args.store_timeout,
             &file.store_timeout,
@@ -615,6 +625,7 @@ impl GatewayConfig {
             (upstream_timeout, "upstream_timeout"),
             (header_read_timeout, "header_read_timeout"),
             (body_read_timeout, "body_read_timeout"),
+            (body_idle_timeout, "body_idle_timeout"),
             (store_timeout, "store_timeout"),
         ] {
             if d.is_zero() {
@@ -902,6 +913,7 @@ impl GatewayConfig {
             drain_timeout,
             header_read_timeout,
             body_read_timeout,
+            body_idle_timeout,
             max_header_bytes,
             store_timeout,
             max_connections,

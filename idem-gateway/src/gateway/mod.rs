@@ -81,6 +81,7 @@ pub async fn run(
         .problem_base(config.problem_base.clone())
         .store_timeout(config.store_timeout)
         .body_read_timeout(config.body_read_timeout)
+        .body_idle_timeout(config.body_idle_timeout)
         .max_in_flight(config.max_in_flight)
         // The upstream is another process: nothing reads the extension.
         .request_context(false)

@@ -144,6 +144,25 @@ impl<B> Resend for idem::layer::RequestBody<B> {
 /// whole request. A server that read a request and then died closes with
 /// FIN (nothing unread), not with a reset; a connection refused is a
 /// connect error, not this.
+/// The head of a request kept to send it again: up to 12 headers need no
+/// allocation.
+type HeadCopy = smallvec::SmallVec<[(HeaderName, HeaderValue); 12]>;
+
+/// The `Host` header hyper's client sets for `upstream`: its host, with
+/// its port unless that is the scheme's default.
+fn host_header(upstream: &Upstream) -> Option<HeaderValue> {
+    let authority = &upstream.authority;
+    let default = match upstream.scheme.as_str() {
+        "https" => 443,
+        _ => 80,
+    };
+    let host = match authority.port_u16() {
+        Some(port) if port != default => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::try_from(host).ok()
+}
+
 fn reset_unread(e: &hyper_util::client::legacy::Error) -> bool {
     if e.is_connect() {
         return false;
@@ -166,6 +185,9 @@ struct Shared<B> {
     /// Never pools: the connection for a request sent a second time is new.
     fresh: Client<HttpConnector, B>,
     upstream: Upstream,
+    /// The `Host` of upstream requests, made once: the client would
+    /// otherwise format it for each request (two allocations).
+    host: Option<HeaderValue>,
     timeout: Duration,
     problem_base: String,
 }
@@ -214,6 +236,7 @@ where
             shared: Arc::new(Shared {
                 client,
                 fresh,
+                host: host_header(&upstream),
                 upstream,
                 timeout,
                 problem_base: problem_base.into(),
@@ -272,8 +295,11 @@ where
         };
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
-        // The client sets Host from the upstream URI.
-        headers.remove(HOST);
+        // Host names the upstream, as the client would set it.
+        match &self.shared.host {
+            Some(host) => headers.insert(HOST, host.clone()),
+            None => headers.remove(HOST),
+        };
         if let Some((ip, value)) = self.client_ip.as_deref() {
             let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prior) => HeaderValue::try_from(format!("{prior}, {ip}")).ok(),
@@ -292,18 +318,25 @@ where
 
         let shared = &self.shared;
         // Kept to send again only if the upstream resets without reading
-        // it: the header pairs in one vector (a `HeaderMap` clone costs
-        // three allocations and its index; values share their bytes).
-        let again = body.resend().map(|b| {
-            let mut headers = Vec::with_capacity(parts.headers.len());
-            headers.extend(parts.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        // it: the header pairs inline in this future for a usual request (a
+        // `HeaderMap` clone costs three allocations and its index, a vector
+        // one; values share their bytes).
+        // A local the request's future borrows, not one it captures: moving
+        // that future into the timeout and onto the task would copy it.
+        let mut again = body.resend().map(|b| {
+            let headers: HeadCopy = parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
             (parts.method.clone(), parts.uri.clone(), headers, b)
         });
+        let first = shared.client.request(Request::from_parts(parts, body));
         let sent = tokio::time::timeout(shared.timeout, async {
-            match shared.client.request(Request::from_parts(parts, body)).await {
+            match first.await {
                 Err(e) if reset_unread(&e) && again.is_some() => {
                     tracing::info!(upstream = %shared.upstream, error = %source_chain(&e), "the upstream reset a pooled connection without reading the request; sending it again on a new connection");
-                    match again {
+                    match again.take() {
                         Some((method, uri, headers, b)) => {
                             let mut req = Request::new(b);
                             *req.method_mut() = method;
@@ -435,5 +468,26 @@ mod tests {
             uri("http://127.0.0.1:9000/v1", "*"),
             "http://127.0.0.1:9000/v1*"
         );
+    }
+
+    #[test]
+    fn the_host_header_is_the_one_the_client_would_set() {
+        let host = |upstream: &str| {
+            let up = Upstream::parse(upstream).expect("upstream");
+            host_header(&up).map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:9000").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(
+            host("http://example.com:80/api").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            host("http://example.com/api").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(host("http://[::1]:9000").as_deref(), Some("[::1]:9000"));
     }
 }

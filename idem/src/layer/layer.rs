@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use super::service::Idempotency;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::protocol::{KeyRate, Renewals, ScopeQuota};
+use crate::protocol::{BodyTimeouts, KeyRate, Renewals, ScopeQuota};
 
 /// Where the secret behind store keys comes from.
 pub(crate) enum SecretSource {
@@ -53,8 +53,9 @@ pub(crate) struct Shared {
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
     /// How long a covered request's body may take to arrive (from the
-    /// first wait for it); past it, 408 and the in-flight slot is freed.
-    pub(crate) body_read_timeout: Duration,
+    /// first wait for it) and stop between chunks; past either, 408 and the
+    /// in-flight slot is freed.
+    pub(crate) body_timeouts: BodyTimeouts,
     pub(crate) signing_secret: Option<Secret>,
     pub(crate) max_in_flight: Option<Arc<Admission>>,
     pub(crate) metrics: Metrics,
@@ -200,7 +201,10 @@ impl IdempotencyLayer {
                 scope_header: Some(http::header::AUTHORIZATION),
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
-                body_read_timeout: Duration::from_secs(30),
+                body_timeouts: BodyTimeouts {
+                    total: Duration::from_secs(30),
+                    idle: Duration::from_secs(30),
+                },
                 signing_secret: None,
                 max_in_flight: None,
                 metrics: Metrics::new(),
@@ -232,7 +236,7 @@ impl IdempotencyLayer {
                     scope_header: s.scope_header.clone(),
                     problem_base: s.problem_base.clone(),
                     store_timeout: s.store_timeout,
-                    body_read_timeout: s.body_read_timeout,
+                    body_timeouts: s.body_timeouts,
                     signing_secret: s.signing_secret.clone(),
                     max_in_flight: s.max_in_flight.clone(),
                     metrics: s.metrics.clone(),
@@ -299,7 +303,16 @@ impl IdempotencyLayer {
     /// `request-body-timeout`, nothing executes, and its in-flight slot is
     /// freed. The default is 30 s.
     pub fn body_read_timeout(self, timeout: Duration) -> Self {
-        self.with(|s| s.body_read_timeout = timeout)
+        self.with(|s| s.body_timeouts.total = timeout)
+    }
+
+    /// Sets how long a covered request's body may stop arriving (before its
+    /// first byte, or between two chunks); a body that stalls longer gets
+    /// `408` `request-body-timeout` like one past the body read timeout. A
+    /// client trickling a large body is cut off here without waiting for
+    /// the total. The default is 30 s.
+    pub fn body_idle_timeout(self, timeout: Duration) -> Self {
+        self.with(|s| s.body_timeouts.idle = timeout)
     }
 
     /// Sets the secret that signs keys, for routes whose policy has

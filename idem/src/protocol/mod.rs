@@ -50,6 +50,7 @@ use self::finish::{complete_local, finish_remote, release_local};
 use self::key::{header_key, scope_of, Key};
 pub(crate) use self::quota::ScopeQuota;
 pub(crate) use self::rate::KeyRate;
+pub(crate) use self::read_body::BodyTimeouts;
 use self::read_body::{read_limited, ReadError};
 pub(crate) use self::renew::Renewals;
 use self::replay::{replay, replays_cookies};
@@ -169,7 +170,7 @@ where
             &parts.headers,
             body,
             policy.max_request_body,
-            shared.body_read_timeout,
+            shared.body_timeouts,
         );
         let bytes = match read.await {
             Ok(b) => b,
@@ -178,8 +179,9 @@ where
             }
             Err(ReadError::Failed(e)) => return refuse(refusal::body_unreadable(&e)),
             Err(ReadError::TimedOut) => {
-                return refuse(refusal::body_timeout(shared.body_read_timeout))
+                return refuse(refusal::body_timeout(shared.body_timeouts.total))
             }
+            Err(ReadError::Idle) => return refuse(refusal::body_idle(shared.body_timeouts.idle)),
         };
         // The in-flight slot is taken once the body is here, and held until
         // the request is answered: taken before, requests whose bodies

@@ -10,18 +10,60 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A scope's tag under `hasher` (`None`: the anonymous scope, which no
-/// header value can collide with by construction).
-pub(super) fn scope_tag(hasher: &RandomState, scope: Option<&[u8]>) -> u64 {
-    match scope {
-        None => hasher.hash_one(0u8),
-        Some(s) => hasher.hash_one((1u8, s)),
+/// Scope tags: hashes of the scope's bytes under a per-process random key.
+/// Two scopes that collide share a count (one chance in 2^64), and the tags
+/// say nothing about the scopes (often credentials).
+pub(super) struct ScopeTags {
+    hasher: RandomState,
+    /// Most requests carry no scope: its tag is hashed once, not per request.
+    anonymous: u64,
+}
+
+impl ScopeTags {
+    pub(super) fn new() -> Self {
+        let hasher = RandomState::new();
+        let anonymous = hasher.hash_one(0u8);
+        Self { hasher, anonymous }
+    }
+
+    /// The tag of `scope` (`None`: the anonymous scope, which no header
+    /// value can collide with by construction).
+    pub(super) fn tag(&self, scope: Option<&[u8]>) -> u64 {
+        match scope {
+            None => self.anonymous,
+            Some(s) => self.hasher.hash_one((1u8, s)),
+        }
+    }
+}
+
+/// Maps keyed by tags hash them as they are: a tag is already a keyed hash,
+/// so hashing it again (SipHash, ~140 instructions per lookup) adds nothing,
+/// and without the key a client cannot aim tags at one bucket.
+pub(super) type TagMap<V> = HashMap<u64, V, BuildHasherDefault<TagHasher>>;
+
+#[derive(Default)]
+pub(super) struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; this keeps any other input sound.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -29,10 +71,7 @@ pub(super) fn scope_tag(hasher: &RandomState, scope: Option<&[u8]>) -> u64 {
 pub(crate) struct ScopeQuota {
     /// The most records one scope may hold.
     max: usize,
-    /// Tags are hashes of the scope's bytes under a per-process random key:
-    /// two scopes that collide share a count (one chance in 2^64), and the
-    /// tags say nothing about the scopes (often credentials).
-    hasher: RandomState,
+    tags: ScopeTags,
     started: Instant,
     // One lock: held for a map update, never across an `.await`.
     state: Mutex<State>,
@@ -40,7 +79,7 @@ pub(crate) struct ScopeQuota {
 
 #[derive(Default)]
 struct State {
-    held: HashMap<u64, usize>,
+    held: TagMap<usize>,
     /// Second (since `started`) → the tags whose records stop counting then.
     expiring: BTreeMap<u64, Vec<u64>>,
 }
@@ -49,7 +88,7 @@ impl ScopeQuota {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             max: max.max(1),
-            hasher: RandomState::new(),
+            tags: ScopeTags::new(),
             started: Instant::now(),
             state: Mutex::default(),
         }
@@ -62,7 +101,7 @@ impl ScopeQuota {
 
     /// The tag of `scope` (`None`: the anonymous scope).
     pub(crate) fn tag(&self, scope: Option<&[u8]>) -> u64 {
-        scope_tag(&self.hasher, scope)
+        self.tags.tag(scope)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

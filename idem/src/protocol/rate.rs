@@ -4,12 +4,12 @@
 //! scope's requests go on. Only new records take a token: a retry that
 //! replays costs nothing.
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::quota::{ScopeTags, TagMap};
 
 /// Buckets kept before full ones are dropped (a full bucket is the same as
 /// none): bounds the map under a flood of scopes.
@@ -20,9 +20,9 @@ pub(crate) struct KeyRate {
     rate: f64,
     /// The most tokens a bucket holds.
     burst: f64,
-    hasher: RandomState,
+    tags: ScopeTags,
     // One lock: held for a map update, never across an `.await`.
-    buckets: Mutex<HashMap<u64, (f64, Instant)>>,
+    buckets: Mutex<TagMap<(f64, Instant)>>,
 }
 
 impl KeyRate {
@@ -31,14 +31,14 @@ impl KeyRate {
         Self {
             rate,
             burst: burst.max(1.0),
-            hasher: RandomState::new(),
+            tags: ScopeTags::new(),
             buckets: Mutex::default(),
         }
     }
 
     /// The tag of `scope` (`None`: the anonymous scope).
     pub(crate) fn tag(&self, scope: Option<&[u8]>) -> u64 {
-        super::quota::scope_tag(&self.hasher, scope)
+        self.tags.tag(scope)
     }
 
     /// Takes a token for `tag`, or says how long until the next one.

@@ -122,6 +122,14 @@ pub(super) fn body_timeout(within: std::time::Duration) -> Problem {
     )
 }
 
+/// The request body stopped arriving for the body idle timeout.
+pub(super) fn body_idle(idle: std::time::Duration) -> Problem {
+    Problem::new(
+        ProblemKind::BodyTimeout,
+        format!("the request body stopped arriving for {idle:?}; nothing was executed, send the request again"),
+    )
+}
+
 /// The request body broke off while it was read.
 pub(super) fn body_unreadable(e: &dyn std::fmt::Display) -> Problem {
     Problem::new(
