@@ -1,0 +1,551 @@
+//! The gateway's configuration, in one pass: the `--config` file's table,
+//! then the flags (clap reads each flag's `IDEM_*` variable when the flag is
+//! absent) written over its top-level keys, then the table read into typed
+//! settings whose defaults live in one place ([`Settings::default`] here,
+//! [`idem::RoutePolicy`]'s for route keys), then one [`validate`] of what
+//! the types cannot say. Errors name the key (`routes[2].ttl`), or the flag
+//! when the value came from one. docs/config.md documents every key.
+
+mod route;
+mod summary;
+#[cfg(test)]
+mod tests;
+mod upstream;
+mod values;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use http::HeaderName;
+use idem::{PathPattern, Policy};
+use serde::Deserialize;
+
+use self::route::{header_name, RouteEntry, RouteSettings};
+pub use self::upstream::{Runtime, Upstream};
+use self::values::{field_names, Number, Secs, Size};
+pub use self::values::{parse_duration, parse_size};
+use crate::cli::GatewayArgs;
+use crate::stores::StoreUrl;
+
+/// The top-level keys that are not route keys, with their defaults: the
+/// one place they are written (a test holds `--help`'s `[default: …]` texts
+/// to them).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    upstream: Option<String>,
+    listen: String,
+    admin_listen: String,
+    admin_token_file: Option<PathBuf>,
+    key_signing_secret_file: Option<PathBuf>,
+    store: String,
+    secret_file: Option<PathBuf>,
+    scope_header: String,
+    local_cache: Size,
+    problem_base: String,
+    upstream_timeout: Secs,
+    drain_timeout: Secs,
+    header_read_timeout: Secs,
+    body_read_timeout: Secs,
+    body_idle_timeout: Secs,
+    max_header_bytes: Size,
+    /// Unset: 5 s, or a quarter of the shortest lease if that is shorter.
+    store_timeout: Option<Secs>,
+    max_connections: Size,
+    max_in_flight: Size,
+    h2_max_streams: Size,
+    memory_capacity: Size,
+    memory_max_bytes: Size,
+    sqlite_capacity: Size,
+    sqlite_max_bytes: Size,
+    scope_share: Number,
+    scope_key_rate: Option<Number>,
+    /// Unset: one second's worth of `scope_key_rate`, at least 1.
+    scope_key_burst: Option<Size>,
+    workers: Option<Size>,
+    runtime: Runtime,
+    /// Read apart: each entry's route keys are layered over the top level's.
+    routes: Vec<toml::Table>,
+}
+
+const SECOND: Secs = Secs(Duration::from_secs(1));
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            admin_token_file: None,
+            key_signing_secret_file: None,
+            store: "sqlite://idem.db".into(),
+            secret_file: None,
+            scope_header: "authorization".into(),
+            local_cache: Size(0),
+            problem_base: idem::problem::DEFAULT_PROBLEM_BASE.to_owned(),
+            upstream_timeout: Secs(SECOND.0 * 30),
+            drain_timeout: Secs(SECOND.0 * 30),
+            header_read_timeout: Secs(SECOND.0 * 10),
+            body_read_timeout: Secs(SECOND.0 * 30),
+            body_idle_timeout: Secs(SECOND.0 * 30),
+            max_header_bytes: Size(64 << 10),
+            store_timeout: None,
+            max_connections: Size(10_000),
+            max_in_flight: Size(4_096),
+            h2_max_streams: Size(100),
+            memory_capacity: Size(1_000_000),
+            memory_max_bytes: Size(1 << 30),
+            sqlite_capacity: Size(10_000_000),
+            sqlite_max_bytes: Size(10 << 30),
+            scope_share: Number(0.5),
+            scope_key_rate: None,
+            scope_key_burst: None,
+            workers: None,
+            runtime: Runtime::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// The store timeout when none is set (see [`Settings::store_timeout`]).
+const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The gateway's resolved settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// The address to listen on.
+    pub listen: String,
+    /// The admin listener's address; `None` turns it off.
+    pub admin_listen: Option<String>,
+    /// The admin API's bearer token file; `None`: the admin API is off.
+    pub admin_token_file: Option<PathBuf>,
+    /// The secret that signs keys, for routes that require signed keys.
+    pub key_signing_secret_file: Option<PathBuf>,
+    /// The store.
+    pub store: StoreUrl,
+    /// The secret file, if not the store's default.
+    pub secret_file: Option<PathBuf>,
+    /// The header naming the user (`None`: every client shares one scope).
+    pub scope_header: Option<HeaderName>,
+    /// Entries of the local cache of completed records (0: off).
+    pub local_cache: usize,
+    /// The base of problem `type` URIs.
+    pub problem_base: String,
+    /// Wait for the upstream's headers, and between its body chunks.
+    pub upstream_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// How long a client may take to send its headers.
+    pub header_read_timeout: Duration,
+    /// How long a covered request's body may take to arrive (408 past it).
+    pub body_read_timeout: Duration,
+    /// How long a covered request's body may stop arriving (408 past it).
+    pub body_idle_timeout: Duration,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// How long a store call may take.
+    pub store_timeout: Duration,
+    /// Open client connections at most; past it a new connection gets 503
+    /// and is closed.
+    pub max_connections: usize,
+    /// Covered requests handled at once at most; past it 503
+    /// `server-overloaded`.
+    pub max_in_flight: usize,
+    /// Concurrent HTTP/2 streams one client connection may open at most.
+    pub h2_max_streams: u32,
+    /// Records a `memory://` store holds at most; past it new keys get 503
+    /// `idempotency-store-full`.
+    pub memory_capacity: usize,
+    /// Threads serving requests (`None`: one per CPU core).
+    pub workers: Option<usize>,
+    /// How the serving threads share the work.
+    pub runtime: Runtime,
+    /// Bytes the records of a `memory://` store account for at most; past
+    /// it new keys get 503 `idempotency-store-full`.
+    pub memory_max_bytes: usize,
+    /// Records a `sqlite://` store holds at most; past it new keys get 503
+    /// `idempotency-store-full`.
+    pub sqlite_capacity: u64,
+    /// The share of a bounded store's capacity one scope may hold (0 to 1;
+    /// 1: no per-scope bound).
+    pub scope_share: f64,
+    /// New keys one scope may start per second, and the burst; `None`: no
+    /// rate.
+    pub scope_key_rate: Option<(f64, u32)>,
+    /// Bytes the records of a `sqlite://` store account for at most (each
+    /// answer plus `ROW_OVERHEAD` per record).
+    pub sqlite_max_bytes: u64,
+    /// Which requests are covered, and how.
+    pub policy: Policy,
+    /// Proxy without the layer (benchmark baseline only).
+    pub without_layer: bool,
+}
+
+/// The flags that were given, as the top-level values they replace.
+fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)> {
+    let text = |key, v: &Option<String>| v.clone().map(|s| (key, toml::Value::String(s)));
+    let path = |key, v: &Option<PathBuf>| {
+        v.as_ref()
+            .map(|p| (key, toml::Value::String(p.to_string_lossy().into_owned())))
+    };
+    [
+        text("upstream", &args.upstream),
+        text("listen", &args.listen),
+        text("store", &args.store),
+        text("ttl", &args.ttl),
+        text("lock_timeout", &args.lock_timeout),
+        text("max_body", &args.max_body),
+        text("max_stored_response", &args.max_stored_response),
+        text("scope_header", &args.scope_header),
+        path("secret_file", &args.secret_file),
+        text("admin_listen", &args.admin_listen),
+        path("admin_token_file", &args.admin_token_file),
+        args.require_signed_keys
+            .then_some(("require_signed_keys", toml::Value::Boolean(true))),
+        path("key_signing_secret_file", &args.key_signing_secret_file),
+        text("upstream_timeout", &args.upstream_timeout),
+        text("drain_timeout", &args.drain_timeout),
+        text("header_read_timeout", &args.header_read_timeout),
+        text("body_read_timeout", &args.body_read_timeout),
+        text("body_idle_timeout", &args.body_idle_timeout),
+        text("store_timeout", &args.store_timeout),
+        text("wait", &args.wait),
+        text("local_cache", &args.local_cache),
+        text("max_connections", &args.max_connections),
+        text("max_in_flight", &args.max_in_flight),
+        text("h2_max_streams", &args.h2_max_streams),
+        text("memory_capacity", &args.memory_capacity),
+        text("memory_max_bytes", &args.memory_max_bytes),
+        text("scope_share", &args.scope_share),
+        text("scope_key_rate", &args.scope_key_rate),
+        text("scope_key_burst", &args.scope_key_burst),
+        text("sqlite_capacity", &args.sqlite_capacity),
+        text("sqlite_max_bytes", &args.sqlite_max_bytes),
+        text("workers", &args.workers),
+        text("runtime", &args.runtime),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Names a top-level key as the user set it: its flag when one gave it.
+struct Names(HashSet<&'static str>);
+
+impl Names {
+    fn of(&self, key: &str) -> String {
+        if self.0.contains(key) {
+            format!("--{}", key.replace('_', "-"))
+        } else {
+            key.to_owned()
+        }
+    }
+
+    /// `e` with a leading top-level key replaced by its flag when a flag
+    /// gave it.
+    fn rename(&self, e: anyhow::Error) -> anyhow::Error {
+        let msg = format!("{e:#}");
+        match msg.split_once(':') {
+            Some((key, rest)) if self.0.contains(key) => anyhow!("{}:{rest}", self.of(key)),
+            _ => e,
+        }
+    }
+}
+
+/// Reads `table` as a `T`; errors start with the key's path under `at`.
+/// `known` are the keys this table may hold (for a misspelt one, the
+/// closest is suggested).
+fn read<T: for<'de> Deserialize<'de>>(
+    table: toml::Table,
+    at: &str,
+    known: &[&[&str]],
+) -> anyhow::Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().message().trim_end().to_owned();
+        let inner = match inner.strip_prefix("unknown field `") {
+            Some(rest) => {
+                let key = rest.split('`').next().unwrap_or_default();
+                match closest(key, known.iter().flat_map(|k| k.iter().copied())) {
+                    Some(near) => format!("unknown key; did you mean {near}?"),
+                    None => "unknown key (docs/config.md lists the keys)".to_owned(),
+                }
+            }
+            None => inner,
+        };
+        anyhow!("{at}{path}: {inner}")
+    })
+}
+
+/// The name in `names` closest to `key`, if it is close (a typo, not
+/// another word).
+fn closest<'a>(key: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    names
+        .map(|n| (distance(key, n), n))
+        .filter(|&(d, n)| d <= 2.max(n.len() / 4))
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// Moves the keys of `names` from `table` into a table of their own.
+fn take_keys(table: &mut toml::Table, names: &[&str]) -> toml::Table {
+    names
+        .iter()
+        .filter_map(|&k| table.remove(k).map(|v| (k.to_owned(), v)))
+        .collect()
+}
+
+impl GatewayConfig {
+    /// Reads `args.config` (if any) and applies the flags over it.
+    pub fn resolve(args: &GatewayArgs) -> anyhow::Result<Self> {
+        let table = match &args.config {
+            Some(path) => read_file(path)?,
+            None => toml::Table::new(),
+        };
+        Self::resolve_table(args, table)
+    }
+
+    /// Resolves the configuration `text` (TOML, as in a `--config` file)
+    /// under the flags `args` (whose `config` is ignored).
+    pub fn from_toml(text: &str, args: &GatewayArgs) -> anyhow::Result<Self> {
+        let table = text.parse().map_err(|e| anyhow!("config: {e}"))?;
+        Self::resolve_table(args, table)
+    }
+
+    fn resolve_table(args: &GatewayArgs, mut table: toml::Table) -> anyhow::Result<Self> {
+        let mut flags = HashSet::new();
+        for (key, value) in flag_values(args) {
+            table.insert(key.to_owned(), value);
+            flags.insert(key);
+        }
+        let names = Names(flags);
+        let route_keys = field_names::<RouteSettings>();
+        let defaults = take_keys(&mut table, route_keys);
+        let top = [field_names::<Settings>(), route_keys];
+        let settings: Settings = read(table, "", &top).map_err(|e| names.rename(e))?;
+        let default_policy = read::<RouteSettings>(defaults.clone(), "", &top)
+            .and_then(|r| r.policy(""))
+            .map_err(|e| names.rename(e))?;
+        let mut policy = Policy {
+            routes: Vec::new(),
+            default: default_policy,
+        };
+        for (i, mut entry) in settings.routes.iter().cloned().enumerate() {
+            let at = format!("routes[{i}].");
+            // The entry's own route keys over the top level's.
+            let mut keys = defaults.clone();
+            keys.extend(take_keys(&mut entry, route_keys));
+            let known = [field_names::<RouteEntry>(), route_keys];
+            let own: RouteEntry = read(entry, &at, &known)?;
+            let pattern = PathPattern::parse(&own.path).map_err(|e| anyhow!("{at}path: {e}"))?;
+            let mut p = read::<RouteSettings>(keys, &at, &known)?.policy(&at)?;
+            own.apply_webhook(&at, &mut p)?;
+            policy.routes.push((pattern, p));
+        }
+        validate(settings, policy, &names, args.bench_without_layer)
+    }
+}
+
+/// Everything the types cannot say, checked once, into the resolved form.
+fn validate(
+    s: Settings,
+    policy: Policy,
+    names: &Names,
+    without_layer: bool,
+) -> anyhow::Result<GatewayConfig> {
+    let n = |key: &str| names.of(key);
+    let upstream_text = s.upstream.clone().ok_or_else(|| {
+        anyhow!("no upstream: pass --upstream http://HOST:PORT (or set IDEM_UPSTREAM, or upstream in the config file)")
+    })?;
+    let upstream = Upstream::parse(&upstream_text)
+        .with_context(|| format!("{}: {upstream_text:?}", n("upstream")))?;
+    let store: StoreUrl = s.store.parse().with_context(|| n("store"))?;
+    let admin_listen = match s.admin_listen.as_str() {
+        "none" | "off" | "" => None,
+        a => Some(a.to_owned()),
+    };
+    let scope_header = match s.scope_header.as_str() {
+        h if h.eq_ignore_ascii_case("none") || h.is_empty() => None,
+        h => Some(header_name(&n("scope_header"), h)?),
+    };
+    for (Secs(d), key) in [
+        (s.upstream_timeout, "upstream_timeout"),
+        (s.header_read_timeout, "header_read_timeout"),
+        (s.body_read_timeout, "body_read_timeout"),
+        (s.body_idle_timeout, "body_idle_timeout"),
+        (s.store_timeout.unwrap_or(SECOND), "store_timeout"),
+    ] {
+        if d.is_zero() {
+            bail!("{}: must be more than 0", n(key));
+        }
+    }
+    let Size(max_header_bytes) = s.max_header_bytes;
+    if !(8192..=(16 << 20)).contains(&max_header_bytes) {
+        bail!("max_header_bytes: must be between 8KiB and 16MiB, got {max_header_bytes}");
+    }
+    for (Size(v), key) in [
+        (s.max_connections, "max_connections"),
+        (s.max_in_flight, "max_in_flight"),
+        (s.h2_max_streams, "h2_max_streams"),
+        (s.memory_capacity, "memory_capacity"),
+        (s.sqlite_capacity, "sqlite_capacity"),
+    ] {
+        if v == 0 {
+            bail!("{}: must be at least 1", n(key));
+        }
+    }
+    let Ok(h2_max_streams) = u32::try_from(s.h2_max_streams.0) else {
+        bail!("{}: must be at most {}", n("h2_max_streams"), u32::MAX);
+    };
+    for (Size(v), key) in [
+        (s.memory_max_bytes, "memory_max_bytes"),
+        (s.sqlite_max_bytes, "sqlite_max_bytes"),
+    ] {
+        if v < 1 << 20 {
+            bail!("{}: must be at least 1MiB, got {v}", n(key));
+        }
+    }
+    let Number(scope_share) = s.scope_share;
+    if !(scope_share > 0.0 && scope_share <= 1.0) {
+        bail!(
+            "{}: expected a fraction above 0 and at most 1 (0.5: half the store; 1: no per-scope bound), got {scope_share}",
+            n("scope_share")
+        );
+    }
+    let scope_key_rate = match s.scope_key_rate {
+        None => None,
+        Some(Number(rate)) => {
+            if rate <= 0.0 {
+                bail!(
+                    "{}: expected new keys per second, above 0 (20, or 0.5), got {rate}",
+                    n("scope_key_rate")
+                );
+            }
+            let burst = match s.scope_key_burst {
+                // One second's worth.
+                None => rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+                Some(Size(b)) => match u32::try_from(b) {
+                    Ok(b) if b >= 1 => b,
+                    _ => bail!(
+                        "{}: must be between 1 and {}, got {b}",
+                        n("scope_key_burst"),
+                        u32::MAX
+                    ),
+                },
+            };
+            Some((rate, burst))
+        }
+    };
+    let workers = match s.workers {
+        Some(Size(w)) if !(1..=1024).contains(&w) => {
+            bail!("{}: must be between 1 and 1024, got {w}", n("workers"))
+        }
+        w => w.map(|Size(w)| w),
+    };
+    let store_timeout = store_timeout(&s, &policy, names)?;
+    let signed_routes = std::iter::once(&policy.default)
+        .chain(policy.routes.iter().map(|(_, p)| p))
+        .any(|p| p.require_signed_keys && p.webhook.is_none());
+    if signed_routes && s.key_signing_secret_file.is_none() {
+        bail!("require_signed_keys: routes require signed keys, but no key_signing_secret_file (--key-signing-secret-file) is set");
+    }
+    Ok(GatewayConfig {
+        upstream,
+        listen: s.listen,
+        admin_listen,
+        admin_token_file: s.admin_token_file,
+        key_signing_secret_file: s.key_signing_secret_file,
+        store,
+        secret_file: s.secret_file,
+        scope_header,
+        local_cache: s.local_cache.0,
+        problem_base: s.problem_base,
+        upstream_timeout: s.upstream_timeout.0,
+        drain_timeout: s.drain_timeout.0,
+        header_read_timeout: s.header_read_timeout.0,
+        body_read_timeout: s.body_read_timeout.0,
+        body_idle_timeout: s.body_idle_timeout.0,
+        max_header_bytes,
+        store_timeout,
+        max_connections: s.max_connections.0,
+        max_in_flight: s.max_in_flight.0,
+        h2_max_streams,
+        memory_capacity: s.memory_capacity.0,
+        memory_max_bytes: s.memory_max_bytes.0,
+        sqlite_capacity: s.sqlite_capacity.0 as u64,
+        scope_share,
+        scope_key_rate,
+        sqlite_max_bytes: s.sqlite_max_bytes.0 as u64,
+        workers,
+        runtime: s.runtime,
+        policy,
+        without_layer,
+    })
+}
+
+/// The store timeout, and the check that every lease outlasts three of
+/// them.
+fn store_timeout(s: &Settings, policy: &Policy, names: &Names) -> anyhow::Result<Duration> {
+    let leases = || {
+        std::iter::once(("", &policy.default)).chain(
+            policy
+                .routes
+                .iter()
+                .map(|(pattern, p)| (pattern.as_str(), p)),
+        )
+    };
+    // Unless set, the store timeout is the default's or a quarter of the
+    // shortest lease, whichever is shorter: a short lease alone is a valid
+    // configuration.
+    let timeout = match s.store_timeout {
+        Some(Secs(t)) => t,
+        None => leases()
+            .map(|(_, p)| p.lease / 4)
+            .fold(DEFAULT_STORE_TIMEOUT, Duration::min),
+    };
+    // The lease is renewed until the answer is stored, and one renewal (or
+    // one try of storing) may take a store timeout: a lease no longer than
+    // three of them can run out while its holder is alive, and a duplicate
+    // would execute again.
+    for (i, (pattern, p)) in leases().enumerate() {
+        if p.lease > timeout * 3 {
+            continue;
+        }
+        let lease_name = match i {
+            0 => names.of("lock_timeout"),
+            _ => format!("routes[{}].lock_timeout ({pattern})", i - 1),
+        };
+        let timeout_name = names.of("store_timeout");
+        bail!(
+            "{lease_name}: {:?} must be longer than three times {timeout_name} ({timeout:?}): the lease is renewed until the answer is stored, and a store this slow would let it run out while its holder is alive; raise {lease_name} above {:?} or lower {timeout_name}",
+            p.lease,
+            timeout * 3
+        );
+    }
+    Ok(timeout)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    text.parse()
+        .map_err(|e| anyhow!("config file {}: {e}", path.display()))
+}

@@ -1,0 +1,93 @@
+//! Where requests go, and how the serving threads share the work.
+
+use anyhow::{anyhow, bail};
+use http::Uri;
+
+/// Where requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `http`.
+    pub scheme: http::uri::Scheme,
+    /// `host:port`.
+    pub authority: http::uri::Authority,
+    /// A path prefix without its trailing slash (often empty).
+    pub prefix: String,
+}
+
+impl Upstream {
+    /// Parses `http://HOST:PORT[/PREFIX]`.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let uri: Uri = s
+            .parse()
+            .map_err(|e| anyhow!("{e}; write it as http://HOST:PORT"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => bail!(
+                "https upstreams are not supported yet; put the gateway next to the service and use http://"
+            ),
+            _ => bail!("it must start with http://, like http://127.0.0.1:3000"),
+        }
+        let Some(authority) = uri.authority().cloned() else {
+            bail!("it has no host; write it as http://HOST:PORT");
+        };
+        if uri.query().is_some() {
+            bail!("it must not have a query string");
+        }
+        Ok(Self {
+            scheme: http::uri::Scheme::HTTP,
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+/// How the gateway's serving threads share the work (`--runtime`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// Each thread runs an event loop of its own, with its own upstream
+    /// connection pool, and serves the client connections handed to it
+    /// (new connections go to the thread with the fewest). A request stays
+    /// on one thread from accept to answer: no hand-offs between threads,
+    /// the least CPU per request. One connection's requests use one core.
+    #[default]
+    PerCore,
+    /// One work-stealing runtime (tokio's multi-threaded scheduler): any
+    /// thread may run any request, so a few busy connections (an HTTP/2
+    /// connection from a load balancer carrying everything, say) still
+    /// spread over every core, at some CPU per request for the hand-offs.
+    Shared,
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "per-core" => Ok(Self::PerCore),
+            "shared" => Ok(Self::Shared),
+            other => bail!("must be \"per-core\" or \"shared\", got {other:?}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PerCore => "per-core",
+            Self::Shared => "shared",
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Runtime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
