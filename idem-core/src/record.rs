@@ -201,7 +201,9 @@ impl StoredResponse {
             .iter()
             .map(|(n, v)| 6 + n.as_str().len() + v.as_bytes().len())
             .sum();
-        let mut out = Vec::with_capacity(16 + hdr_len + self.body.len());
+        // Exact: a store may keep this vector as it is (as `Bytes`).
+        let omitted = if self.body_omitted.is_some() { 8 } else { 0 };
+        let mut out = Vec::with_capacity(16 + omitted + hdr_len + self.body.len());
         out.push(VERSION);
         out.extend_from_slice(&self.status.to_be_bytes());
         out.push(u8::from(self.body_omitted.is_some()));
@@ -218,12 +220,20 @@ impl StoredResponse {
         }
         out.extend_from_slice(&(self.body.len() as u64).to_be_bytes());
         out.extend_from_slice(&self.body);
+        debug_assert_eq!(out.len(), out.capacity());
         out
     }
 
     /// Decodes [`encode`](Self::encode)'s output, checking every length and
     /// header so corrupt data is an error, never a panic.
     pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_shared(&Bytes::copy_from_slice(data))
+    }
+
+    /// [`decode`](Self::decode) without copying: the header values and the
+    /// body are slices of `data` (a store that keeps the encoding in memory
+    /// replays from it as it is).
+    pub fn decode_shared(data: &Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader(data);
         if r.u8()? != VERSION {
             return Err(DecodeError("unknown encoding version"));
@@ -238,18 +248,24 @@ impl StoredResponse {
         }
         let count = r.u32()? as usize;
         let mut headers = Vec::with_capacity(count.min(256));
+        let slice = |r: &Reader<'_>, part: &[u8]| {
+            let end = data.len() - r.0.len();
+            data.slice(end - part.len()..end)
+        };
         for _ in 0..count {
             let n = r.u16()? as usize;
             let name = HeaderName::from_bytes(r.take(n)?)
                 .map_err(|_| DecodeError("invalid header name"))?;
             let v = r.u32()? as usize;
-            let value = HeaderValue::from_bytes(r.take(v)?)
+            let value = r.take(v)?;
+            let value = HeaderValue::from_maybe_shared(slice(&r, value))
                 .map_err(|_| DecodeError("invalid header value"))?;
             headers.push((name, value));
         }
         let body_omitted = if flags == 1 { Some(r.u64()?) } else { None };
         let len = usize::try_from(r.u64()?).map_err(|_| DecodeError("body too long"))?;
-        let body = Bytes::copy_from_slice(r.take(len)?);
+        let body = r.take(len)?;
+        let body = slice(&r, body);
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 use crate::clock::{deadline_ms, SharedClock, SystemClock};
 use crate::fingerprint::Fingerprint;
-use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
+use crate::record::{Begin, Fence, Record, StoredResponse};
 use crate::scope::StoreKey;
 use crate::store::{LocalStore, Store, StoreError, StoreStats};
 
@@ -32,33 +32,10 @@ use crate::store::{LocalStore, Store, StoreError, StoreStats};
 /// Empty shards cost about 64 KiB in all.
 const SHARDS: usize = 1024;
 
-/// Bytes accounted to every record whatever its answer: the map entry (key,
-/// fingerprint, state) with the hash table's slack, measured at about this
-/// much per record with small answers (docs/RELIABILITY.md).
-pub const RECORD_OVERHEAD: usize = 256;
+mod slot;
 
-/// Bytes accounted per stored header beyond its name and value bytes (the
-/// `HeaderName`/`HeaderValue` pair in the vector).
-const HEADER_OVERHEAD: usize = 72;
-
-/// The bytes a record accounts for in the budget.
-fn record_bytes(r: &Record) -> usize {
-    match &r.state {
-        RecordState::InProgress { .. } => RECORD_OVERHEAD,
-        RecordState::Completed { response, .. } => RECORD_OVERHEAD + answer_bytes(response),
-    }
-}
-
-fn answer_bytes(r: &StoredResponse) -> usize {
-    headers_bytes(r) + r.body.len()
-}
-
-fn headers_bytes(r: &StoredResponse) -> usize {
-    r.headers
-        .iter()
-        .map(|(n, v)| HEADER_OVERHEAD + n.as_str().len() + v.len())
-        .sum()
-}
+use self::slot::Slot;
+pub use self::slot::RECORD_OVERHEAD;
 
 /// A concurrent, TTL-expiring, capacity-bounded store in memory.
 ///
@@ -90,7 +67,7 @@ fn headers_bytes(r: &StoredResponse) -> usize {
 ///   answers completing at that moment, like Redis's `maxmemory` with the
 ///   `noeviction` policy, but without its overshoot by whole values.
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<StoreKey, Record, KeyHasher>>]>,
+    shards: Box<[Mutex<HashMap<StoreKey, Slot, KeyHasher>>]>,
     len: AtomicUsize,
     capacity: usize,
     /// Accounted bytes of all records held (see [`record_bytes`]).
@@ -211,7 +188,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard(&self, key: &StoreKey) -> MutexGuard<'_, HashMap<StoreKey, Record, KeyHasher>> {
+    fn shard(&self, key: &StoreKey) -> MutexGuard<'_, HashMap<StoreKey, Slot, KeyHasher>> {
         // The last two bytes pick the shard; the first eight are the hash
         // within it (`KeyHasher`), so the two stay independent.
         let i = u16::from_le_bytes([key.0[30], key.0[31]]) as usize % SHARDS;
@@ -245,9 +222,9 @@ impl MemoryStore {
     }
 
     /// Forgets a record that was removed from its shard.
-    fn forget(&self, r: &Record) {
+    fn forget(&self, r: &Slot) {
         self.len.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(record_bytes(r), Ordering::AcqRel);
+        self.bytes.fetch_sub(r.bytes(), Ordering::AcqRel);
     }
 
     fn purge_all(&self, now: u64, limit: usize) -> u64 {
@@ -263,7 +240,7 @@ impl MemoryStore {
             map.retain(|_, r| {
                 if budget > 0 && !r.is_live(now) {
                     budget -= 1;
-                    freed += record_bytes(r);
+                    freed += r.bytes();
                     false
                 } else {
                     true
@@ -286,36 +263,25 @@ impl LocalStore for MemoryStore {
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         let now = self.clock.now_ms();
-        let new_record = || Record {
-            fingerprint: *fingerprint,
-            state: RecordState::InProgress {
-                fence: Fence::generate(),
-                lease_until_ms: deadline_ms(now, lease),
-            },
-        };
-        let started = |r: &Record| match r.state {
-            RecordState::InProgress { fence, .. } => Begin::Started(fence),
-            RecordState::Completed { .. } => unreachable!("a new record is in progress"),
-        };
+        let fence = Fence::generate();
+        let new_record = || Slot::in_progress(*fingerprint, fence, deadline_ms(now, lease));
         for attempt in 0..2 {
             let mut map = self.shard(key);
             if let Some(existing) = map.get_mut(key) {
                 if existing.is_live(now) {
-                    return Ok(existing.clone().into_begin(fingerprint, now));
+                    return Ok(existing.to_record()?.into_begin(fingerprint, now));
                 }
                 // Expired lease or TTL: treated as no record (rules 8, 9).
                 // Replacing it takes no new room, and frees its answer's.
                 self.bytes
-                    .fetch_sub(record_bytes(existing) - RECORD_OVERHEAD, Ordering::AcqRel);
+                    .fetch_sub(existing.bytes() - RECORD_OVERHEAD, Ordering::AcqRel);
                 *existing = new_record();
-                return Ok(started(existing));
+                return Ok(Begin::Started(fence));
             }
             let full = match self.reserve() {
                 Ok(()) => {
-                    let r = new_record();
-                    let outcome = started(&r);
-                    map.insert(*key, r);
-                    return Ok(outcome);
+                    map.insert(*key, new_record());
+                    return Ok(Begin::Started(fence));
                 }
                 Err(full) => full,
             };
@@ -341,46 +307,39 @@ impl LocalStore for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
+        // Encoded in an allocation of its own: the slot keeps one allocation
+        // per answer, and nothing else alive (a header value sliced from the
+        // buffer the body was read into would keep a dropped body's bytes).
+        // Before the shard's lock: copying a large body must not hold it.
+        let mut answer = slot::encode(&response);
         let mut map = self.shard(key);
         match map.get_mut(key) {
-            Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
-                let headers = headers_bytes(&response);
+            Some(r) if r.fence() == Some(fence) => {
                 let body = response.body.len();
+                let head = answer.len() - body;
                 // Take the answer's bytes from the budget; when its body does
                 // not fit, keep the answer without it (see the type's docs).
                 let fits = self
                     .bytes
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                        b.checked_add(headers + body)
-                            .filter(|&n| n <= self.max_bytes)
+                        b.checked_add(answer.len()).filter(|&n| n <= self.max_bytes)
                     })
                     .is_ok();
-                if !fits {
-                    // The headers are kept whatever the budget says.
-                    self.bytes.fetch_add(headers, Ordering::AcqRel);
-                }
                 // An answer with no body has nothing to leave out.
-                let response = if fits || body == 0 {
-                    response
-                } else {
-                    StoredResponse {
+                if !fits && body > 0 {
+                    answer = slot::encode(&StoredResponse {
                         status: response.status,
-                        // Copied: a header value may be a slice of the
-                        // buffer the body is in (the layer reads both into
-                        // one), and would keep the whole dropped body alive.
-                        headers: response
-                            .headers
-                            .into_iter()
-                            .map(|(name, value)| (name, owned(&value)))
-                            .collect(),
+                        headers: response.headers,
                         body: bytes::Bytes::new(),
                         body_omitted: Some(response.body_omitted.unwrap_or(body as u64)),
-                    }
-                };
-                r.state = RecordState::Completed {
-                    response,
-                    expires_at_ms: deadline_ms(now, ttl),
-                };
+                    });
+                }
+                if !fits {
+                    // The head is kept whatever the budget says.
+                    self.bytes.fetch_add(answer.len(), Ordering::AcqRel);
+                }
+                debug_assert!(fits || answer.len() <= head + 8);
+                r.complete(answer, deadline_ms(now, ttl));
                 Ok(true)
             }
             _ => Ok(false),
@@ -390,7 +349,7 @@ impl LocalStore for MemoryStore {
     fn release_now(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let mut map = self.shard(key);
         match map.get(key) {
-            Some(r) if matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence) => {
+            Some(r) if r.fence() == Some(fence) => {
                 if let Some(r) = map.remove(key) {
                     self.forget(&r);
                 }
@@ -434,21 +393,19 @@ impl Store for MemoryStore {
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let mut map = self.shard(key);
-        match map.get_mut(key).map(|r| &mut r.state) {
-            Some(RecordState::InProgress {
-                fence: f,
-                lease_until_ms,
-            }) if *f == fence => {
-                *lease_until_ms = deadline_ms(now, lease);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(map
+            .get_mut(key)
+            .is_some_and(|r| r.renew(fence, deadline_ms(now, lease))))
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let now = self.clock.now_ms();
-        Ok(self.shard(key).get(key).filter(|r| r.is_live(now)).cloned())
+        let slot = self.shard(key);
+        Ok(slot
+            .get(key)
+            .filter(|r| r.is_live(now))
+            .map(Slot::to_record)
+            .transpose()?)
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
@@ -469,8 +426,7 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let map = shard.lock().unwrap_or_else(|e| e.into_inner());
             for r in map.values() {
-                let in_progress = matches!(r.state, RecordState::InProgress { .. });
-                s.count(in_progress, r.is_live(now), 1);
+                s.count(r.fence().is_some(), r.is_live(now), 1);
             }
         }
         Ok(s)
@@ -491,14 +447,6 @@ impl Store for MemoryStore {
     fn capacity(&self) -> Option<u64> {
         Some(self.capacity as u64)
     }
-}
-
-/// `value` in an allocation of its own (same bytes, same sensitivity).
-fn owned(value: &http::HeaderValue) -> http::HeaderValue {
-    let mut copy =
-        http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-    copy.set_sensitive(value.is_sensitive());
-    copy
 }
 
 #[cfg(test)]
