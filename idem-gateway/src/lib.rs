@@ -20,6 +20,7 @@ pub mod demo;
 pub mod gateway;
 pub mod keygen;
 pub mod keys;
+pub mod problem;
 pub mod stores;
 
 /// Resolves on SIGTERM or SIGINT.

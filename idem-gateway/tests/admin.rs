@@ -116,8 +116,11 @@ impl Spec {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if ctype.starts_with("application/json") {
-            let schema = &res["content"]["application/json"]["schema"];
+        let json = ["application/json", "application/problem+json"]
+            .into_iter()
+            .find(|t| ctype.starts_with(t));
+        if let Some(json) = json {
+            let schema = &res["content"][json]["schema"];
             assert!(
                 !schema.is_badvalue(),
                 "{method} {path} {status}: JSON is not documented"

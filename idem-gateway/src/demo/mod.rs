@@ -103,11 +103,11 @@ struct Failure(anyhow::Error);
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         tracing::error!(error = %self.0, "demo handler failed");
-        (
+        crate::problem::response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": "internal_error", "detail": self.0.to_string()})),
+            "internal_error",
+            self.0.to_string(),
         )
-            .into_response()
     }
 }
 
@@ -143,7 +143,7 @@ fn validate(v: &Value) -> Result<(serde_json::Number, String, String), String> {
 fn invalid(detail: impl Into<String>) -> (StatusCode, Value) {
     (
         StatusCode::BAD_REQUEST,
-        json!({"error": "validation_failed", "detail": detail.into()}),
+        crate::problem::document(StatusCode::BAD_REQUEST, "validation_failed", detail),
     )
 }
 
@@ -174,7 +174,15 @@ async fn create_payment(State(state): State<AppState>, body: Bytes) -> Result<Re
         Ok(v) => charge(&state, &v).await?,
         Err(e) => invalid(format!("the body is not valid JSON: {e}")),
     };
-    Ok((status, axum::Json(v)).into_response())
+    let mut res = (status, axum::Json(v)).into_response();
+    if status.is_client_error() {
+        // `invalid`'s problem document.
+        res.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static(idem_core::problem::PROBLEM_JSON),
+        );
+    }
+    Ok(res)
 }
 
 async fn get_payment(
@@ -183,11 +191,11 @@ async fn get_payment(
 ) -> Result<Response, Failure> {
     Ok(match state.payments.get(id.clone()).await? {
         Some(p) => axum::Json(p).into_response(),
-        None => (
+        None => crate::problem::response(
             StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "not_found", "detail": format!("no payment {id}")})),
-        )
-            .into_response(),
+            "not_found",
+            format!("no payment {id}"),
+        ),
     })
 }
 
@@ -204,16 +212,19 @@ async fn batch_payments(
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return Ok((
+            return Ok(crate::problem::response(
                 StatusCode::BAD_REQUEST,
-                axum::Json(invalid(format!("the body is not valid JSON: {e}")).1),
-            )
-                .into_response())
+                "validation_failed",
+                format!("the body is not valid JSON: {e}"),
+            ))
         }
     };
     let Some(items) = v.get("payments").and_then(Value::as_array) else {
-        let (s, b) = invalid("the body must be {\"payments\": [ ... ]}");
-        return Ok((s, axum::Json(b)).into_response());
+        return Ok(crate::problem::response(
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+            "the body must be {\"payments\": [ ... ]}",
+        ));
     };
     let mut results = Vec::with_capacity(items.len());
     let mut any_failed = false;
@@ -240,7 +251,11 @@ async fn batch_payments(
                     ),
                     Err(e) => (
                         503,
-                        json!({"error": "item_unavailable", "detail": e.to_string()}),
+                        crate::problem::document(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "item_unavailable",
+                            e.to_string(),
+                        ),
                         false,
                     ),
                 }
@@ -274,8 +289,11 @@ async fn payment_status_webhook(
         v.get("payment_id").and_then(Value::as_str),
         v.get("status").and_then(Value::as_str),
     ) else {
-        let (s, b) = invalid("the body must be {\"payment_id\": \"pay_...\", \"status\": \"...\"}");
-        return Ok((s, axum::Json(b)).into_response());
+        return Ok(crate::problem::response(
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+            "the body must be {\"payment_id\": \"pay_...\", \"status\": \"...\"}",
+        ));
     };
     if state
         .payments
@@ -287,11 +305,11 @@ async fn payment_status_webhook(
                 .into_response(),
         )
     } else {
-        Ok((
+        Ok(crate::problem::response(
             StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "not_found", "detail": format!("no payment {id}")})),
-        )
-            .into_response())
+            "not_found",
+            format!("no payment {id}"),
+        ))
     }
 }
 

@@ -44,11 +44,7 @@ pub(crate) fn router(state: AdminState) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": code, "detail": detail.into()})),
-    )
-        .into_response()
+    crate::problem::response(status, code, detail)
 }
 
 /// Equal in time whatever the position of the first difference, so the
