@@ -1,5 +1,146 @@
 //! The `Store` trait: the atomic phases every backend implements.
 //!
+//! # A store of your own
+//!
+//! A complete store in one mutex-guarded map. Each method is one atomic
+//! step on one key; whether a live record means replay, in progress or
+//! mismatch is decided by [`Record::into_begin`], not by the store; the
+//! holder's fence guards `complete`, `release` and `renew`; time comes from
+//! the [`Clock`](crate::Clock) the store is given. The example then runs part
+//! of the conformance suite on it (`idem_testkit::store_conformance!` runs
+//! all of it, as each of idem's stores does in its tests).
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::{Arc, Mutex, MutexGuard};
+//! use std::time::Duration;
+//!
+//! use async_trait::async_trait;
+//! use idem_core::clock::deadline_ms;
+//! use idem_core::{
+//!     Begin, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreError,
+//!     StoreKey, StoreStats, StoredResponse,
+//! };
+//!
+//! struct MapStore {
+//!     clock: SharedClock,
+//!     records: Mutex<HashMap<StoreKey, Record>>,
+//! }
+//!
+//! impl MapStore {
+//!     fn map(&self) -> MutexGuard<'_, HashMap<StoreKey, Record>> {
+//!         // A panic elsewhere never leaves the map half-updated.
+//!         self.records.lock().unwrap_or_else(|e| e.into_inner())
+//!     }
+//!
+//!     /// The record `key` holds with `fence`, if that fence still holds it.
+//!     fn held<'a>(map: &'a mut HashMap<StoreKey, Record>, key: &StoreKey, fence: Fence) -> Option<&'a mut Record> {
+//!         map.get_mut(key)
+//!             .filter(|r| matches!(r.state, RecordState::InProgress { fence: f, .. } if f == fence))
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl Store for MapStore {
+//!     async fn begin(&self, key: &StoreKey, fingerprint: &Fingerprint, lease: Duration) -> Result<Begin, StoreError> {
+//!         let now = self.clock.now_ms();
+//!         let mut map = self.map();
+//!         match map.get(key) {
+//!             // A live record: the one decision every store shares (rules 4, 5, 6).
+//!             Some(r) if r.is_live(now) => Ok(r.clone().into_begin(fingerprint, now)),
+//!             // None, or an expired lease or TTL, which counts as none (rules 8, 9).
+//!             _ => {
+//!                 let fence = Fence::generate();
+//!                 let state = RecordState::InProgress { fence, lease_until_ms: deadline_ms(now, lease) };
+//!                 map.insert(*key, Record { fingerprint: *fingerprint, state });
+//!                 Ok(Begin::Started(fence))
+//!             }
+//!         }
+//!     }
+//!
+//!     async fn complete(&self, key: &StoreKey, fence: Fence, response: &StoredResponse, ttl: Duration) -> Result<bool, StoreError> {
+//!         let expires_at_ms = deadline_ms(self.clock.now_ms(), ttl);
+//!         let mut map = self.map();
+//!         Ok(Self::held(&mut map, key, fence)
+//!             .map(|r| r.state = RecordState::Completed { response: response.clone(), expires_at_ms })
+//!             .is_some())
+//!     }
+//!
+//!     async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+//!         let mut map = self.map();
+//!         let held = Self::held(&mut map, key, fence).is_some();
+//!         if held {
+//!             map.remove(key);
+//!         }
+//!         Ok(held)
+//!     }
+//!
+//!     async fn renew(&self, key: &StoreKey, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
+//!         let until = deadline_ms(self.clock.now_ms(), lease);
+//!         let mut map = self.map();
+//!         Ok(Self::held(&mut map, key, fence)
+//!             .map(|r| r.state = RecordState::InProgress { fence, lease_until_ms: until })
+//!             .is_some())
+//!     }
+//!
+//!     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+//!         let now = self.clock.now_ms();
+//!         Ok(self.map().get(key).filter(|r| r.is_live(now)).cloned())
+//!     }
+//!
+//!     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
+//!         Ok(self.map().remove(key).is_some())
+//!     }
+//!
+//!     async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
+//!         let now = self.clock.now_ms();
+//!         let mut map = self.map();
+//!         let expired: Vec<StoreKey> =
+//!             map.iter().filter(|(_, r)| !r.is_live(now)).map(|(k, _)| *k).take(limit).collect();
+//!         for k in &expired {
+//!             map.remove(k);
+//!         }
+//!         Ok(expired.len() as u64)
+//!     }
+//!
+//!     async fn stats(&self) -> Result<StoreStats, StoreError> {
+//!         let now = self.clock.now_ms();
+//!         let mut stats = StoreStats::default();
+//!         for r in self.map().values() {
+//!             stats.count(matches!(r.state, RecordState::InProgress { .. }), r.is_live(now), 1);
+//!         }
+//!         Ok(stats)
+//!     }
+//!
+//!     async fn ping(&self) -> Result<(), StoreError> {
+//!         Ok(())
+//!     }
+//!
+//!     fn backend(&self) -> &'static str {
+//!         "map"
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use idem_testkit::{suite, StoreConfig};
+//! type Made = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Arc<dyn Store>>> + Send>>;
+//! let factory = |c: StoreConfig| -> Made {
+//!     Box::pin(async move {
+//!         let store = MapStore { clock: c.clock, records: Mutex::default() };
+//!         Some(Arc::new(store) as Arc<dyn Store>)
+//!     })
+//! };
+//! suite::replay_after_complete(factory).await;
+//! suite::racers_exactly_one_wins(factory).await;
+//! suite::fencing_stale_holder_changes_nothing(factory).await;
+//! suite::renewal_keeps_lease(factory).await;
+//! suite::ttl_expiry(factory).await;
+//! suite::mismatch(factory).await;
+//! suite::release_allows_retry(factory).await;
+//! suite::model_interleavings(factory).await;
+//! # });
+//! ```
+//!
 //! # Examples
 //!
 //! ```

@@ -423,8 +423,7 @@ async fn rule_9_replays_until_the_ttl_on_a_redis_under_en_us_locale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_8_a_killed_gateway_on_postgres_blocks_its_key_for_one_lease_only() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipped: DATABASE_URL not set");
+    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
         return;
     };
     killed_holder(&url).await;
@@ -475,8 +474,7 @@ async fn shared_clock_a_gateway_60s_ahead_on_redis_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_clock_a_gateway_60s_ahead_on_postgres_changes_nothing() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipped: DATABASE_URL not set");
+    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
         return;
     };
     a_clock_60s_ahead_changes_nothing(&url).await;
@@ -561,8 +559,7 @@ async fn three_gateways_on_one_redis_under_en_us_locale_execute_each_key_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_on_one_postgres_execute_each_key_once() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipped: DATABASE_URL not set");
+    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
         return;
     };
     let name = format!(
@@ -884,8 +881,7 @@ async fn sqlite_on_a_full_disk_answers_503_keeps_its_records_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_under_load_refuses_then_recovers_and_nothing_executes_twice() {
-    if std::env::var("REDIS_URL").is_err() {
-        eprintln!("skipped: REDIS_URL not set");
+    if idem_testkit::server_url("REDIS_URL").is_none() {
         return;
     }
     let port = common::free_port();

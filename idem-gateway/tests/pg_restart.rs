@@ -157,8 +157,7 @@ impl Drop for PrivatePg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_gives_503_then_recovers_without_restarting_idem() {
-    if std::env::var("DATABASE_URL").is_err() {
-        eprintln!("skipped: DATABASE_URL not set");
+    if idem_testkit::server_url("DATABASE_URL").is_none() {
         return;
     }
     let server = PrivatePg::init();
@@ -203,8 +202,7 @@ async fn postgres_restart_gives_503_then_recovers_without_restarting_idem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_load_refuses_then_recovers_and_nothing_executes_twice() {
-    if std::env::var("DATABASE_URL").is_err() {
-        eprintln!("skipped: DATABASE_URL not set");
+    if idem_testkit::server_url("DATABASE_URL").is_none() {
         return;
     }
     let server = PrivatePg::init();

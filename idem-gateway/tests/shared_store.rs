@@ -92,8 +92,7 @@ async fn three_instances_on_one_redis_under_en_us_locale_execute_each_key_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_postgres_execute_each_key_once() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipped: DATABASE_URL not set");
+    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
         return;
     };
     // A fresh database of this test's own.
@@ -127,8 +126,7 @@ async fn three_instances_on_one_postgres_execute_each_key_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_gives_503_then_recovers_without_restarting_idem() {
-    if std::env::var("REDIS_URL").is_err() {
-        eprintln!("skipped: REDIS_URL not set");
+    if idem_testkit::server_url("REDIS_URL").is_none() {
         return;
     }
     let port = free_port();

@@ -8,10 +8,7 @@ use idem_postgres_store::{PostgresOptions, PostgresStore};
 use idem_testkit::StoreConfig;
 
 async fn postgres(config: StoreConfig) -> Option<Arc<dyn Store>> {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipped: DATABASE_URL not set");
-        return None;
-    };
+    let url = idem_testkit::server_url("DATABASE_URL")?;
     let options = PostgresOptions {
         schema: format!(
             "idem_test_{}",
@@ -35,8 +32,7 @@ idem_testkit::store_conformance!(postgres, no_capacity);
 /// statements read PostgreSQL's own clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_clock_times_leases_and_ttls() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipped: DATABASE_URL not set");
+    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
         return;
     };
     let options = PostgresOptions {

@@ -11,10 +11,7 @@ use idem_redis_store::{RedisOptions, RedisStore};
 use idem_testkit::StoreConfig;
 
 async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn Store>> {
-    let Ok(url) = std::env::var(var) else {
-        eprintln!("skipped: {var} not set");
-        return None;
-    };
+    let url = idem_testkit::server_url(var)?;
     let options = RedisOptions {
         prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
         clock: Some(config.clock),
@@ -85,8 +82,7 @@ mod en_us_locale {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_clock_times_leases_and_ttls() {
     for var in ["REDIS_URL", "REDIS_LOCALE_URL", "REDIS_CLUSTER_URL"] {
-        let Ok(url) = std::env::var(var) else {
-            eprintln!("skipped: {var} not set");
+        let Some(url) = idem_testkit::server_url(var) else {
             continue;
         };
         let options = RedisOptions {

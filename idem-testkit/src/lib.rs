@@ -33,6 +33,20 @@ use std::sync::Arc;
 
 use idem_core::{ManualClock, SharedClock};
 
+/// The address of a test server from the environment variable `var`
+/// (`DATABASE_URL`, `REDIS_URL`, …), or `None` after a "skipped" line: a
+/// test without its server passes and says why. The project's test command
+/// sets every variable, so there every test runs.
+pub fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("skipped: {var} not set");
+            None
+        }
+    }
+}
+
 /// What the suite asks of a store under test.
 #[derive(Clone)]
 pub struct StoreConfig {

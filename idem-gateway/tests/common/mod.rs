@@ -195,10 +195,7 @@ pub async fn post_until_store_answers(
 /// `LC_ALL=en_US.UTF-8`), on database `db` of this test's own, emptied
 /// first. `None` (and a "skipped" line) when the variable is not set.
 pub fn redis_db(var: &str, db: u8) -> Option<String> {
-    let Ok(url) = std::env::var(var) else {
-        eprintln!("skipped: {var} not set");
-        return None;
-    };
+    let url = idem_testkit::server_url(var)?;
     let base = url.trim_end_matches('/');
     let base = match base.rsplit_once('/') {
         Some((host, last)) if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) => host,
