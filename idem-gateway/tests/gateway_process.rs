@@ -559,27 +559,10 @@ async fn three_gateways_on_one_redis_under_en_us_locale_execute_each_key_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_on_one_postgres_execute_each_key_once() {
-    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
+    let Some(db) = common::FreshDatabase::create("idem_gw_storm").await else {
         return;
     };
-    let name = format!(
-        "idem_gw_storm_{}",
-        &idem_core::key::generate_uuid_v4().replace('-', "")[..12]
-    );
-    let (pg, conn) = idem_postgres_store::tokio_postgres::connect(
-        &url,
-        idem_postgres_store::tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("DATABASE_URL={url} is set but PostgreSQL cannot be reached: {e}"));
-    tokio::spawn(conn);
-    pg.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
-    let db_url = format!(
-        "{}/{name}",
-        url.rsplit_once('/').map_or(url.as_str(), |(h, _)| h)
-    );
+    let db_url = db.url.clone();
     let up = CountingUpstream::start().await.expect("upstream");
     let gws: Vec<_> = (0..3)
         .map(|_| gateway(&["--upstream", &up.url(), "--store", &db_url]))
@@ -587,9 +570,7 @@ async fn three_gateways_on_one_postgres_execute_each_key_once() {
     let bases: Vec<String> = gws.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases, &up).await;
     drop(gws);
-    let _ = pg
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await;
+    db.drop_now().await;
     let _ = send;
 }
 

@@ -92,36 +92,17 @@ async fn three_instances_on_one_redis_under_en_us_locale_execute_each_key_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_postgres_execute_each_key_once() {
-    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
+    let Some(db) = common::FreshDatabase::create("idem_storm").await else {
         return;
     };
-    // A fresh database of this test's own.
-    let name = format!(
-        "idem_storm_{}",
-        idem_core::key::generate_uuid_v4().replace('-', "")[..12].to_owned()
-    );
-    let (client, conn) = idem_postgres_store::tokio_postgres::connect(
-        &url,
-        idem_postgres_store::tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("DATABASE_URL={url} is set but PostgreSQL cannot be reached: {e}"));
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let base_url = url.rsplit_once('/').map_or(url.as_str(), |(h, _)| h);
-    let db_url = format!("{base_url}/{name}");
+    let db_url = db.url.clone();
     let instances: Vec<_> = (0..3)
         .map(|_| demo(&["--store", &db_url, "--processing-delay-ms", "20"]))
         .collect();
     let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases).await;
     drop(instances);
-    let _ = client
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await;
+    db.drop_now().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

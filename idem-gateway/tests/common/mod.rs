@@ -190,6 +190,53 @@ pub async fn post_until_store_answers(
     }
 }
 
+/// A database of one test's own on the PostgreSQL server of
+/// `DATABASE_URL`, dropped (with its connections) when this is dropped.
+/// `None` (and a "skipped" line) when the variable is not set.
+pub struct FreshDatabase {
+    /// The database's URL, for `--store`.
+    pub url: String,
+    name: String,
+    admin: idem_postgres_store::tokio_postgres::Client,
+}
+
+impl FreshDatabase {
+    pub async fn create(prefix: &str) -> Option<Self> {
+        let url = idem_testkit::server_url("DATABASE_URL")?;
+        let name = format!(
+            "{prefix}_{}",
+            &idem_core::key::generate_uuid_v4().replace('-', "")[..12]
+        );
+        let (admin, conn) = idem_postgres_store::tokio_postgres::connect(
+            &url,
+            idem_postgres_store::tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!("DATABASE_URL={url} is set but PostgreSQL cannot be reached: {e}")
+        });
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        let base = url.rsplit_once('/').map_or(url.as_str(), |(h, _)| h);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            name,
+            admin,
+        })
+    }
+
+    /// Drops the database (call after the processes using it are gone).
+    pub async fn drop_now(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await;
+    }
+}
+
 /// The Redis server named by the variable `var` (`REDIS_URL`, or
 /// `REDIS_LOCALE_URL` for the one the test command starts under
 /// `LC_ALL=en_US.UTF-8`), on database `db` of this test's own, emptied
