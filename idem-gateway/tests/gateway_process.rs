@@ -1018,6 +1018,17 @@ async fn bodies_that_never_come_hold_no_in_flight_slot() {
     }
 }
 
+/// The start of the answer on a raw connection, within 10 s.
+async fn first_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("no answer within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// Issue 17 item 7, the idle half: `--body-idle-timeout` ends a body that
 /// stops arriving with 408 long before `--body-read-timeout`, and the upstream
 /// never sees it; a body that keeps coming is read to its end.
@@ -1042,12 +1053,7 @@ async fn a_body_that_stops_arriving_gets_408_at_the_idle_timeout() {
     let head = "POST /payments HTTP/1.1\r\nhost: x\r\nidempotency-key: stalls-0001\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{\"amount\"";
     s.write_all(head.as_bytes()).await.expect("write");
     let started = Instant::now();
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
-        .await
-        .expect("no answer within 10 s: the idle timeout did not apply")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let answer = first_answer(&mut s).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("stopped arriving"), "{answer}");
     assert!(
@@ -1079,12 +1085,7 @@ async fn a_body_that_stops_arriving_gets_408_at_the_idle_timeout() {
             );
         }
     }
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
-        .await
-        .expect("no answer")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let answer = first_answer(&mut s).await;
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     assert_eq!(up.executions(), 1);
 }

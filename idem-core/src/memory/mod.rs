@@ -263,8 +263,12 @@ impl LocalStore for MemoryStore {
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         let now = self.clock.now_ms();
-        let fence = Fence::generate();
-        let new_record = || Slot::in_progress(*fingerprint, fence, deadline_ms(now, lease));
+        // A fence only for a new record: a replay or a duplicate takes none.
+        let new_record = || {
+            let fence = Fence::generate();
+            let slot = Slot::in_progress(*fingerprint, fence, deadline_ms(now, lease));
+            (slot, Begin::Started(fence))
+        };
         for attempt in 0..2 {
             let mut map = self.shard(key);
             if let Some(existing) = map.get_mut(key) {
@@ -275,13 +279,15 @@ impl LocalStore for MemoryStore {
                 // Replacing it takes no new room, and frees its answer's.
                 self.bytes
                     .fetch_sub(existing.bytes() - RECORD_OVERHEAD, Ordering::AcqRel);
-                *existing = new_record();
-                return Ok(Begin::Started(fence));
+                let (slot, started) = new_record();
+                *existing = slot;
+                return Ok(started);
             }
             let full = match self.reserve() {
                 Ok(()) => {
-                    map.insert(*key, new_record());
-                    return Ok(Begin::Started(fence));
+                    let (slot, started) = new_record();
+                    map.insert(*key, slot);
+                    return Ok(started);
                 }
                 Err(full) => full,
             };

@@ -70,8 +70,6 @@ struct Settings {
     routes: Vec<toml::Table>,
 }
 
-const SECOND: Secs = Secs(Duration::from_secs(1));
-
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -85,11 +83,11 @@ impl Default for Settings {
             scope_header: "authorization".into(),
             local_cache: Size(0),
             problem_base: idem::problem::DEFAULT_PROBLEM_BASE.to_owned(),
-            upstream_timeout: Secs(SECOND.0 * 30),
-            drain_timeout: Secs(SECOND.0 * 30),
-            header_read_timeout: Secs(SECOND.0 * 10),
-            body_read_timeout: Secs(SECOND.0 * 30),
-            body_idle_timeout: Secs(SECOND.0 * 30),
+            upstream_timeout: Secs(Duration::from_secs(30)),
+            drain_timeout: Secs(Duration::from_secs(30)),
+            header_read_timeout: Secs(Duration::from_secs(10)),
+            body_read_timeout: Secs(Duration::from_secs(30)),
+            body_idle_timeout: Secs(Duration::from_secs(30)),
             max_header_bytes: Size(64 << 10),
             store_timeout: None,
             max_connections: Size(10_000),
@@ -391,7 +389,10 @@ fn validate(
         (s.header_read_timeout, "header_read_timeout"),
         (s.body_read_timeout, "body_read_timeout"),
         (s.body_idle_timeout, "body_idle_timeout"),
-        (s.store_timeout.unwrap_or(SECOND), "store_timeout"),
+        (
+            s.store_timeout.unwrap_or(Secs(DEFAULT_STORE_TIMEOUT)),
+            "store_timeout",
+        ),
     ] {
         if d.is_zero() {
             bail!("{}: must be more than 0", n(key));
