@@ -48,6 +48,25 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Inspect, delete, purge and count records in a store.
     Keys(KeysArgs),
+    /// Create or upgrade idem's tables in a PostgreSQL store, once, as a role that may create tables (then the gateway's role needs only to read and write them).
+    Migrate(MigrateArgs),
+}
+
+/// Flags of `idem migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The store: postgres://USER@HOST:PORT/DB (other stores need no migration).
+    #[arg(long, env = "IDEM_STORE")]
+    pub store: StoreUrl,
+    /// PostgreSQL schema holding idem's tables (created if missing).
+    #[arg(long, env = "IDEM_POSTGRES_SCHEMA", default_value = "public")]
+    pub postgres_schema: String,
+    /// Also grant this role what the gateway needs of the tables (schema usage; select, insert, update, delete), and nothing more.
+    #[arg(long, value_name = "ROLE")]
+    pub grant: Option<String>,
+    /// How long connecting may take.
+    #[arg(long, env = "IDEM_STORE_CONNECT_TIMEOUT", default_value = "10s", value_parser = crate::gateway::config::parse_duration)]
+    pub store_connect_timeout: std::time::Duration,
 }
 
 /// Flags of `idem keys`.
@@ -64,6 +83,22 @@ pub struct KeysArgs {
     /// File holding the secret behind store keys (default for SQLite: PATH.secret; shared stores keep one).
     #[arg(long, global = true, env = "IDEM_SECRET_FILE", value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// Prefix of the Redis keys (the gateway's redis_key_prefix).
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_REDIS_KEY_PREFIX",
+        default_value = "idem:"
+    )]
+    pub redis_key_prefix: String,
+    /// PostgreSQL schema of idem's tables (the gateway's postgres_schema).
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_POSTGRES_SCHEMA",
+        default_value = "public"
+    )]
+    pub postgres_schema: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -139,7 +174,7 @@ pub struct GatewayArgs {
     /// A TOML file with these settings and per-route rules (docs/config.md).
     #[arg(long, env = "IDEM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Validate the configuration, print it, and exit (0: valid, 2: invalid).
+    /// Validate the configuration, try a Redis or PostgreSQL store, print both, and exit (0: valid and the store usable, 1: the store cannot be used, 2: invalid).
     #[arg(long)]
     pub check: bool,
     /// How long a completed answer is kept: seconds, or 500ms, 30s, 15m, 24h, 7d [default: 24h].
@@ -230,6 +265,28 @@ pub struct GatewayArgs {
     /// Bytes the records of a sqlite:// store account for at most (answers plus 160 per record); past it new keys get 503 idempotency-store-full [default: 10GiB].
     #[arg(long, env = "IDEM_SQLITE_MAX_BYTES", value_name = "BYTES")]
     pub sqlite_max_bytes: Option<String>,
+    /// Prefix of every Redis key; services sharing one Redis each need their own [default: idem:].
+    #[arg(long, env = "IDEM_REDIS_KEY_PREFIX", value_name = "PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// Run with a Redis whose maxmemory-policy may evict records (a retry whose record was evicted executes again); without it such a Redis is refused at start.
+    #[arg(long, env = "IDEM_REDIS_ALLOW_EVICTION")]
+    pub redis_allow_eviction: bool,
+    /// PostgreSQL schema holding idem's tables [default: public].
+    #[arg(long, env = "IDEM_POSTGRES_SCHEMA", value_name = "NAME")]
+    pub postgres_schema: Option<String>,
+    /// How statements reach PostgreSQL: unnamed (works behind PgBouncer in transaction mode) or prepared (direct connections only; faster) [default: unnamed].
+    #[arg(
+        long,
+        env = "IDEM_POSTGRES_STATEMENTS",
+        value_name = "unnamed|prepared"
+    )]
+    pub postgres_statements: Option<String>,
+    /// PostgreSQL connections in the pool [default: 16].
+    #[arg(long, env = "IDEM_POSTGRES_POOL_SIZE", value_name = "N")]
+    pub postgres_pool_size: Option<String>,
+    /// How long connecting to Redis or PostgreSQL may take [default: 2s].
+    #[arg(long, env = "IDEM_STORE_CONNECT_TIMEOUT", value_name = "SECONDS")]
+    pub store_connect_timeout: Option<String>,
     /// Threads serving requests [default: one per CPU core]. Fewer than the cores leaves room for processes sharing the machine (docs/BENCHMARKS.md).
     #[arg(long, env = "IDEM_WORKERS", value_name = "N")]
     pub workers: Option<String>,

@@ -102,10 +102,20 @@ impl KeyAdmin {
     /// Opens the store at `url` with the secret its instances use (see
     /// [`stores::open`]).
     pub fn open(url: &StoreUrl, secret_file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::open_with(url, secret_file, &stores::StoreOptions::default())
+    }
+
+    /// [`open`](Self::open), with the store's settings (a Redis key prefix
+    /// or PostgreSQL schema other than the default).
+    pub fn open_with(
+        url: &StoreUrl,
+        secret_file: Option<&Path>,
+        options: &stores::StoreOptions,
+    ) -> anyhow::Result<Self> {
         if *url == StoreUrl::Memory {
             bail!("memory:// records live inside the process that holds them; use that gateway's admin API (--admin-listen, --admin-token-file) instead");
         }
-        let opened = stores::open(url, secret_file, 0)?;
+        let opened = stores::open_with(url, secret_file, 0, options)?;
         Ok(Self::new(opened.store, opened.secret))
     }
 

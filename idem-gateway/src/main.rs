@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use idem_gateway::cli::{Cli, Command, DemoArgs, KeygenArgs, KeysAction, KeysArgs, LogFormat};
+use idem_gateway::cli::{
+    Cli, Command, DemoArgs, KeygenArgs, KeysAction, KeysArgs, LogFormat, MigrateArgs,
+};
 use idem_gateway::demo::{self, DemoConfig};
 use idem_gateway::gateway::{self, GatewayConfig};
 use idem_gateway::keygen::{self, Strategy};
@@ -38,7 +40,7 @@ fn main() -> anyhow::Result<()> {
             if args.check {
                 print!("{}", config.summary());
                 println!("configuration OK");
-                return Ok(());
+                return runtime(Some(1))?.block_on(check_store(&config));
             }
             match config.runtime {
                 // The serving threads start their own runtimes; this one
@@ -53,7 +55,44 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => runtime(None)?.block_on(demo_cmd(args)),
         Command::Keys(args) => runtime(None)?.block_on(keys_cmd(args)),
+        Command::Migrate(args) => runtime(Some(1))?.block_on(migrate_cmd(args)),
     }
+}
+
+/// `--check` on a Redis or PostgreSQL store: can it be used now? Its
+/// error is the server's own (a missing grant, an evicting Redis).
+async fn check_store(config: &GatewayConfig) -> anyhow::Result<()> {
+    let opened = idem_gateway::stores::open_with(
+        &config.store,
+        config.secret_file.as_deref(),
+        0,
+        &config.store_options(),
+    )?;
+    match idem_gateway::stores::check(&opened, config.store_connect_timeout).await {
+        None => Ok(()),
+        Some(Ok(())) => {
+            println!("store OK ({})", config.store);
+            Ok(())
+        }
+        Some(Err(e)) => {
+            eprintln!(
+                "idem gateway: the store {} cannot be used: {e:#}",
+                config.store
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
+    let options = idem_gateway::stores::StoreOptions {
+        postgres_schema: args.postgres_schema.clone(),
+        connect_timeout: args.store_connect_timeout,
+        ..Default::default()
+    };
+    let done = idem_gateway::stores::migrate(&args.store, &options, args.grant.as_deref()).await?;
+    println!("{done}");
+    Ok(())
 }
 
 async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
@@ -94,7 +133,18 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let admin = idem_gateway::keys::KeyAdmin::open(&args.store, args.secret_file.as_deref())?;
+    let options = idem_gateway::stores::StoreOptions {
+        redis_key_prefix: args.redis_key_prefix.clone(),
+        postgres_schema: args.postgres_schema.clone(),
+        // A store that may evict is still worth inspecting.
+        redis_allow_eviction: true,
+        ..Default::default()
+    };
+    let admin = idem_gateway::keys::KeyAdmin::open_with(
+        &args.store,
+        args.secret_file.as_deref(),
+        &options,
+    )?;
     let json = args.json;
     let print = |v: serde_json::Value, text: String| {
         if json {

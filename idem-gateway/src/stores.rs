@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use idem_core::{CachedStore, MemoryStore, Secret, Store, SystemClock};
-use idem_postgres_store::{PostgresOptions, PostgresStore};
-use idem_redis_store::{RedisOptions, RedisStore};
+use idem_postgres_store::{PostgresOptions, PostgresStore, Statements};
+use idem_redis_store::{RedisOptions, RedisStore, RedisStoreError};
 use idem_sqlite_store::{SqliteOptions, SqliteStore};
 
 /// A parsed `--store` URL.
@@ -122,7 +122,49 @@ pub fn open(
     secret_file: Option<&Path>,
     local_cache: usize,
 ) -> anyhow::Result<OpenedStore> {
-    open_with(url, secret_file, local_cache, None, None)
+    open_with(url, secret_file, local_cache, &StoreOptions::default())
+}
+
+/// How a store is opened, beyond its URL: the bounds of the local stores,
+/// and the settings of the shared ones (gateway keys `redis_*`,
+/// `postgres_*`, `store_connect_timeout`).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The bounds of a `memory://` store; `None`: unbounded.
+    pub memory: Option<MemoryLimits>,
+    /// The bounds of a `sqlite://` store; `None`: unbounded.
+    pub sqlite: Option<SqliteLimits>,
+    /// The prefix of every Redis key: two services sharing one Redis need
+    /// two prefixes.
+    pub redis_key_prefix: String,
+    /// Use a Redis whose `maxmemory-policy` may evict records (with a
+    /// warning) instead of refusing it.
+    pub redis_allow_eviction: bool,
+    /// The PostgreSQL schema holding idem's tables.
+    pub postgres_schema: String,
+    /// How statements reach PostgreSQL (unnamed: works behind PgBouncer in
+    /// transaction mode).
+    pub postgres_statements: Statements,
+    /// PostgreSQL connections in the pool.
+    pub postgres_pool_size: usize,
+    /// How long connecting to Redis or PostgreSQL may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        let (redis, postgres) = (RedisOptions::default(), PostgresOptions::default());
+        Self {
+            memory: None,
+            sqlite: None,
+            redis_key_prefix: redis.prefix,
+            redis_allow_eviction: redis.allow_eviction,
+            postgres_schema: postgres.schema,
+            postgres_statements: postgres.statements,
+            postgres_pool_size: postgres.pool_size,
+            connect_timeout: postgres.connect_timeout,
+        }
+    }
 }
 
 /// The bounds of a `memory://` store: past either, new keys are refused with
@@ -147,15 +189,14 @@ pub struct SqliteLimits {
     pub bytes: u64,
 }
 
-/// [`open`], with bounds for `memory://` and `sqlite://`. `None`: unbounded.
+/// [`open`], with `options`.
 pub fn open_with(
     url: &StoreUrl,
     secret_file: Option<&Path>,
     local_cache: usize,
-    memory_limits: Option<MemoryLimits>,
-    sqlite_limits: Option<SqliteLimits>,
+    options: &StoreOptions,
 ) -> anyhow::Result<OpenedStore> {
-    let mut opened = open_store(url, secret_file, memory_limits, sqlite_limits)?;
+    let mut opened = open_store(url, secret_file, options)?;
     if local_cache > 0 {
         // Replays of hot keys answered locally (see idem_core::cache).
         let cached = CachedStore::new(opened.store, Arc::new(SystemClock)).capacity(local_cache);
@@ -167,9 +208,9 @@ pub fn open_with(
 fn open_store(
     url: &StoreUrl,
     secret_file: Option<&Path>,
-    memory_limits: Option<MemoryLimits>,
-    sqlite_limits: Option<SqliteLimits>,
+    options: &StoreOptions,
 ) -> anyhow::Result<OpenedStore> {
+    let (memory_limits, sqlite_limits) = (options.memory, options.sqlite);
     let explicit = match secret_file {
         Some(p) => Some(Secret::read_file(p).with_context(|| {
             format!(
@@ -196,8 +237,14 @@ fn open_store(
             })
         }
         StoreUrl::Redis(u) => {
-            let store = RedisStore::new(u, RedisOptions::default())
-                .with_context(|| format!("cannot use store {url}"))?;
+            let redis = RedisOptions {
+                prefix: options.redis_key_prefix.clone(),
+                allow_eviction: options.redis_allow_eviction,
+                connect_timeout: options.connect_timeout,
+                ..RedisOptions::default()
+            };
+            let store =
+                RedisStore::new(u, redis).with_context(|| format!("cannot use store {url}"))?;
             if explicit.is_none() {
                 tracing::info!("no --secret-file: using the secret kept in the store, shared by every instance");
             }
@@ -208,7 +255,7 @@ fn open_store(
             })
         }
         StoreUrl::Postgres(u) => {
-            let store = PostgresStore::new(u, PostgresOptions::default())
+            let store = PostgresStore::new(u, postgres_options(options))
                 .with_context(|| format!("cannot use store {url}"))?;
             spawn_sweeper(Arc::new(store.clone()));
             if explicit.is_none() {
@@ -249,6 +296,78 @@ fn open_store(
             })
         }
     }
+}
+
+fn postgres_options(options: &StoreOptions) -> PostgresOptions {
+    PostgresOptions {
+        schema: options.postgres_schema.clone(),
+        statements: options.postgres_statements,
+        pool_size: options.postgres_pool_size,
+        connect_timeout: options.connect_timeout,
+        ..PostgresOptions::default()
+    }
+}
+
+/// Whether a shared store can be used now: connects (and, for PostgreSQL,
+/// checks the tables' version) within `timeout`. `None`: a local store,
+/// nothing to check.
+pub async fn check(opened: &OpenedStore, timeout: Duration) -> Option<anyhow::Result<()>> {
+    let connected = match &opened.backend {
+        Backend::Memory | Backend::Sqlite(_) => return None,
+        Backend::Redis(s) => tokio::time::timeout(timeout, s.connect())
+            .await
+            .map(|r| r.map_err(anyhow::Error::from)),
+        Backend::Postgres(s) => tokio::time::timeout(timeout, s.connect())
+            .await
+            .map(|r| r.map_err(anyhow::Error::from)),
+    };
+    Some(connected.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {timeout:?}"))))
+}
+
+/// Whether `e` (from [`check`]) is a setting of the server that idem must
+/// not run with, rather than a server that is down or a role that lacks a
+/// grant (which an operator fixes while idem runs).
+pub fn is_unsafe_server(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<RedisStoreError>(),
+        Some(RedisStoreError::Evicting { .. })
+    )
+}
+
+/// `idem migrate`: creates or upgrades idem's tables in a PostgreSQL store
+/// (and grants `grant` their use); says what it did. Other stores make
+/// their own at first use.
+pub async fn migrate(
+    url: &StoreUrl,
+    options: &StoreOptions,
+    grant: Option<&str>,
+) -> anyhow::Result<String> {
+    let StoreUrl::Postgres(u) = url else {
+        if grant.is_some() {
+            bail!("--grant is for PostgreSQL stores; {url} has no roles to grant");
+        }
+        return Ok(format!(
+            "{url}: nothing to migrate (this store keeps no schema; it is ready as it is)"
+        ));
+    };
+    let store = PostgresStore::new(u, postgres_options(options))
+        .with_context(|| format!("cannot use store {url}"))?;
+    let done = store
+        .migrate()
+        .await
+        .with_context(|| format!("cannot migrate store {url}"))?;
+    let mut out = done.to_string();
+    if let Some(role) = grant {
+        store
+            .grant(role)
+            .await
+            .with_context(|| format!("cannot grant role {role:?} the use of idem's tables"))?;
+        out.push_str(&format!(
+            "\nschema {}: granted {role} the use of idem's tables (select, insert, update, delete)",
+            store.schema()
+        ));
+    }
+    Ok(out)
 }
 
 /// Purges expired records every minute, in batches (SQLite's writer thread

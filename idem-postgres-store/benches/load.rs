@@ -1,10 +1,12 @@
 //! Closed-loop load on `PostgresStore` (`DATABASE_URL`). Prints operations
-//! per second. See docs/BENCHMARKS.md and bench/stores.sh.
+//! per second. `PG_STATEMENTS=prepared` measures named prepared statements
+//! instead of the default unnamed ones. See docs/BENCHMARKS.md and
+//! bench/stores.sh.
 
 use std::sync::Arc;
 
 use idem_core::Store;
-use idem_postgres_store::{PostgresOptions, PostgresStore};
+use idem_postgres_store::{PostgresOptions, PostgresStore, Statements};
 
 fn main() {
     let (concurrency, duration, scenario) = idem_testkit::load::args();
@@ -17,6 +19,9 @@ fn main() {
         let options = PostgresOptions {
             schema: "idem_bench".into(),
             pool_size: concurrency.clamp(1, 64),
+            statements: std::env::var("PG_STATEMENTS")
+                .map_or(Ok(Statements::default()), |s| s.parse())
+                .unwrap_or_else(|e| panic!("PG_STATEMENTS: {e}")),
             ..PostgresOptions::default()
         };
         let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));

@@ -30,13 +30,28 @@
 //!   stores). Tests give a clock of their own ([`PostgresOptions::clock`]),
 //!   sent as a parameter that replaces the server's.
 //! - **Migrations** are versioned, applied under a transaction-scoped
-//!   advisory lock, so instances starting at once apply each step once. They
-//!   run at first use, not at construction, so idem starts while PostgreSQL
-//!   is down and answers 503 until it is back.
+//!   advisory lock, so instances starting at once apply each step once. At
+//!   first use (not at construction, so idem starts while PostgreSQL is
+//!   down and answers 503 until it is back) the store reads the version and
+//!   does nothing more when the tables are current: a role that may only
+//!   read and write them is enough. [`PostgresStore::migrate`] (`idem
+//!   migrate`) makes them as a role that may, and [`PostgresStore::grant`]
+//!   gives the application's role what it needs.
+//! - **Statements that survive a transaction pooler.** By default
+//!   ([`Statements::Unnamed`]) nothing outlives a transaction on a server
+//!   connection: each statement goes with its parameters in one round trip,
+//!   so PgBouncer in `pool_mode = transaction` works. The hot path's four
+//!   statements are PL/pgSQL functions (migration 3), so such a call is
+//!   cheap to plan and the plan inside is kept by the server connection.
+//!   [`Statements::Prepared`] prepares each statement once per connection:
+//!   faster on a direct connection, wrong behind such a pooler.
+//! - **Errors say what the server said**: its message, SQLSTATE, detail and
+//!   hint, and what to do for the usual ones (a missing privilege, a
+//!   pooler), in the log, `/readyz` and `idem gateway --check`.
 //! - **The sweeper** deletes expired rows in batches with `FOR UPDATE SKIP
 //!   LOCKED`, so several instances sweeping at once never wait on each other.
-//! - **tokio-postgres with a deadpool pool** (prepared statements cached per
-//!   connection, broken connections replaced after a server restart), chosen
+//! - **tokio-postgres with a deadpool pool** (broken connections replaced
+//!   after a server restart), chosen
 //!   over sqlx by measurement: the same `begin` and `complete` statements, 64
 //!   concurrent callers, a pool of 16 connections each, alternating runs
 //!   (`bench/pg-drivers`; the figures are in docs/BENCHMARKS.md, "PostgreSQL
@@ -58,49 +73,18 @@ use idem_core::{
 };
 use tokio::sync::OnceCell;
 pub use tokio_postgres;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
+mod error;
+mod schema;
 mod sql;
 
-use self::sql::{Sql, MIGRATIONS};
+pub use self::error::PostgresStoreError;
+pub use self::schema::Migration;
+use self::sql::{Sql, Stmt};
 
 const BACKEND: &str = "postgres";
-
-/// Errors of the PostgreSQL store.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PostgresStoreError {
-    /// The URL could not be used.
-    #[error("invalid PostgreSQL URL: {0}; use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE")]
-    Url(#[source] tokio_postgres::Error),
-    /// The schema name is not a plain identifier.
-    #[error("invalid schema name {0:?}; use lower-case letters, digits and _")]
-    Schema(String),
-    /// The pool could not be built.
-    #[error("cannot build the PostgreSQL pool: {0}")]
-    Pool(#[from] deadpool_postgres::BuildError),
-    /// No connection could be had from the pool.
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(#[from] deadpool_postgres::PoolError),
-    /// A statement failed.
-    #[error("PostgreSQL statement failed: {0}")]
-    Sql(#[from] tokio_postgres::Error),
-    /// A record could not be decoded.
-    #[error(transparent)]
-    Corrupt(#[from] DecodeError),
-    /// `begin` kept racing and never saw a stable answer (should not happen).
-    #[error("begin did not settle after {0} attempts")]
-    Unsettled(u32),
-}
-
-impl From<PostgresStoreError> for StoreError {
-    fn from(e: PostgresStoreError) -> Self {
-        match e {
-            PostgresStoreError::Corrupt(d) => StoreError::Corrupt(d),
-            e => StoreError::backend(BACKEND, e),
-        }
-    }
-}
 
 /// Options of [`PostgresStore::new`].
 #[derive(Clone)]
@@ -115,6 +99,40 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// How long to wait for a connection. The default is 2 s.
     pub connect_timeout: Duration,
+    /// How statements reach the server. The default,
+    /// [`Statements::Unnamed`], works behind transaction-pooling proxies.
+    pub statements: Statements,
+}
+
+/// How the store's statements reach PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Statements {
+    /// Each statement goes with its parameters as an unnamed statement, in
+    /// one round trip. Nothing is kept on the server connection between
+    /// transactions, so it works behind a transaction-pooling proxy
+    /// (PgBouncer `pool_mode = transaction`, the usual set-up in front of
+    /// PostgreSQL), where a named statement prepared on one server
+    /// connection is missing (or, worse, another client's) on the next.
+    #[default]
+    Unnamed,
+    /// Each statement is prepared once per connection and cached. Only for
+    /// direct connections (or a session-pooling proxy).
+    Prepared,
+}
+
+impl std::str::FromStr for Statements {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "unnamed" => Ok(Self::Unnamed),
+            "prepared" => Ok(Self::Prepared),
+            other => Err(format!(
+                "unknown statements mode {other:?}; use \"unnamed\" (works behind PgBouncer in transaction mode) or \"prepared\" (direct connections only)"
+            )),
+        }
+    }
 }
 
 impl Default for PostgresOptions {
@@ -124,6 +142,7 @@ impl Default for PostgresOptions {
             clock: None,
             pool_size: 16,
             connect_timeout: Duration::from_secs(2),
+            statements: Statements::default(),
         }
     }
 }
@@ -136,6 +155,7 @@ pub struct PostgresStore {
     schema: Arc<str>,
     migrated: Arc<OnceCell<()>>,
     clock: Option<SharedClock>,
+    statements: Statements,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -146,7 +166,9 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn valid_identifier(s: &str) -> bool {
+/// Whether `s` is a schema name the store takes: lower-case letters, digits
+/// and `_`, at most 63, not starting with a digit (so it is never quoted).
+pub fn is_valid_schema(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -165,7 +187,7 @@ impl PostgresStore {
 
     /// A store at `url`. Nothing is connected until first use.
     pub fn new(url: &str, options: PostgresOptions) -> Result<Self, PostgresStoreError> {
-        if !valid_identifier(&options.schema) {
+        if !is_valid_schema(&options.schema) {
             return Err(PostgresStoreError::Schema(options.schema));
         }
         let mut pg: tokio_postgres::Config = url.parse().map_err(PostgresStoreError::Url)?;
@@ -193,6 +215,7 @@ impl PostgresStore {
             schema: options.schema.into(),
             migrated: Arc::new(OnceCell::new()),
             clock: options.clock,
+            statements: options.statements,
         })
     }
 
@@ -207,73 +230,99 @@ impl PostgresStore {
         &self.schema
     }
 
-    /// Connects and migrates now rather than at first use.
+    /// Connects and checks (or makes) the tables now rather than at first
+    /// use.
     pub async fn connect(&self) -> Result<(), PostgresStoreError> {
         self.client().await.map(|_| ())
     }
 
+    /// Creates or upgrades idem's tables, and says what it did. Run it
+    /// once (`idem migrate`) as a role that may create tables, so that the
+    /// application's role needs only to read and write them; at first use
+    /// the store does the same when the tables are not current and its role
+    /// may.
+    pub async fn migrate(&self) -> Result<Migration, PostgresStoreError> {
+        let client = self.pool.get().await?;
+        let done = schema::migrate(&client, &self.schema).await?;
+        let _ = self.migrated.set(());
+        Ok(done)
+    }
+
+    /// Grants `role` what the store needs of idem's tables (use of the
+    /// schema; select, insert, update and delete on the records and the
+    /// secret; select on the version), and nothing more. Run by the tables'
+    /// owner, after [`migrate`](Self::migrate).
+    pub async fn grant(&self, role: &str) -> Result<(), PostgresStoreError> {
+        let client = self.pool.get().await?;
+        schema::grant(&client, &self.schema, role).await
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, PostgresStoreError> {
         let client = self.pool.get().await?;
-        // A failed migration leaves the cell empty: the next call retries.
+        // A failed check leaves the cell empty: the next call retries.
         self.migrated
-            .get_or_try_init(|| migrate(&client, &self.schema))
+            .get_or_try_init(|| schema::ensure_current(&client, &self.schema))
             .await?;
         Ok(client)
     }
+
+    /// Runs `stmt` with `params`, the way [`Statements`] says.
+    async fn query(
+        &self,
+        client: &deadpool_postgres::Object,
+        stmt: &Stmt,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, PostgresStoreError> {
+        Ok(match self.statements {
+            Statements::Unnamed => {
+                let text = stmt.call.as_deref().unwrap_or(&stmt.text);
+                client.query_typed(text, &typed(stmt, params)).await?
+            }
+            Statements::Prepared => {
+                let prepared = client.prepare_typed_cached(&stmt.text, stmt.types).await?;
+                client.query(&prepared, params).await?
+            }
+        })
+    }
+
+    /// Runs `stmt` with `params`; the rows it changed.
+    async fn execute(
+        &self,
+        client: &deadpool_postgres::Object,
+        stmt: &Stmt,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, PostgresStoreError> {
+        Ok(match self.statements {
+            // The function answers the count as its one row.
+            Statements::Unnamed if stmt.call.is_some() => {
+                let rows = self.query(client, stmt, params).await?;
+                rows.first()
+                    .and_then(|r| r.get::<_, Option<i64>>(0))
+                    .map_or(0, |n| n as u64)
+            }
+            Statements::Unnamed => {
+                client
+                    .execute_typed(&stmt.text, &typed(stmt, params))
+                    .await?
+            }
+            Statements::Prepared => {
+                let prepared = client.prepare_typed_cached(&stmt.text, stmt.types).await?;
+                client.execute(&prepared, params).await?
+            }
+        })
+    }
 }
 
-async fn migrate(
-    client: &deadpool_postgres::Object,
-    schema: &str,
-) -> Result<(), PostgresStoreError> {
-    // Session-independent: the lock is held by this transaction only, so a
-    // crashed migrator never leaves it taken.
-    let lock_id: i64 = schema.bytes().fold(0x1de3_u64, |h, b| {
-        h.wrapping_mul(31).wrapping_add(u64::from(b))
-    }) as i64;
-    client.batch_execute("BEGIN").await?;
-    let result = async {
-        client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&lock_id])
-            .await?;
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; \
-                 CREATE TABLE IF NOT EXISTS {schema}.idem_schema_migrations ( \
-                   version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            ))
-            .await?;
-        let row = client
-            .query_one(
-                &format!("SELECT coalesce(max(version), 0) FROM {schema}.idem_schema_migrations"),
-                &[],
-            )
-            .await?;
-        let current: i32 = row.get(0);
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            client
-                .batch_execute(&sql.replace("{schema}", schema))
-                .await?;
-            client
-                .execute(
-                    &format!("INSERT INTO {schema}.idem_schema_migrations (version) VALUES ($1)"),
-                    &[&(i as i32 + 1)],
-                )
-                .await?;
-        }
-        Ok::<_, PostgresStoreError>(())
-    }
-    .await;
-    match result {
-        Ok(()) => {
-            client.batch_execute("COMMIT").await?;
-            Ok(())
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+/// `params` paired with `stmt`'s types, as an unnamed statement takes them.
+fn typed<'a>(
+    stmt: &Stmt,
+    params: &[&'a (dyn ToSql + Sync)],
+) -> Vec<(&'a (dyn ToSql + Sync), tokio_postgres::types::Type)> {
+    params
+        .iter()
+        .zip(stmt.types)
+        .map(|(p, t)| (*p, t.clone()))
+        .collect()
 }
 
 fn to_record(
@@ -321,16 +370,13 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.begin)
-            .await
-            .map_err(PostgresStoreError::from)?;
         const ATTEMPTS: u32 = 8;
         for _ in 0..ATTEMPTS {
             let fence = Fence::generate();
-            let rows = client
+            let rows = self
                 .query(
-                    &stmt,
+                    &client,
+                    &self.sql.begin,
                     &[
                         &&key.0[..],
                         &&fingerprint.0[..],
@@ -339,8 +385,7 @@ impl Store for PostgresStore {
                         &self.now_param(),
                     ],
                 )
-                .await
-                .map_err(PostgresStoreError::from)?;
+                .await?;
             let Some(row) = rows.first() else {
                 // The conflicting row committed after this statement's
                 // snapshot: run again with a fresh one.
@@ -370,13 +415,10 @@ impl Store for PostgresStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.complete)
-            .await
-            .map_err(PostgresStoreError::from)?;
-        let n = client
+        let n = self
             .execute(
-                &stmt,
+                &client,
+                &self.sql.complete,
                 &[
                     &&key.0[..],
                     &(fence.0 as i64),
@@ -385,21 +427,19 @@ impl Store for PostgresStore {
                     &self.now_param(),
                 ],
             )
-            .await
-            .map_err(PostgresStoreError::from)?;
+            .await?;
         Ok(n == 1)
     }
 
     async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.release)
-            .await
-            .map_err(PostgresStoreError::from)?;
-        let n = client
-            .execute(&stmt, &[&&key.0[..], &(fence.0 as i64)])
-            .await
-            .map_err(PostgresStoreError::from)?;
+        let n = self
+            .execute(
+                &client,
+                &self.sql.release,
+                &[&&key.0[..], &(fence.0 as i64)],
+            )
+            .await?;
         Ok(n == 1)
     }
 
@@ -410,13 +450,10 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.renew)
-            .await
-            .map_err(PostgresStoreError::from)?;
-        let n = client
+        let n = self
             .execute(
-                &stmt,
+                &client,
+                &self.sql.renew,
                 &[
                     &&key.0[..],
                     &(fence.0 as i64),
@@ -424,24 +461,18 @@ impl Store for PostgresStore {
                     &self.now_param(),
                 ],
             )
-            .await
-            .map_err(PostgresStoreError::from)?;
+            .await?;
         Ok(n == 1)
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.get)
-            .await
-            .map_err(PostgresStoreError::from)?;
-        let row = client
-            .query_opt(&stmt, &[&&key.0[..], &self.now_param()])
-            .await
-            .map_err(PostgresStoreError::from)?;
-        match row {
+        let rows = self
+            .query(&client, &self.sql.get, &[&&key.0[..], &self.now_param()])
+            .await?;
+        match rows.first() {
             Some(r) => {
-                let now = judged_at(&r);
+                let now = judged_at(r);
                 let rec = to_record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))?;
                 Ok(rec.is_live(now).then_some(rec))
             }
@@ -451,41 +482,26 @@ impl Store for PostgresStore {
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.delete)
-            .await
-            .map_err(PostgresStoreError::from)?;
-        let n = client
-            .execute(&stmt, &[&&key.0[..]])
-            .await
-            .map_err(PostgresStoreError::from)?;
+        let n = self
+            .execute(&client, &self.sql.delete, &[&&key.0[..]])
+            .await?;
         Ok(n == 1)
     }
 
     async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.purge)
-            .await
-            .map_err(PostgresStoreError::from)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(client
-            .execute(&stmt, &[&self.now_param(), &limit])
-            .await
-            .map_err(PostgresStoreError::from)?)
+        Ok(self
+            .execute(&client, &self.sql.purge, &[&self.now_param(), &limit])
+            .await?)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.stats)
-            .await
-            .map_err(PostgresStoreError::from)?;
         let mut s = StoreStats::default();
-        for row in client
-            .query(&stmt, &[&self.now_param()])
-            .await
-            .map_err(PostgresStoreError::from)?
+        for row in self
+            .query(&client, &self.sql.stats, &[&self.now_param()])
+            .await?
         {
             let (state, live, n): (i16, bool, i64) = (row.get(0), row.get(1), row.get(2));
             s.count(state == 0, live, n as u64);
@@ -509,32 +525,17 @@ impl Store for PostgresStore {
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
         let client = self.client().await?;
         let candidate = idem_core::key::hex(Secret::generate().as_bytes()).into_bytes();
-        // The first instance's secret wins; every instance reads it. A
-        // racer's row committed after this statement's snapshot shows as no
-        // row: ask again.
-        let sql = format!(
-            "WITH ins AS (INSERT INTO {s}.idem_secret (secret) VALUES ($1) \
-             ON CONFLICT (id) DO NOTHING RETURNING secret) \
-             SELECT secret FROM ins UNION ALL SELECT secret FROM {s}.idem_secret \
-             WHERE NOT EXISTS (SELECT 1 FROM ins)",
-            s = self.schema
-        );
-        let mut found = None;
+        // A racer's row committed after this statement's snapshot shows as
+        // no row: ask again.
         for _ in 0..5 {
-            found = client
-                .query_opt(&sql, &[&candidate])
-                .await
-                .map_err(PostgresStoreError::from)?;
-            if found.is_some() {
-                break;
+            let rows = self.query(&client, &self.sql.secret, &[&candidate]).await?;
+            if let Some(row) = rows.first() {
+                return Secret::from_bytes(row.get::<_, Vec<u8>>(0))
+                    .map(Some)
+                    .map_err(|e| StoreError::backend(BACKEND, e));
             }
         }
-        let Some(row) = found else {
-            return Err(PostgresStoreError::Unsettled(5).into());
-        };
-        Secret::from_bytes(row.get::<_, Vec<u8>>(0))
-            .map(Some)
-            .map_err(|e| StoreError::backend(BACKEND, e))
+        Err(PostgresStoreError::Unsettled(5).into())
     }
 }
 

@@ -54,6 +54,8 @@ use tokio::sync::OnceCell;
 
 pub use redis;
 
+mod server;
+
 const BACKEND: &str = "redis";
 
 /// A script with the shared helpers (`lua/prelude.lua`: times as numbers,
@@ -92,6 +94,16 @@ pub enum RedisStoreError {
     /// A command failed or the server could not be reached.
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The server may evict records, and that was not allowed.
+    #[error(
+        "Redis may evict idem's records (maxmemory-policy {policy}), and a retry whose record was evicted executes again; \
+         set maxmemory-policy noeviction (in redis.conf, or CONFIG SET maxmemory-policy noeviction), \
+         or accept the risk with redis_allow_eviction = true (--redis-allow-eviction)"
+    )]
+    Evicting {
+        /// The server's policy.
+        policy: String,
+    },
     /// A record could not be decoded.
     #[error(transparent)]
     Corrupt(#[from] DecodeError),
@@ -119,6 +131,10 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// How long a command may take. The default is 2 s.
     pub response_timeout: Duration,
+    /// Use a server whose `maxmemory-policy` may evict records (anything
+    /// but `noeviction`), with a warning. The default, `false`, refuses it:
+    /// a retry whose record was evicted executes again.
+    pub allow_eviction: bool,
 }
 
 impl Default for RedisOptions {
@@ -128,6 +144,7 @@ impl Default for RedisOptions {
             clock: None,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            allow_eviction: false,
         }
     }
 }
@@ -258,7 +275,7 @@ impl RedisStore {
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                match &self.target {
+                let conn = match &self.target {
                     Target::Single(client) => {
                         let config = redis::aio::ConnectionManagerConfig::new()
                             .set_connection_timeout(Some(self.options.connect_timeout))
@@ -270,7 +287,9 @@ impl RedisStore {
                     Target::Cluster(client) => {
                         Ok(Conn::Cluster(client.get_async_connection().await?))
                     }
-                }
+                }?;
+                server::check_eviction(&conn, true, self.options.allow_eviction).await?;
+                Ok::<_, RedisStoreError>(conn)
             })
             .await?;
         Ok(conn.clone())
@@ -314,19 +333,8 @@ impl RedisStore {
         match (&self.target, self.conn().await?) {
             (_, Conn::Single(mut c)) => scan(&mut c, &pattern, &mut keys).await?,
             (Target::Cluster(_), Conn::Cluster(mut c)) => {
-                let nodes: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async(&mut c)
-                    .await?;
-                for line in nodes.lines() {
-                    let fields: Vec<&str> = line.split(' ').collect();
-                    if fields.len() < 3 || !fields[2].contains("master") {
-                        continue;
-                    }
-                    let addr = fields[1].split('@').next().unwrap_or_default();
-                    let client = redis::Client::open(format!("redis://{addr}"))?;
-                    let mut node = client.get_multiplexed_async_connection().await?;
-                    scan(&mut node, &pattern, &mut keys).await?;
+                for addr in server::masters(&mut c).await? {
+                    scan(&mut server::node(&addr).await?, &pattern, &mut keys).await?;
                 }
             }
             (Target::Single(_), Conn::Cluster(_)) => {}
@@ -554,10 +562,9 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        redis::cmd("PING")
-            .query_async::<()>(&mut self.conn().await?)
-            .await
-            .map_err(RedisStoreError::from)?;
+        // Reads the eviction policy again: it can be changed at run time.
+        let conn = self.conn().await?;
+        server::check_eviction(&conn, false, self.options.allow_eviction).await?;
         Ok(())
     }
 

@@ -64,15 +64,18 @@ pub async fn run(
         &config.store,
         config.secret_file.as_deref(),
         config.local_cache,
-        Some(stores::MemoryLimits {
-            records: config.memory_capacity,
-            bytes: config.memory_max_bytes,
-        }),
-        Some(stores::SqliteLimits {
-            records: config.sqlite_capacity,
-            bytes: config.sqlite_max_bytes,
-        }),
+        &config.store_options(),
     )?;
+    // A shared store is tried now: a server idem must not run with (a
+    // Redis that may evict records) stops the start; one that is down, or a
+    // role still lacking a grant, is logged, and requests get 503 until it
+    // is fixed (idem starts while its store is down).
+    if let Some(Err(e)) = stores::check(&opened, config.store_connect_timeout).await {
+        if stores::is_unsafe_server(&e) {
+            return Err(e.context(format!("cannot use store {}", config.store)));
+        }
+        tracing::error!(store = %config.store, error = %format!("{e:#}"), "the store cannot be used yet; covered requests get 503 until it can");
+    }
     let metrics = Metrics::new();
     let layer = IdempotencyLayer::new(opened.store.clone())
         .scope_share(config.scope_share)

@@ -34,6 +34,9 @@ impl Answer {
             .get("idempotent-replayed")
             .is_some_and(|v| v == "true")
     }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
     pub fn problem_slug(&self) -> String {
         self.json()["type"]
             .as_str()
@@ -144,9 +147,40 @@ fn idem(sub: &[&str], args: &[&str]) -> (Proc, String) {
     spawn(&mut cmd, sub)
 }
 
+/// Everything a process wrote to its standard error so far.
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Log {
+    pub fn text(&self) -> String {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn push(&self, line: &str) {
+        if let Ok(mut l) = self.0.lock() {
+            l.push_str(line);
+            l.push('\n');
+        }
+    }
+}
+
+/// Starts `idem gateway` with `args` (which say where the admin listener
+/// goes) and keeps its log.
+pub fn gateway_logged(args: &[&str]) -> (Proc, String, Log) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idem"));
+    cmd.arg("gateway").args(args);
+    let log = Log::default();
+    let (p, url) = spawn_logged(&mut cmd, &["gateway"], log.clone());
+    (p, url, log)
+}
+
 /// Starts `cmd` with `--listen` on a free port and waits for its
 /// "listening" line.
 fn spawn(cmd: &mut Command, sub: &[&str]) -> (Proc, String) {
+    spawn_logged(cmd, sub, Log::default())
+}
+
+fn spawn_logged(cmd: &mut Command, sub: &[&str], log: Log) -> (Proc, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = cmd
         .args(["--listen", &listen])
@@ -158,13 +192,20 @@ fn spawn(cmd: &mut Command, sub: &[&str]) -> (Proc, String) {
     let mut lines = BufReader::new(stderr).lines();
     loop {
         match lines.next() {
-            Some(Ok(line)) if line.contains("listening on") => break,
-            Some(Ok(_)) => {}
-            other => panic!("idem {sub:?} did not start: {other:?}"),
+            Some(Ok(line)) if line.contains("listening on") => {
+                log.push(&line);
+                break;
+            }
+            Some(Ok(line)) => log.push(&line),
+            other => panic!("idem {sub:?} did not start: {other:?}\n{}", log.text()),
         }
     }
     // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            log.push(&line);
+        }
+    });
     (Proc(child), format!("http://{listen}"))
 }
 
@@ -228,12 +269,29 @@ impl FreshDatabase {
         })
     }
 
+    /// A connection as the server's administrator (to `DATABASE_URL`'s
+    /// database, not this one).
+    pub fn admin(&self) -> &idem_postgres_store::tokio_postgres::Client {
+        &self.admin
+    }
+
     /// Drops the database (call after the processes using it are gone).
     pub async fn drop_now(self) {
+        self.drop_with_roles(&[]).await;
+    }
+
+    /// Drops the database, then `roles` (whose grants lived in it).
+    pub async fn drop_with_roles(self, roles: &[&str]) {
         let _ = self
             .admin
             .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .await;
+        for role in roles {
+            let _ = self
+                .admin
+                .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                .await;
+        }
     }
 }
 

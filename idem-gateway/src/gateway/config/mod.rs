@@ -27,7 +27,8 @@ pub use self::upstream::{Runtime, Upstream};
 use self::values::{field_names, Number, Secs, Size};
 pub use self::values::{parse_duration, parse_size};
 use crate::cli::GatewayArgs;
-use crate::stores::StoreUrl;
+use crate::stores::{StoreOptions, StoreUrl};
+use idem_postgres_store::Statements;
 
 /// The top-level keys that are not route keys, with their defaults: the
 /// one place they are written (a test holds `--help`'s `[default: …]` texts
@@ -60,6 +61,12 @@ struct Settings {
     memory_max_bytes: Size,
     sqlite_capacity: Size,
     sqlite_max_bytes: Size,
+    redis_key_prefix: String,
+    redis_allow_eviction: bool,
+    postgres_schema: String,
+    postgres_statements: String,
+    postgres_pool_size: Size,
+    store_connect_timeout: Secs,
     scope_share: Number,
     scope_key_rate: Option<Number>,
     /// Unset: one second's worth of `scope_key_rate`, at least 1.
@@ -97,6 +104,12 @@ impl Default for Settings {
             memory_max_bytes: Size(1 << 30),
             sqlite_capacity: Size(10_000_000),
             sqlite_max_bytes: Size(10 << 30),
+            redis_key_prefix: "idem:".into(),
+            redis_allow_eviction: false,
+            postgres_schema: "public".into(),
+            postgres_statements: "unnamed".into(),
+            postgres_pool_size: Size(16),
+            store_connect_timeout: Secs(Duration::from_secs(2)),
             scope_share: Number(0.5),
             scope_key_rate: None,
             scope_key_burst: None,
@@ -177,6 +190,18 @@ pub struct GatewayConfig {
     /// Bytes the records of a `sqlite://` store account for at most (each
     /// answer plus `ROW_OVERHEAD` per record).
     pub sqlite_max_bytes: u64,
+    /// The prefix of every Redis key.
+    pub redis_key_prefix: String,
+    /// Use a Redis that may evict records (warned) instead of refusing it.
+    pub redis_allow_eviction: bool,
+    /// The PostgreSQL schema holding idem's tables.
+    pub postgres_schema: String,
+    /// How statements reach PostgreSQL.
+    pub postgres_statements: Statements,
+    /// PostgreSQL connections in the pool.
+    pub postgres_pool_size: usize,
+    /// How long connecting to Redis or PostgreSQL may take.
+    pub store_connect_timeout: Duration,
     /// Which requests are covered, and how.
     pub policy: Policy,
     /// Proxy without the layer (benchmark baseline only).
@@ -223,6 +248,13 @@ fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)> {
         text("scope_key_burst", &args.scope_key_burst),
         text("sqlite_capacity", &args.sqlite_capacity),
         text("sqlite_max_bytes", &args.sqlite_max_bytes),
+        text("redis_key_prefix", &args.redis_key_prefix),
+        args.redis_allow_eviction
+            .then_some(("redis_allow_eviction", toml::Value::Boolean(true))),
+        text("postgres_schema", &args.postgres_schema),
+        text("postgres_statements", &args.postgres_statements),
+        text("postgres_pool_size", &args.postgres_pool_size),
+        text("store_connect_timeout", &args.store_connect_timeout),
         text("workers", &args.workers),
         text("runtime", &args.runtime),
     ]
@@ -389,6 +421,7 @@ fn validate(
         (s.header_read_timeout, "header_read_timeout"),
         (s.body_read_timeout, "body_read_timeout"),
         (s.body_idle_timeout, "body_idle_timeout"),
+        (s.store_connect_timeout, "store_connect_timeout"),
         (
             s.store_timeout.unwrap_or(Secs(DEFAULT_STORE_TIMEOUT)),
             "store_timeout",
@@ -462,6 +495,31 @@ fn validate(
         w => w.map(|Size(w)| w),
     };
     let store_timeout = store_timeout(&s, &policy, names)?;
+    if !idem_postgres_store::is_valid_schema(&s.postgres_schema) {
+        bail!(
+            "{}: {:?} is not a plain schema name; use lower-case letters, digits and _ (at most 63, not starting with a digit)",
+            n("postgres_schema"),
+            s.postgres_schema
+        );
+    }
+    let postgres_statements: Statements = s
+        .postgres_statements
+        .parse()
+        .map_err(|e| anyhow!("{}: {e}", n("postgres_statements")))?;
+    let Size(postgres_pool_size) = s.postgres_pool_size;
+    if !(1..=1000).contains(&postgres_pool_size) {
+        bail!(
+            "{}: must be between 1 and 1000, got {postgres_pool_size}",
+            n("postgres_pool_size")
+        );
+    }
+    if s.redis_key_prefix.is_empty() || s.redis_key_prefix.chars().any(char::is_whitespace) {
+        bail!(
+            "{}: {:?}: use a non-empty prefix without spaces, such as \"idem:payments:\" (each service sharing a Redis its own)",
+            n("redis_key_prefix"),
+            s.redis_key_prefix
+        );
+    }
     let signed_routes = std::iter::once(&policy.default)
         .chain(policy.routes.iter().map(|(_, p)| p))
         .any(|p| p.require_signed_keys && p.webhook.is_none());
@@ -497,9 +555,37 @@ fn validate(
         sqlite_max_bytes: s.sqlite_max_bytes.0 as u64,
         workers,
         runtime: s.runtime,
+        redis_key_prefix: s.redis_key_prefix,
+        redis_allow_eviction: s.redis_allow_eviction,
+        postgres_schema: s.postgres_schema,
+        postgres_statements,
+        postgres_pool_size,
+        store_connect_timeout: s.store_connect_timeout.0,
         policy,
         without_layer,
     })
+}
+
+impl GatewayConfig {
+    /// How the store is opened: its bounds and its server's settings.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            memory: Some(crate::stores::MemoryLimits {
+                records: self.memory_capacity,
+                bytes: self.memory_max_bytes,
+            }),
+            sqlite: Some(crate::stores::SqliteLimits {
+                records: self.sqlite_capacity,
+                bytes: self.sqlite_max_bytes,
+            }),
+            redis_key_prefix: self.redis_key_prefix.clone(),
+            redis_allow_eviction: self.redis_allow_eviction,
+            postgres_schema: self.postgres_schema.clone(),
+            postgres_statements: self.postgres_statements,
+            postgres_pool_size: self.postgres_pool_size,
+            connect_timeout: self.store_connect_timeout,
+        }
+    }
 }
 
 /// The store timeout, and the check that every lease outlasts three of

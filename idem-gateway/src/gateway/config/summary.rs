@@ -2,6 +2,7 @@
 
 use http::Method;
 use idem::RoutePolicy;
+use idem_postgres_store::Statements;
 
 use super::GatewayConfig;
 use crate::stores::StoreUrl;
@@ -49,6 +50,26 @@ impl GatewayConfig {
                 out,
                 "sqlite_store  capacity={} records, max_bytes={}",
                 self.sqlite_capacity, self.sqlite_max_bytes
+            );
+        }
+        if matches!(self.store, StoreUrl::Redis(_)) {
+            let _ = writeln!(
+                out,
+                "redis_store   key_prefix={:?} allow_eviction={} connect_timeout={:?}",
+                self.redis_key_prefix, self.redis_allow_eviction, self.store_connect_timeout
+            );
+        }
+        if matches!(self.store, StoreUrl::Postgres(_)) {
+            let _ = writeln!(
+                out,
+                "postgres      schema={} statements={} pool_size={} connect_timeout={:?}",
+                self.postgres_schema,
+                match self.postgres_statements {
+                    Statements::Prepared => "prepared",
+                    _ => "unnamed",
+                },
+                self.postgres_pool_size,
+                self.store_connect_timeout
             );
         }
         let line = |name: &str, p: &RoutePolicy| {
