@@ -258,6 +258,9 @@ async fn services_sharing_a_redis_are_kept_apart_by_their_key_prefix() {
     };
     let found = inspect("orders:");
     assert!(found.status.success(), "{found:?}");
-    assert!(String::from_utf8_lossy(&found.stdout).contains("completed"), "{found:?}");
+    assert!(
+        String::from_utf8_lossy(&found.stdout).contains("completed"),
+        "{found:?}"
+    );
     assert_eq!(inspect("idem:").status.code(), Some(1));
 }
