@@ -26,46 +26,55 @@ pub(crate) async fn node(addr: &str) -> Result<redis::aio::MultiplexedConnection
     Ok(client.get_multiplexed_async_connection().await?)
 }
 
-/// The server's `maxmemory-policy`, read from `INFO memory` (managed Redis
-/// services often refuse `CONFIG`, never `INFO`).
-async fn policy(c: &mut impl ConnectionLike) -> Result<String, RedisStoreError> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(c).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("maxmemory_policy:"))
-        .unwrap_or("noeviction")
-        .trim()
-        .to_owned())
+/// The `maxmemory-policy` of every server `c` reaches, read from `INFO
+/// memory` (managed Redis services often refuse `CONFIG`, never `INFO`). A
+/// Cluster connection sends `INFO` to every node and answers a map of their
+/// replies.
+async fn policies(c: &mut impl ConnectionLike) -> Result<Vec<String>, RedisStoreError> {
+    let info: redis::Value = redis::cmd("INFO").arg("memory").query_async(c).await?;
+    let mut found = Vec::new();
+    policies_in(&info, &mut found);
+    Ok(found)
+}
+
+/// Every `maxmemory_policy:` line's value in an `INFO` reply: one server's
+/// text, or a Cluster's map of them.
+fn policies_in(v: &redis::Value, out: &mut Vec<String>) {
+    let mut text = |t: &str| {
+        out.extend(
+            t.lines()
+                .filter_map(|l| l.strip_prefix("maxmemory_policy:"))
+                .map(|p| p.trim().to_owned()),
+        )
+    };
+    match v {
+        redis::Value::BulkString(b) => text(&String::from_utf8_lossy(b)),
+        redis::Value::VerbatimString { text: t, .. } | redis::Value::SimpleString(t) => text(t),
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(_, v)| policies_in(v, out)),
+        redis::Value::Array(items) => items.iter().for_each(|v| policies_in(v, out)),
+        _ => {}
+    }
 }
 
 /// Redis with any policy but `noeviction` drops keys when memory runs out
 /// (`volatile-*` ones too: every record has a TTL), and a retry whose
 /// record was dropped executes again. Refused unless `allowed`; then said
-/// once in the log, since nothing else would tell.
-///
-/// `every_master`: read each master of a Cluster (at connection); else the
-/// one node the connection asks (at each readiness check).
+/// in the log (`warn`: at connection, not at every readiness check), since
+/// nothing else would tell.
 pub(crate) async fn check_eviction(
     conn: &Conn,
-    every_master: bool,
+    warn: bool,
     allowed: bool,
 ) -> Result<(), RedisStoreError> {
-    let policies = match conn.clone() {
-        Conn::Single(mut c) => vec![policy(&mut c).await?],
-        Conn::Cluster(mut c) if every_master => {
-            let mut found = Vec::new();
-            for addr in masters(&mut c).await? {
-                found.push(policy(&mut node(&addr).await?).await?);
-            }
-            found
-        }
-        Conn::Cluster(mut c) => vec![policy(&mut c).await?],
+    let found = match conn.clone() {
+        Conn::Single(mut c) => policies(&mut c).await?,
+        Conn::Cluster(mut c) => policies(&mut c).await?,
     };
-    let Some(evicting) = policies.into_iter().find(|p| p != "noeviction") else {
+    let Some(evicting) = found.into_iter().find(|p| p != "noeviction") else {
         return Ok(());
     };
     if allowed {
-        if every_master {
+        if warn {
             tracing::warn!(
                 policy = %evicting,
                 "Redis may evict idem's records (maxmemory-policy {evicting}): a retry whose record was evicted executes again; allowed by redis_allow_eviction"
@@ -74,4 +83,37 @@ pub(crate) async fn check_eviction(
         return Ok(());
     }
     Err(RedisStoreError::Evicting { policy: evicting })
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::policies_in;
+
+    fn info(policy: &str) -> Value {
+        Value::BulkString(
+            format!("# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:{policy}\r\n").into_bytes(),
+        )
+    }
+
+    #[test]
+    fn every_node_of_a_cluster_reply_is_read() {
+        let reply = Value::Map(vec![
+            (
+                Value::BulkString(b"127.0.0.1:7100".to_vec()),
+                info("noeviction"),
+            ),
+            (
+                Value::BulkString(b"127.0.0.1:7101".to_vec()),
+                info("volatile-lru"),
+            ),
+        ]);
+        let mut found = Vec::new();
+        policies_in(&reply, &mut found);
+        assert_eq!(found, ["noeviction", "volatile-lru"]);
+        let mut one = Vec::new();
+        policies_in(&info("allkeys-lru"), &mut one);
+        assert_eq!(one, ["allkeys-lru"]);
+    }
 }
