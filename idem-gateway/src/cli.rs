@@ -67,6 +67,9 @@ pub struct MigrateArgs {
     /// How long connecting may take.
     #[arg(long, env = "IDEM_STORE_CONNECT_TIMEOUT", default_value = "10s", value_parser = crate::gateway::config::parse_duration)]
     pub store_connect_timeout: std::time::Duration,
+    /// PEM file of the CA that signs the server's TLS certificate (sslmode=verify-ca|verify-full).
+    #[arg(long, env = "IDEM_STORE_CA_FILE", value_name = "PATH")]
+    pub store_ca_file: Option<PathBuf>,
 }
 
 /// Flags of `idem keys`.
@@ -99,6 +102,9 @@ pub struct KeysArgs {
         default_value = "public"
     )]
     pub postgres_schema: String,
+    /// PEM file of the CA that signs the store's TLS certificate (the gateway's store_ca_file).
+    #[arg(long, global = true, env = "IDEM_STORE_CA_FILE", value_name = "PATH")]
+    pub store_ca_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -168,7 +174,7 @@ pub struct GatewayArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "IDEM_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Where records live: sqlite://PATH, memory://, redis://…, redis+cluster://…, postgres://… [default: sqlite://idem.db].
+    /// Where records live: sqlite://PATH, memory://, redis://… (rediss:// for TLS), redis+cluster://… (rediss+cluster://), postgres://… (?sslmode=verify-full for TLS) [default: sqlite://idem.db].
     #[arg(long, env = "IDEM_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// A TOML file with these settings and per-route rules (docs/config.md).
@@ -287,6 +293,9 @@ pub struct GatewayArgs {
     /// How long connecting to Redis or PostgreSQL may take [default: 2s].
     #[arg(long, env = "IDEM_STORE_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub store_connect_timeout: Option<String>,
+    /// PEM file of the CA that signs the store's TLS certificate (rediss://, PostgreSQL sslmode=verify-ca|verify-full) [default: the system's roots].
+    #[arg(long, env = "IDEM_STORE_CA_FILE", value_name = "PATH")]
+    pub store_ca_file: Option<PathBuf>,
     /// Threads serving requests [default: one per CPU core]. Fewer than the cores leaves room for processes sharing the machine (docs/BENCHMARKS.md).
     #[arg(long, env = "IDEM_WORKERS", value_name = "N")]
     pub workers: Option<String>,

@@ -88,6 +88,7 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
     let options = idem_gateway::stores::StoreOptions {
         postgres_schema: args.postgres_schema.clone(),
         connect_timeout: args.store_connect_timeout,
+        ca_file: args.store_ca_file.clone(),
         ..Default::default()
     };
     let done = idem_gateway::stores::migrate(&args.store, &options, args.grant.as_deref()).await?;
@@ -136,6 +137,7 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
     let options = idem_gateway::stores::StoreOptions {
         redis_key_prefix: args.redis_key_prefix.clone(),
         postgres_schema: args.postgres_schema.clone(),
+        ca_file: args.store_ca_file.clone(),
         // A store that may evict is still worth inspecting.
         redis_allow_eviction: true,
         ..Default::default()

@@ -17,9 +17,11 @@ pub enum StoreUrl {
     Memory,
     /// `sqlite://PATH`: `sqlite://idem.db` is relative, `sqlite:///var/lib/idem.db` absolute.
     Sqlite(PathBuf),
-    /// `redis://HOST:PORT/DB`, `rediss://…`, or `redis+cluster://HOST:PORT,HOST:PORT`.
+    /// `redis://HOST:PORT/DB`, `rediss://…` (TLS), or
+    /// `redis+cluster://HOST:PORT,HOST:PORT` (`rediss+cluster://…`).
     Redis(String),
-    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE` (or `postgresql://`).
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE` (or `postgresql://`),
+    /// with `?sslmode=require|verify-ca|verify-full` for TLS.
     Postgres(String),
 }
 
@@ -59,6 +61,7 @@ impl std::str::FromStr for StoreUrl {
         if s.starts_with("redis://")
             || s.starts_with("rediss://")
             || s.starts_with("redis+cluster://")
+            || s.starts_with("rediss+cluster://")
         {
             return Ok(Self::Redis(s.to_owned()));
         }
@@ -67,7 +70,8 @@ impl std::str::FromStr for StoreUrl {
         }
         bail!(
             "unknown store URL {:?}; use sqlite://PATH (the default is sqlite://idem.db), memory://, \
-             redis://HOST:PORT, redis+cluster://HOST:PORT,HOST:PORT or postgres://USER@HOST:PORT/DB",
+             redis://HOST:PORT (rediss:// for TLS), redis+cluster://HOST:PORT,HOST:PORT (rediss+cluster://) \
+             or postgres://USER@HOST:PORT/DB (?sslmode=verify-full for TLS)",
             redact(s)
         )
     }
@@ -149,6 +153,9 @@ pub struct StoreOptions {
     pub postgres_pool_size: usize,
     /// How long connecting to Redis or PostgreSQL may take.
     pub connect_timeout: Duration,
+    /// The CA that signs a TLS store's certificate (`rediss://`, PostgreSQL
+    /// `sslmode=verify-*`); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -163,6 +170,7 @@ impl Default for StoreOptions {
             postgres_statements: postgres.statements,
             postgres_pool_size: postgres.pool_size,
             connect_timeout: postgres.connect_timeout,
+            ca_file: None,
         }
     }
 }
@@ -241,6 +249,7 @@ fn open_store(
                 prefix: options.redis_key_prefix.clone(),
                 allow_eviction: options.redis_allow_eviction,
                 connect_timeout: options.connect_timeout,
+                ca_file: options.ca_file.clone(),
                 ..RedisOptions::default()
             };
             let store =
@@ -304,6 +313,7 @@ fn postgres_options(options: &StoreOptions) -> PostgresOptions {
         statements: options.postgres_statements,
         pool_size: options.postgres_pool_size,
         connect_timeout: options.connect_timeout,
+        ca_file: options.ca_file.clone(),
         ..PostgresOptions::default()
     }
 }
@@ -409,6 +419,9 @@ mod tests {
         );
         assert!("sqlite://".parse::<StoreUrl>().is_err());
         assert!("mysql://x".parse::<StoreUrl>().is_err());
+        for tls in ["rediss://h:6380/0", "rediss+cluster://a:1,b:2"] {
+            assert!(matches!(tls.parse::<StoreUrl>(), Ok(StoreUrl::Redis(_))));
+        }
         assert!(matches!(
             "redis+cluster://a:1,b:2".parse::<StoreUrl>(),
             Ok(StoreUrl::Redis(_))

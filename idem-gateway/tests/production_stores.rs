@@ -264,3 +264,67 @@ async fn services_sharing_a_redis_are_kept_apart_by_their_key_prefix() {
     );
     assert_eq!(inspect("idem:").status.code(), Some(1));
 }
+
+/// TLS stores (`REDIS_TLS_URL`, `REDIS_TLS_CLUSTER_URL`, `DATABASE_TLS_URL`
+/// with `sslmode=verify-full`), trusted through `--store-ca-file`: used as
+/// any store; with another CA, `--check` says the certificate was refused
+/// and which setting to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_stores_work_with_the_ca_that_issued_their_certificate() {
+    let (Some(ca), Some(other)) = (
+        idem_testkit::server_url("IDEM_TEST_CA"),
+        idem_testkit::server_url("IDEM_TEST_OTHER_CA"),
+    ) else {
+        return;
+    };
+    let up = CountingUpstream::start().await.expect("upstream");
+    let id = &idem_core::key::generate_uuid_v4().replace('-', "")[..12];
+    for var in ["REDIS_TLS_URL", "REDIS_TLS_CLUSTER_URL", "DATABASE_TLS_URL"] {
+        let Some(url) = idem_testkit::server_url(var) else {
+            continue;
+        };
+        let (prefix, schema) = (format!("idem-tls-{id}:"), format!("idem_tls_{id}"));
+        let store_args = [
+            "--store",
+            &url,
+            "--redis-key-prefix",
+            &prefix,
+            "--postgres-schema",
+            &schema,
+        ];
+        let check = |ca: &str| {
+            idem_cmd(
+                &[
+                    &["gateway", "--upstream", &up.url()][..],
+                    &store_args,
+                    &["--store-ca-file", ca, "--check"],
+                ]
+                .concat(),
+            )
+        };
+        let refused = check(&other);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{var}: {stderr}");
+        assert!(
+            stderr.contains("certificate") && stderr.contains("store_ca_file"),
+            "{var}: {stderr}"
+        );
+        assert!(check(&ca).status.success(), "{var}");
+
+        let (_gw, base) = gateway(
+            &[
+                &["--upstream", &up.url()][..],
+                &store_args,
+                &["--store-ca-file", &ca],
+            ]
+            .concat(),
+        );
+        let c = client();
+        let key = format!("tls-{var}-{id}");
+        let first = post(&c, &format!("{base}/payments"), Some(&key), BODY).await;
+        assert_eq!(first.status, 201, "{var}: {}", first.text());
+        let replay = post(&c, &format!("{base}/payments"), Some(&key), BODY).await;
+        assert!(replay.replayed(), "{var}");
+        assert_eq!(up.executions_of(&key), 1, "{var}");
+    }
+}

@@ -12,6 +12,20 @@ pub enum PostgresStoreError {
     /// The URL could not be used.
     #[error("invalid PostgreSQL URL: {0}; use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE")]
     Url(#[source] tokio_postgres::Error),
+    /// `sslmode` has a value libpq does not know.
+    #[error("invalid sslmode {0:?} in the PostgreSQL URL; use disable, prefer, require, verify-ca or verify-full")]
+    SslMode(String),
+    /// The CA file could not be used.
+    #[error("cannot use the CA file {path:?}: {reason}; give a PEM file holding the CA certificate that signed the server's")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// TLS could not be set up.
+    #[error("cannot set up TLS to PostgreSQL: {0}")]
+    Tls(String),
     /// The schema name is not a plain identifier.
     #[error("invalid schema name {0:?}; use lower-case letters, digits and _")]
     Schema(String),
@@ -91,10 +105,21 @@ impl PostgresStoreError {
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
         // Not the server's: the client's own text and its cause (an I/O
-        // error, a timeout).
-        return match std::error::Error::source(e) {
+        // error, a timeout, a refused certificate).
+        let text = match std::error::Error::source(e) {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
+        };
+        return if text.contains("invalid peer certificate") {
+            format!(
+                "{text}; the server's certificate was not issued by a CA idem trusts (or not for this host name): \
+                 give the CA that issued it with sslrootcert=PATH in the URL or store_ca_file (--store-ca-file), \
+                 or connect by the name the certificate holds"
+            )
+        } else if text.contains("server does not support TLS") {
+            format!("{text}; the URL asks for TLS (sslmode=require or verify-*) but the server has ssl = off")
+        } else {
+            text
         };
     };
     let code = db.code().code();

@@ -74,11 +74,12 @@ use idem_core::{
 use tokio::sync::OnceCell;
 pub use tokio_postgres;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 mod error;
 mod schema;
 mod sql;
+mod tls;
 
 pub use self::error::PostgresStoreError;
 pub use self::schema::Migration;
@@ -102,6 +103,10 @@ pub struct PostgresOptions {
     /// How statements reach the server. The default,
     /// [`Statements::Unnamed`], works behind transaction-pooling proxies.
     pub statements: Statements,
+    /// A PEM file of the CA(s) that sign the server's certificate, for
+    /// `sslmode=require|verify-ca|verify-full`; the URL's `sslrootcert`
+    /// wins over it. `None`: the system's roots (verify modes).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How the store's statements reach PostgreSQL.
@@ -143,6 +148,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             connect_timeout: Duration::from_secs(2),
             statements: Statements::default(),
+            ca_file: None,
         }
     }
 }
@@ -186,15 +192,24 @@ impl PostgresStore {
     }
 
     /// A store at `url`. Nothing is connected until first use.
+    ///
+    /// TLS follows the URL's `sslmode` as libpq does (`prefer` when unset:
+    /// encrypted when the server offers it): `require` encrypts, `verify-ca`
+    /// also checks the certificate against the CA (`sslrootcert=PATH` in the
+    /// URL, [`PostgresOptions::ca_file`], or the system's roots), and
+    /// `verify-full` the host name too.
     pub fn new(url: &str, options: PostgresOptions) -> Result<Self, PostgresStoreError> {
         if !is_valid_schema(&options.schema) {
             return Err(PostgresStoreError::Schema(options.schema));
         }
-        let mut pg: tokio_postgres::Config = url.parse().map_err(PostgresStoreError::Url)?;
+        let split = tls::split_url(url)?;
+        let mut pg: tokio_postgres::Config = split.url.parse().map_err(PostgresStoreError::Url)?;
         pg.connect_timeout(options.connect_timeout);
+        let ca_file = split.root_cert.as_deref().or(options.ca_file.as_deref());
+        let tls = tls::MakeTls::new(tls::client_config(split.mode, ca_file)?);
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -67,3 +67,28 @@ async fn the_servers_clock_times_leases_and_ttls() {
     let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
     idem_testkit::suite::server_clock_times_leases_and_ttls(Arc::new(store)).await;
 }
+
+/// Over TLS with `sslmode=verify-full` (`DATABASE_TLS_URL`), the server's
+/// certificate checked against the tests' CA (`IDEM_TEST_CA`).
+mod over_tls_verify_full {
+    use super::*;
+
+    async fn tls(config: StoreConfig) -> Option<Arc<dyn Store>> {
+        let url = idem_testkit::server_url("DATABASE_TLS_URL")?;
+        let ca = idem_testkit::server_url("IDEM_TEST_CA")?;
+        let options = PostgresOptions {
+            schema: schema(),
+            clock: Some(config.clock),
+            ca_file: Some(ca.into()),
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("DATABASE_TLS_URL={url}: {e}"));
+        Some(Arc::new(store))
+    }
+
+    idem_testkit::store_conformance!(tls, no_capacity);
+}

@@ -92,8 +92,17 @@ pub enum RedisStoreError {
         source: redis::RedisError,
     },
     /// A command failed or the server could not be reached.
-    #[error("Redis error: {0}")]
+    #[error("Redis error: {}", server::describe(.0))]
     Redis(#[from] redis::RedisError),
+    /// The CA file could not be read.
+    #[error("cannot read the CA file {path:?}: {source}; give a PEM file holding the CA certificate that signed the server's")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The server may evict records, and that was not allowed.
     #[error(
         "Redis may evict idem's records (maxmemory-policy {policy}), and a retry whose record was evicted executes again; \
@@ -135,6 +144,9 @@ pub struct RedisOptions {
     /// but `noeviction`), with a warning. The default, `false`, refuses it:
     /// a retry whose record was evicted executes again.
     pub allow_eviction: bool,
+    /// A PEM file of the CA(s) that sign the server's certificate, for
+    /// `rediss://`. `None`: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -145,14 +157,15 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             allow_eviction: false,
+            ca_file: None,
         }
     }
 }
 
 #[derive(Clone)]
 enum Target {
-    Single(redis::Client),
-    // Boxed: a ClusterClient is much larger than a Client.
+    // Boxed: both are large (with TLS) and the store is cloned per use.
+    Single(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
@@ -204,6 +217,8 @@ pub struct RedisStore {
     conn: Arc<OnceCell<Conn>>,
     prefix: Arc<[u8]>,
     options: RedisOptions,
+    /// How to reach one node of a Cluster by its address (admin scans).
+    nodes: server::Nodes,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -223,31 +238,16 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisStore {
-    /// A store at `url`: `redis://HOST:PORT/DB` (or `rediss://`), or
-    /// `redis+cluster://HOST:PORT,HOST:PORT,…` for Redis Cluster (any nodes;
-    /// the rest are discovered). Nothing is connected until first use.
+    /// A store at `url`: `redis://HOST:PORT/DB` (or `rediss://` for TLS), or
+    /// `redis+cluster://HOST:PORT,HOST:PORT,…` (`rediss+cluster://`) for
+    /// Redis Cluster (any nodes; the rest are discovered). TLS checks the
+    /// server's certificate against [`RedisOptions::ca_file`], or the
+    /// system's roots. Nothing is connected until first use.
     pub fn new(url: &str, options: RedisOptions) -> Result<Self, RedisStoreError> {
-        let url_err = |source| RedisStoreError::Url {
-            url: redact(url),
-            source,
-        };
-        let target = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
-            let nodes: Vec<String> = nodes
-                .split(',')
-                .filter(|n| !n.is_empty())
-                .map(|n| format!("redis://{n}"))
-                .collect();
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
-                .connection_timeout(options.connect_timeout)
-                .response_timeout(options.response_timeout)
-                .build()
-                .map_err(url_err)?;
-            Target::Cluster(Box::new(client))
-        } else {
-            Target::Single(redis::Client::open(url).map_err(url_err)?)
-        };
+        let (target, nodes) = server::target(url, &options)?;
         Ok(Self {
             target,
+            nodes,
             conn: Arc::new(OnceCell::new()),
             prefix: options.prefix.as_bytes().into(),
             options,
@@ -281,7 +281,8 @@ impl RedisStore {
                             .set_connection_timeout(Some(self.options.connect_timeout))
                             .set_response_timeout(Some(self.options.response_timeout))
                             .set_number_of_retries(1);
-                        let cm = ConnectionManager::new_with_config(client.clone(), config).await?;
+                        let cm =
+                            ConnectionManager::new_with_config((**client).clone(), config).await?;
                         Ok::<_, RedisStoreError>(Conn::Single(cm))
                     }
                     Target::Cluster(client) => {
@@ -334,7 +335,7 @@ impl RedisStore {
             (_, Conn::Single(mut c)) => scan(&mut c, &pattern, &mut keys).await?,
             (Target::Cluster(_), Conn::Cluster(mut c)) => {
                 for addr in server::masters(&mut c).await? {
-                    scan(&mut server::node(&addr).await?, &pattern, &mut keys).await?;
+                    scan(&mut self.nodes.connect(&addr).await?, &pattern, &mut keys).await?;
                 }
             }
             (Target::Single(_), Conn::Cluster(_)) => {}

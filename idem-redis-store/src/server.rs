@@ -1,9 +1,106 @@
-//! What the store learns of its server: the masters of a Cluster, and
-//! whether a server may evict idem's records.
+//! What the store knows of its servers: how to reach them (the URL's
+//! scheme, TLS and its CA), the masters of a Cluster, and whether a server
+//! may evict idem's records.
 
 use redis::aio::ConnectionLike;
+use redis::TlsCertificates;
 
-use crate::{Conn, RedisStoreError};
+use crate::{redact, Conn, RedisOptions, RedisStoreError, Target};
+
+/// The client for `url` (see [`crate::RedisStore::new`]), and how to reach
+/// one node of it by address.
+pub(crate) fn target(
+    url: &str,
+    options: &RedisOptions,
+) -> Result<(Target, Nodes), RedisStoreError> {
+    let url_err = |source| RedisStoreError::Url {
+        url: redact(url),
+        source,
+    };
+    let certs = match &options.ca_file {
+        Some(path) => Some(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(
+                std::fs::read(path).map_err(|source| RedisStoreError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+        }),
+        None => None,
+    };
+    let cluster = url
+        .strip_prefix("redis+cluster://")
+        .map(|n| ("redis", n))
+        .or_else(|| url.strip_prefix("rediss+cluster://").map(|n| ("rediss", n)));
+    if let Some((scheme, nodes)) = cluster {
+        let nodes: Vec<String> = nodes
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("{scheme}://{n}"))
+            .collect();
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout);
+        if let (Some(certs), "rediss") = (&certs, scheme) {
+            builder = builder.certs(certs.clone());
+        }
+        let client = builder.build().map_err(url_err)?;
+        let nodes = Nodes {
+            scheme,
+            certs: certs.filter(|_| scheme == "rediss"),
+        };
+        return Ok((Target::Cluster(Box::new(client)), nodes));
+    }
+    let client = match certs {
+        Some(certs) if url.starts_with("rediss://") => redis::Client::build_with_tls(url, certs),
+        _ => redis::Client::open(url),
+    }
+    .map_err(url_err)?;
+    Ok((
+        Target::Single(Box::new(client)),
+        Nodes {
+            scheme: "redis",
+            certs: None,
+        },
+    ))
+}
+
+/// The client's error, with what to do when it is the usual TLS mistake.
+pub(crate) fn describe(e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") {
+        format!(
+            "{text}; the server's certificate was not issued by a CA idem trusts (or not for this host name): \
+             give the CA that issued it with store_ca_file (--store-ca-file), or connect by the name the certificate holds"
+        )
+    } else {
+        text
+    }
+}
+
+/// How to reach one node of a Cluster by its address, as the Cluster's
+/// client does.
+#[derive(Clone)]
+pub(crate) struct Nodes {
+    scheme: &'static str,
+    certs: Option<TlsCertificates>,
+}
+
+impl Nodes {
+    /// A connection of its own to the node at `addr` (`HOST:PORT`).
+    pub(crate) async fn connect(
+        &self,
+        addr: &str,
+    ) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
+        let url = format!("{}://{addr}", self.scheme);
+        let client = match &self.certs {
+            Some(certs) => redis::Client::build_with_tls(url, certs.clone())?,
+            None => redis::Client::open(url)?,
+        };
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+}
 
 /// The `HOST:PORT` of every master of the Cluster behind `c`.
 pub(crate) async fn masters(
@@ -18,12 +115,6 @@ pub(crate) async fn masters(
                 .then(|| fields[1].split('@').next().unwrap_or_default().to_owned())
         })
         .collect())
-}
-
-/// A connection of its own to one node (`HOST:PORT`) of a Cluster.
-pub(crate) async fn node(addr: &str) -> Result<redis::aio::MultiplexedConnection, RedisStoreError> {
-    let client = redis::Client::open(format!("redis://{addr}"))?;
-    Ok(client.get_multiplexed_async_connection().await?)
 }
 
 /// The `maxmemory-policy` of every server `c` reaches, read from `INFO

@@ -11,10 +11,20 @@ use idem_redis_store::{RedisOptions, RedisStore};
 use idem_testkit::StoreConfig;
 
 async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn Store>> {
+    store_with_ca(var, None, config).await
+}
+
+/// [`store_at`], trusting the CA in `ca_file` (for `rediss://`).
+async fn store_with_ca(
+    var: &str,
+    ca_file: Option<String>,
+    config: StoreConfig,
+) -> Option<Arc<dyn Store>> {
     let url = idem_testkit::server_url(var)?;
     let options = RedisOptions {
         prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
         clock: Some(config.clock),
+        ca_file: ca_file.map(Into::into),
         ..RedisOptions::default()
     };
     let store = RedisStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
@@ -44,6 +54,32 @@ mod cluster {
     }
 
     idem_testkit::store_conformance!(redis_cluster, no_capacity);
+}
+
+/// TLS only (`REDIS_TLS_URL`, `rediss://`), the server's certificate
+/// checked against the tests' CA (`IDEM_TEST_CA`).
+mod over_tls {
+    use super::*;
+
+    async fn redis_tls(config: StoreConfig) -> Option<Arc<dyn Store>> {
+        let ca = idem_testkit::server_url("IDEM_TEST_CA")?;
+        store_with_ca("REDIS_TLS_URL", Some(ca), config).await
+    }
+
+    idem_testkit::store_conformance!(redis_tls, no_capacity);
+}
+
+/// A Cluster serving TLS only (`REDIS_TLS_CLUSTER_URL`,
+/// `rediss+cluster://`), its nodes' certificates checked as above.
+mod cluster_over_tls {
+    use super::*;
+
+    async fn redis_tls_cluster(config: StoreConfig) -> Option<Arc<dyn Store>> {
+        let ca = idem_testkit::server_url("IDEM_TEST_CA")?;
+        store_with_ca("REDIS_TLS_CLUSTER_URL", Some(ca), config).await
+    }
+
+    idem_testkit::store_conformance!(redis_tls_cluster, no_capacity);
 }
 
 mod en_us_locale {

@@ -67,6 +67,7 @@ struct Settings {
     postgres_statements: String,
     postgres_pool_size: Size,
     store_connect_timeout: Secs,
+    store_ca_file: Option<PathBuf>,
     scope_share: Number,
     scope_key_rate: Option<Number>,
     /// Unset: one second's worth of `scope_key_rate`, at least 1.
@@ -110,6 +111,7 @@ impl Default for Settings {
             postgres_statements: "unnamed".into(),
             postgres_pool_size: Size(16),
             store_connect_timeout: Secs(Duration::from_secs(2)),
+            store_ca_file: None,
             scope_share: Number(0.5),
             scope_key_rate: None,
             scope_key_burst: None,
@@ -202,6 +204,8 @@ pub struct GatewayConfig {
     pub postgres_pool_size: usize,
     /// How long connecting to Redis or PostgreSQL may take.
     pub store_connect_timeout: Duration,
+    /// The CA that signs a TLS store's certificate; `None`: the system's.
+    pub store_ca_file: Option<PathBuf>,
     /// Which requests are covered, and how.
     pub policy: Policy,
     /// Proxy without the layer (benchmark baseline only).
@@ -255,6 +259,7 @@ fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)> {
         text("postgres_statements", &args.postgres_statements),
         text("postgres_pool_size", &args.postgres_pool_size),
         text("store_connect_timeout", &args.store_connect_timeout),
+        path("store_ca_file", &args.store_ca_file),
         text("workers", &args.workers),
         text("runtime", &args.runtime),
     ]
@@ -561,6 +566,7 @@ fn validate(
         postgres_statements,
         postgres_pool_size,
         store_connect_timeout: s.store_connect_timeout.0,
+        store_ca_file: s.store_ca_file,
         policy,
         without_layer,
     })
@@ -584,6 +590,7 @@ impl GatewayConfig {
             postgres_statements: self.postgres_statements,
             postgres_pool_size: self.postgres_pool_size,
             connect_timeout: self.store_connect_timeout,
+            ca_file: self.store_ca_file.clone(),
         }
     }
 }

@@ -72,6 +72,11 @@ impl GatewayConfig {
                 self.store_connect_timeout
             );
         }
+        if let (Some(ca), StoreUrl::Redis(_) | StoreUrl::Postgres(_)) =
+            (&self.store_ca_file, &self.store)
+        {
+            let _ = writeln!(out, "store_ca_file {}", ca.display());
+        }
         let line = |name: &str, p: &RoutePolicy| {
             let methods: Vec<&str> = p.methods.iter().map(Method::as_str).collect();
             format!(
