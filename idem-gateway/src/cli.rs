@@ -168,9 +168,12 @@ pub enum KeysAction {
 /// file (docs/config.md); unset, the file's value or the default applies.
 #[derive(Debug, Args, Default, Clone)]
 pub struct GatewayArgs {
-    /// The service to protect: http://HOST:PORT[/PREFIX].
+    /// The service to protect: http://HOST:PORT[/PREFIX], or https://… (TLS, HTTP/2 by ALPN).
     #[arg(long, env = "IDEM_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
+    /// PEM file of the CA that issues an https:// upstream's certificate [default: the system's roots].
+    #[arg(long, env = "IDEM_UPSTREAM_CA_FILE", value_name = "PATH")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "IDEM_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,

@@ -27,6 +27,7 @@ pub mod load;
 pub mod model;
 pub mod net;
 pub mod suite;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;

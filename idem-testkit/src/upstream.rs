@@ -37,11 +37,14 @@ struct Seen {
     total: usize,
     by_key: HashMap<String, usize>,
     last_headers: HeaderMap,
+    last_version: Option<axum::http::Version>,
 }
 
 /// The running upstream; it stops when dropped.
 pub struct CountingUpstream {
     addr: SocketAddr,
+    /// `https` when serving TLS.
+    scheme: &'static str,
     seen: Arc<Mutex<Seen>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -71,6 +74,7 @@ async fn handle(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> Response 
         s.total += 1;
         *s.by_key.entry(key.clone()).or_default() += 1;
         s.last_headers = parts.headers.clone();
+        s.last_version = Some(parts.version);
         s.total
     };
     let body: Bytes = axum::body::to_bytes(body, 64 << 20)
@@ -118,12 +122,45 @@ impl CountingUpstream {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, seen, task })
+        Ok(Self {
+            addr,
+            scheme: "http",
+            seen,
+            task,
+        })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// Starts on a free loopback port serving TLS only (HTTP/2 or
+    /// HTTP/1.1 by ALPN) with the certificate `cert` and its key `key`.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<Self> {
+        let config = crate::tls::server_config(cert, key)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let app = Router::new().fallback(handle).with_state(seen.clone());
+        let tls = crate::tls::TlsListener::new(listener, config);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(tls, app).await;
+        });
+        Ok(Self {
+            addr,
+            scheme: "https",
+            seen,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The HTTP version of the last request received.
+    pub fn last_version(&self) -> Option<axum::http::Version> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_version
     }
 
     /// Its address.

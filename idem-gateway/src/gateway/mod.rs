@@ -24,6 +24,7 @@
 mod admin;
 pub mod config;
 pub mod proxy;
+mod upstream_client;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -224,12 +225,13 @@ where
     B: Body<Data = Bytes> + proxy::Resend + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let (upstream, timeout, problem_base) = (
+    let (upstream, timeout, problem_base, tls) = (
         config.upstream.clone(),
         config.upstream_timeout,
         config.problem_base.clone(),
+        config.upstream_tls.clone(),
     );
-    move || Proxy::new(upstream.clone(), timeout, problem_base.clone())
+    move || Proxy::new(upstream.clone(), timeout, problem_base.clone(), tls.clone())
 }
 
 /// Answers a connection over `max_connections` with 503 and closes it.

@@ -1,5 +1,6 @@
 //! The reverse proxy the idempotency layer wraps: forwards a request to the
-//! upstream over a pooled HTTP/1.1 client and streams the answer back.
+//! upstream over a pooled client (HTTP/1.1, or HTTPS with HTTP/2 by ALPN:
+//! `upstream_client.rs`) and streams the answer back.
 //!
 //! Failures are classified by who failed (pingora's habit): the upstream
 //! cannot be reached or breaks the exchange → 502 `upstream-unavailable`; it
@@ -19,13 +20,11 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use idem::layer::BoxError;
 use idem::{Problem, ProblemKind};
 
 use super::config::Upstream;
+use super::upstream_client::UpstreamClient;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -181,9 +180,9 @@ fn reset_unread(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 struct Shared<B> {
-    client: Client<HttpConnector, B>,
+    client: UpstreamClient<B>,
     /// Never pools: the connection for a request sent a second time is new.
-    fresh: Client<HttpConnector, B>,
+    fresh: UpstreamClient<B>,
     upstream: Upstream,
     /// The `Host` of upstream requests, made once: the client would
     /// otherwise format it for each request (two allocations).
@@ -217,21 +216,18 @@ where
     B::Error: Into<BoxError>,
 {
     /// A proxy to `upstream`, waiting up to `timeout` for its headers and
-    /// between its body chunks.
-    pub fn new(upstream: Upstream, timeout: Duration, problem_base: impl Into<String>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector.clone());
-        let fresh = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
+    /// between its body chunks. `tls`: the settings of an `https://`
+    /// upstream ([`super::upstream_client::tls_config`]); `None` for
+    /// `http://`.
+    pub fn new(
+        upstream: Upstream,
+        timeout: Duration,
+        problem_base: impl Into<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let connect_timeout = timeout.min(Duration::from_secs(10));
+        let client = UpstreamClient::new(connect_timeout, tls.clone(), true);
+        let fresh = UpstreamClient::new(connect_timeout, tls, false);
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -448,6 +444,7 @@ mod tests {
                 Upstream::parse(upstream).expect("upstream"),
                 Duration::from_secs(1),
                 "https://idem.dev/problems/",
+                None,
             );
             let uri: Uri = path.parse().expect("uri");
             proxy.upstream_uri(&uri).expect("upstream uri").to_string()

@@ -37,6 +37,7 @@ use idem_postgres_store::Statements;
 #[serde(default, deny_unknown_fields)]
 struct Settings {
     upstream: Option<String>,
+    upstream_ca_file: Option<PathBuf>,
     listen: String,
     admin_listen: String,
     admin_token_file: Option<PathBuf>,
@@ -82,6 +83,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             upstream: None,
+            upstream_ca_file: None,
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
             admin_token_file: None,
@@ -130,6 +132,12 @@ const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct GatewayConfig {
     /// Where requests go.
     pub upstream: Upstream,
+    /// The CA that issues an `https://` upstream's certificate (`None`: the
+    /// system's roots).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// The TLS settings of an `https://` upstream, made from
+    /// `upstream_ca_file` once at start.
+    pub upstream_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// The address to listen on.
     pub listen: String,
     /// The admin listener's address; `None` turns it off.
@@ -221,6 +229,7 @@ fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)> {
     };
     [
         text("upstream", &args.upstream),
+        path("upstream_ca_file", &args.upstream_ca_file),
         text("listen", &args.listen),
         text("store", &args.store),
         text("ttl", &args.ttl),
@@ -412,6 +421,17 @@ fn validate(
     })?;
     let upstream = Upstream::parse(&upstream_text)
         .with_context(|| format!("{}: {upstream_text:?}", n("upstream")))?;
+    let upstream_tls = match (&s.upstream_ca_file, upstream.is_https()) {
+        (Some(_), false) => bail!(
+            "{}: set, but the upstream {upstream} is not https://",
+            n("upstream_ca_file")
+        ),
+        (ca, true) => Some(std::sync::Arc::new(
+            super::upstream_client::tls_config(ca.as_deref())
+                .with_context(|| n("upstream_ca_file"))?,
+        )),
+        (None, false) => None,
+    };
     let store: StoreUrl = s.store.parse().with_context(|| n("store"))?;
     let admin_listen = match s.admin_listen.as_str() {
         "none" | "off" | "" => None,
@@ -533,6 +553,8 @@ fn validate(
     }
     Ok(GatewayConfig {
         upstream,
+        upstream_ca_file: s.upstream_ca_file,
+        upstream_tls,
         listen: s.listen,
         admin_listen,
         admin_token_file: s.admin_token_file,

@@ -321,8 +321,9 @@ fn a_bad_flag_is_named_as_a_flag() {
 fn the_defaults_in_help_texts_are_the_defaults() -> anyhow::Result<()> {
     use clap::{Args, FromArgMatches};
     // Defaults written as prose, not as a value.
-    const PROSE: [&str; 5] = [
+    const PROSE: [&str; 6] = [
         "no limit",
+        "the system's roots",
         "one per CPU core",
         "one second's worth, at least 1",
         "off",

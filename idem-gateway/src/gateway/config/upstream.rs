@@ -6,7 +6,7 @@ use http::Uri;
 /// Where requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// `http`.
+    /// `http` or `https`.
     pub scheme: http::uri::Scheme,
     /// `host:port`.
     pub authority: http::uri::Authority,
@@ -15,18 +15,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Parses `http://HOST:PORT[/PREFIX]`.
+    /// Parses `http://HOST:PORT[/PREFIX]` or `https://…`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let uri: Uri = s
             .parse()
             .map_err(|e| anyhow!("{e}; write it as http://HOST:PORT"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => bail!(
-                "https upstreams are not supported yet; put the gateway next to the service and use http://"
-            ),
-            _ => bail!("it must start with http://, like http://127.0.0.1:3000"),
-        }
+        let scheme = match uri.scheme_str() {
+            Some("http") => http::uri::Scheme::HTTP,
+            Some("https") => http::uri::Scheme::HTTPS,
+            _ => bail!("it must start with http:// or https://, like http://127.0.0.1:3000"),
+        };
         let Some(authority) = uri.authority().cloned() else {
             bail!("it has no host; write it as http://HOST:PORT");
         };
@@ -34,10 +32,17 @@ impl Upstream {
             bail!("it must not have a query string");
         }
         Ok(Self {
-            scheme: http::uri::Scheme::HTTP,
+            scheme,
             authority,
             prefix: uri.path().trim_end_matches('/').to_owned(),
         })
+    }
+}
+
+impl Upstream {
+    /// Whether requests go over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
     }
 }
 
