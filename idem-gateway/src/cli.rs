@@ -177,6 +177,12 @@ pub struct GatewayArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "IDEM_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve TLS with this certificate chain (PEM; with --tls-key-file), HTTP/2 or 1.1 by ALPN; SIGHUP reloads it.
+    #[arg(long, env = "IDEM_TLS_CERT_FILE", value_name = "PATH")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(long, env = "IDEM_TLS_KEY_FILE", value_name = "PATH")]
+    pub tls_key_file: Option<PathBuf>,
     /// Where records live: sqlite://PATH, memory://, redis://… (rediss:// for TLS), redis+cluster://… (rediss+cluster://), postgres://… (?sslmode=verify-full for TLS) [default: sqlite://idem.db].
     #[arg(long, env = "IDEM_STORE", value_name = "URL")]
     pub store: Option<String>,

@@ -134,7 +134,7 @@ async fn a_least_privilege_role_is_told_what_to_run_and_works_once_migrated() {
     let refused = post(&c, &target, Some("least-privilege-1"), BODY).await;
     assert_eq!(refused.status, 503);
     assert_eq!(up.executions(), 0);
-    assert!(log.text().contains("SQLSTATE 42501"), "{}", log.text());
+    assert!(log.wait_for("SQLSTATE 42501").await, "{}", log.text());
 
     let out = idem_cmd(&["migrate", "--store", &db.url, "--grant", &role]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -205,7 +205,7 @@ async fn a_redis_that_may_evict_is_refused_at_start_unless_allowed() {
         "--redis-key-prefix",
         &format!("idem-evict-{}:", idem_core::key::generate_uuid_v4()),
     ]);
-    assert!(log.text().contains("may evict"), "{}", log.text());
+    assert!(log.wait_for("may evict").await, "{}", log.text());
     let c = client();
     let r = post(&c, &format!("{gw_url}/payments"), Some("evicting-1"), BODY).await;
     assert_eq!(r.status, 201, "{}", r.text());

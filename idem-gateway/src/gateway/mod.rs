@@ -23,6 +23,7 @@
 
 mod admin;
 pub mod config;
+mod listener_tls;
 pub mod proxy;
 mod serve;
 mod upstream_client;
@@ -41,6 +42,7 @@ use tokio::net::TcpListener;
 use tower_layer::Layer;
 
 pub use config::{GatewayConfig, Runtime};
+pub use listener_tls::ListenerTls;
 use proxy::Proxy;
 use serve::serve;
 
@@ -135,8 +137,16 @@ pub async fn run(
         None => (None, None),
     };
 
+    if let Some(tls) = config.listener_tls.clone() {
+        reload_on_sighup(tls)?;
+    }
     tracing::info!(
-        "idem gateway listening on http://{} -> {} (store: {}{})",
+        "idem gateway listening on {}://{} -> {} (store: {}{})",
+        if config.listener_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         listener.local_addr()?,
         config.upstream,
         config.store,
@@ -212,6 +222,29 @@ pub async fn run(
     result
 }
 
+/// Reads the listener's certificate again on each SIGHUP (new connections
+/// use it; open ones keep theirs). A failed reload keeps the one in use.
+fn reload_on_sighup(tls: Arc<ListenerTls>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP (certificate reloads)")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %tls.cert_file().display(),
+                    "SIGHUP: reloaded the TLS certificate; new connections use it"
+                ),
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    "SIGHUP: cannot reload the TLS certificate; still serving the one loaded before"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Makes the upstream proxy: one per serving thread, each with its own
 /// connection pool, so a thread only uses connections its runtime drives.
 fn proxy_maker<B>(config: &GatewayConfig) -> impl Fn() -> Proxy<B> + Send + Sync + 'static
@@ -225,7 +258,11 @@ where
         config.problem_base.clone(),
         config.upstream_tls.clone(),
     );
-    move || Proxy::new(upstream.clone(), timeout, problem_base.clone(), tls.clone())
+    let clients_https = config.listener_tls.is_some();
+    move || {
+        Proxy::new(upstream.clone(), timeout, problem_base.clone(), tls.clone())
+            .clients_over_https(clients_https)
+    }
 }
 
 /// Reads the admin API's bearer token: the file's content, trimmed.

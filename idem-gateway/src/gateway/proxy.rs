@@ -189,6 +189,8 @@ struct Shared<B> {
     host: Option<HeaderValue>,
     timeout: Duration,
     problem_base: String,
+    /// `X-Forwarded-Proto`: `https` when clients reach the gateway over TLS.
+    forwarded_proto: HeaderValue,
 }
 
 /// The proxy service, generic over the request body it forwards. Cheap to
@@ -236,9 +238,19 @@ where
                 upstream,
                 timeout,
                 problem_base: problem_base.into(),
+                forwarded_proto: HeaderValue::from_static("http"),
             }),
             client_ip: None,
         }
+    }
+
+    /// Says `X-Forwarded-Proto: https` when `https` (the gateway's listener
+    /// serves TLS). Made before the proxy is shared.
+    pub fn clients_over_https(mut self, https: bool) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.forwarded_proto = HeaderValue::from_static(if https { "https" } else { "http" });
+        }
+        self
     }
 
     /// This proxy for a connection from `ip` (for `X-Forwarded-For`).
@@ -305,7 +317,10 @@ where
                 headers.insert(X_FORWARDED_FOR.clone(), v);
             }
         }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            self.shared.forwarded_proto.clone(),
+        );
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }

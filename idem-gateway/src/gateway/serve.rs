@@ -22,7 +22,28 @@ use hyper_util::service::TowerToHyperService;
 use idem::layer::BoxError;
 use tokio::net::TcpListener;
 
-use super::{GatewayConfig, Runtime};
+use super::{GatewayConfig, ListenerTls, Runtime};
+
+/// What every connection is served with: hyper's builder, and TLS with its
+/// handshake's time limit when the listener serves TLS.
+#[derive(Clone)]
+struct ConnSetup {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<Arc<ListenerTls>>,
+    handshake_timeout: Duration,
+}
+
+impl ConnSetup {
+    fn new(config: &GatewayConfig) -> Self {
+        Self {
+            builder: http_builder(config),
+            tls: config.listener_tls.clone(),
+            // As long as a client may take for its headers: the handshake
+            // comes before them.
+            handshake_timeout: config.header_read_timeout,
+        }
+    }
+}
 
 /// Answers a connection over `max_connections` with 503 and closes it.
 async fn refuse_connection(mut stream: tokio::net::TcpStream, problem_base: String) {
@@ -100,7 +121,7 @@ where
     match config.runtime {
         Runtime::Shared => {
             let make = new_maker();
-            let builder = http_builder(config);
+            let setup = ConnSetup::new(config);
             let graceful = GracefulShutdown::new();
             loop {
                 let Some((stream, peer, permit)) =
@@ -108,7 +129,7 @@ where
                 else {
                     break;
                 };
-                serve_connection(&builder, &graceful, stream, peer, make(peer.ip()), permit);
+                serve_connection(&setup, &graceful, stream, peer, make(peer.ip()), permit);
             }
             drop(listener);
             let draining_since = tokio::time::Instant::now();
@@ -137,14 +158,14 @@ where
                     .build()
                     .context("cannot start a serving thread's runtime")?;
                 let new_maker = new_maker.clone();
-                let (builder, drain_timeout) = (http_builder(config), config.drain_timeout);
+                let (setup, drain_timeout) = (ConnSetup::new(config), config.drain_timeout);
                 let counter = open.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("idem-worker-{i}"))
                     .spawn(move || {
                         rt.block_on(async move {
                             let make = new_maker();
-                            worker(rx, &builder, make, &counter, drain_timeout).await;
+                            worker(rx, &setup, make, &counter, drain_timeout).await;
                             let _ = done_tx.send(());
                             // Keep this runtime up while executions started
                             // here finish in tasks of their own, and while
@@ -235,7 +256,7 @@ impl Workers {
 /// to it until the channel closes, then drains them.
 async fn worker<S, B>(
     mut handed: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
-    builder: &auto::Builder<TokioExecutor>,
+    setup: &ConnSetup,
     make: impl Fn(IpAddr) -> S,
     open: &Arc<AtomicUsize>,
     drain_timeout: Duration,
@@ -262,7 +283,7 @@ async fn worker<S, B>(
             }
         };
         serve_connection(
-            builder,
+            setup,
             &graceful,
             stream,
             peer,
@@ -328,7 +349,7 @@ fn http_builder(config: &GatewayConfig) -> auto::Builder<TokioExecutor> {
 
 /// Serves one connection in a task of its own; `guard` lives as long as it.
 fn serve_connection<S, B>(
-    builder: &auto::Builder<TokioExecutor>,
+    setup: &ConnSetup,
     graceful: &GracefulShutdown,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
@@ -339,7 +360,36 @@ fn serve_connection<S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let conn = builder
+    if let Some(tls) = &setup.tls {
+        // The handshake runs in the connection's own task, so a slow or
+        // silent client holds up no other; the acceptor is the one current
+        // now (a SIGHUP reload changes it for later connections only).
+        let (acceptor, watcher) = (tls.acceptor(), graceful.watcher());
+        let (builder, timeout) = (setup.builder.clone(), setup.handshake_timeout);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake did not finish in time");
+                    return;
+                }
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+        return;
+    }
+    let conn = setup
+        .builder
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
         .into_owned();
     let conn = graceful.watch(conn);

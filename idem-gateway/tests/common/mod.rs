@@ -156,6 +156,18 @@ impl Log {
         self.0.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Waits up to 5 s for `text` to appear in the log; whether it did.
+    pub async fn wait_for(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.text().contains(text) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     fn push(&self, line: &str) {
         if let Ok(mut l) = self.0.lock() {
             l.push_str(line);

@@ -7,6 +7,7 @@
 //! when the value came from one. docs/config.md documents every key.
 
 mod route;
+mod store;
 mod summary;
 #[cfg(test)]
 mod tests;
@@ -23,12 +24,12 @@ use idem::{PathPattern, Policy};
 use serde::Deserialize;
 
 use self::route::{header_name, RouteEntry, RouteSettings};
+use self::store::store_timeout;
 pub use self::upstream::{Runtime, Upstream};
 use self::values::{field_names, Number, Secs, Size};
 pub use self::values::{parse_duration, parse_size};
 use crate::cli::GatewayArgs;
-use crate::stores::{StoreOptions, StoreUrl};
-use idem_postgres_store::Statements;
+use crate::stores::StoreUrl;
 
 /// The top-level keys that are not route keys, with their defaults: the
 /// one place they are written (a test holds `--help`'s `[default: …]` texts
@@ -39,6 +40,8 @@ struct Settings {
     upstream: Option<String>,
     upstream_ca_file: Option<PathBuf>,
     listen: String,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
     admin_listen: String,
     admin_token_file: Option<PathBuf>,
     key_signing_secret_file: Option<PathBuf>,
@@ -85,6 +88,8 @@ impl Default for Settings {
             upstream: None,
             upstream_ca_file: None,
             listen: "127.0.0.1:8080".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
             admin_listen: "127.0.0.1:9090".into(),
             admin_token_file: None,
             key_signing_secret_file: None,
@@ -140,6 +145,9 @@ pub struct GatewayConfig {
     pub upstream_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// The address to listen on.
     pub listen: String,
+    /// TLS on the listener (`tls_cert_file`, `tls_key_file`), reloaded on
+    /// SIGHUP; `None`: cleartext (HTTP/1.1 and h2c).
+    pub listener_tls: Option<std::sync::Arc<super::ListenerTls>>,
     /// The admin listener's address; `None` turns it off.
     pub admin_listen: Option<String>,
     /// The admin API's bearer token file; `None`: the admin API is off.
@@ -207,7 +215,7 @@ pub struct GatewayConfig {
     /// The PostgreSQL schema holding idem's tables.
     pub postgres_schema: String,
     /// How statements reach PostgreSQL.
-    pub postgres_statements: Statements,
+    pub postgres_statements: idem_postgres_store::Statements,
     /// PostgreSQL connections in the pool.
     pub postgres_pool_size: usize,
     /// How long connecting to Redis or PostgreSQL may take.
@@ -231,6 +239,8 @@ fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)> {
         text("upstream", &args.upstream),
         path("upstream_ca_file", &args.upstream_ca_file),
         text("listen", &args.listen),
+        path("tls_cert_file", &args.tls_cert_file),
+        path("tls_key_file", &args.tls_key_file),
         text("store", &args.store),
         text("ttl", &args.ttl),
         text("lock_timeout", &args.lock_timeout),
@@ -421,17 +431,7 @@ fn validate(
     })?;
     let upstream = Upstream::parse(&upstream_text)
         .with_context(|| format!("{}: {upstream_text:?}", n("upstream")))?;
-    let upstream_tls = match (&s.upstream_ca_file, upstream.is_https()) {
-        (Some(_), false) => bail!(
-            "{}: set, but the upstream {upstream} is not https://",
-            n("upstream_ca_file")
-        ),
-        (ca, true) => Some(std::sync::Arc::new(
-            super::upstream_client::tls_config(ca.as_deref())
-                .with_context(|| n("upstream_ca_file"))?,
-        )),
-        (None, false) => None,
-    };
+    let (upstream_tls, listener_tls) = upstream::tls_settings(&s, &upstream, names)?;
     let store: StoreUrl = s.store.parse().with_context(|| n("store"))?;
     let admin_listen = match s.admin_listen.as_str() {
         "none" | "off" | "" => None,
@@ -520,31 +520,7 @@ fn validate(
         w => w.map(|Size(w)| w),
     };
     let store_timeout = store_timeout(&s, &policy, names)?;
-    if !idem_postgres_store::is_valid_schema(&s.postgres_schema) {
-        bail!(
-            "{}: {:?} is not a plain schema name; use lower-case letters, digits and _ (at most 63, not starting with a digit)",
-            n("postgres_schema"),
-            s.postgres_schema
-        );
-    }
-    let postgres_statements: Statements = s
-        .postgres_statements
-        .parse()
-        .map_err(|e| anyhow!("{}: {e}", n("postgres_statements")))?;
-    let Size(postgres_pool_size) = s.postgres_pool_size;
-    if !(1..=1000).contains(&postgres_pool_size) {
-        bail!(
-            "{}: must be between 1 and 1000, got {postgres_pool_size}",
-            n("postgres_pool_size")
-        );
-    }
-    if s.redis_key_prefix.is_empty() || s.redis_key_prefix.chars().any(char::is_whitespace) {
-        bail!(
-            "{}: {:?}: use a non-empty prefix without spaces, such as \"idem:payments:\" (each service sharing a Redis its own)",
-            n("redis_key_prefix"),
-            s.redis_key_prefix
-        );
-    }
+    let (postgres_statements, postgres_pool_size) = store::server_settings(&s, names)?;
     let signed_routes = std::iter::once(&policy.default)
         .chain(policy.routes.iter().map(|(_, p)| p))
         .any(|p| p.require_signed_keys && p.webhook.is_none());
@@ -556,6 +532,7 @@ fn validate(
         upstream_ca_file: s.upstream_ca_file,
         upstream_tls,
         listen: s.listen,
+        listener_tls,
         admin_listen,
         admin_token_file: s.admin_token_file,
         key_signing_secret_file: s.key_signing_secret_file,
@@ -592,71 +569,6 @@ fn validate(
         policy,
         without_layer,
     })
-}
-
-impl GatewayConfig {
-    /// How the store is opened: its bounds and its server's settings.
-    pub fn store_options(&self) -> StoreOptions {
-        StoreOptions {
-            memory: Some(crate::stores::MemoryLimits {
-                records: self.memory_capacity,
-                bytes: self.memory_max_bytes,
-            }),
-            sqlite: Some(crate::stores::SqliteLimits {
-                records: self.sqlite_capacity,
-                bytes: self.sqlite_max_bytes,
-            }),
-            redis_key_prefix: self.redis_key_prefix.clone(),
-            redis_allow_eviction: self.redis_allow_eviction,
-            postgres_schema: self.postgres_schema.clone(),
-            postgres_statements: self.postgres_statements,
-            postgres_pool_size: self.postgres_pool_size,
-            connect_timeout: self.store_connect_timeout,
-            ca_file: self.store_ca_file.clone(),
-        }
-    }
-}
-
-/// The store timeout, and the check that every lease outlasts three of
-/// them.
-fn store_timeout(s: &Settings, policy: &Policy, names: &Names) -> anyhow::Result<Duration> {
-    let leases = || {
-        std::iter::once(("", &policy.default)).chain(
-            policy
-                .routes
-                .iter()
-                .map(|(pattern, p)| (pattern.as_str(), p)),
-        )
-    };
-    // Unless set, the store timeout is the default's or a quarter of the
-    // shortest lease, whichever is shorter: a short lease alone is a valid
-    // configuration.
-    let timeout = match s.store_timeout {
-        Some(Secs(t)) => t,
-        None => leases()
-            .map(|(_, p)| p.lease / 4)
-            .fold(DEFAULT_STORE_TIMEOUT, Duration::min),
-    };
-    // The lease is renewed until the answer is stored, and one renewal (or
-    // one try of storing) may take a store timeout: a lease no longer than
-    // three of them can run out while its holder is alive, and a duplicate
-    // would execute again.
-    for (i, (pattern, p)) in leases().enumerate() {
-        if p.lease > timeout * 3 {
-            continue;
-        }
-        let lease_name = match i {
-            0 => names.of("lock_timeout"),
-            _ => format!("routes[{}].lock_timeout ({pattern})", i - 1),
-        };
-        let timeout_name = names.of("store_timeout");
-        bail!(
-            "{lease_name}: {:?} must be longer than three times {timeout_name} ({timeout:?}): the lease is renewed until the answer is stored, and a store this slow would let it run out while its holder is alive; raise {lease_name} above {:?} or lower {timeout_name}",
-            p.lease,
-            timeout * 3
-        );
-    }
-    Ok(timeout)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<toml::Table> {

@@ -13,7 +13,16 @@ impl GatewayConfig {
         use std::fmt::Write as _;
         let mut out = String::new();
         let _ = writeln!(out, "upstream      {}", self.upstream);
-        let _ = writeln!(out, "listen        {}", self.listen);
+        match &self.listener_tls {
+            Some(tls) => writeln!(
+                out,
+                "listen        {} (TLS: {})",
+                self.listen,
+                tls.cert_file().display()
+            ),
+            None => writeln!(out, "listen        {}", self.listen),
+        }
+        .ok();
         let _ = writeln!(
             out,
             "admin_listen  {}",

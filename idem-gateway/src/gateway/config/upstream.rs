@@ -1,7 +1,12 @@
 //! Where requests go, and how the serving threads share the work.
 
-use anyhow::{anyhow, bail};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context as _};
 use http::Uri;
+
+use super::{Names, Settings};
+use crate::gateway::ListenerTls;
 
 /// Where requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,4 +100,45 @@ impl<'de> serde::Deserialize<'de> for Runtime {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// TLS on both sides of the proxy: the `https://` upstream's client
+/// settings, and the listener's certificate.
+type TlsSettings = (Option<Arc<rustls::ClientConfig>>, Option<Arc<ListenerTls>>);
+
+/// [`TlsSettings`] from their keys (the listener's files: both or neither).
+pub(super) fn tls_settings(
+    s: &Settings,
+    upstream: &Upstream,
+    names: &Names,
+) -> anyhow::Result<TlsSettings> {
+    let n = |key: &str| names.of(key);
+    let upstream_tls = match (&s.upstream_ca_file, upstream.is_https()) {
+        (Some(_), false) => bail!(
+            "{}: set, but the upstream {upstream} is not https://",
+            n("upstream_ca_file")
+        ),
+        (ca, true) => Some(Arc::new(
+            crate::gateway::upstream_client::tls_config(ca.as_deref())
+                .with_context(|| n("upstream_ca_file"))?,
+        )),
+        (None, false) => None,
+    };
+    let listener_tls = match (&s.tls_cert_file, &s.tls_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(Arc::new(
+            ListenerTls::load(cert, key).with_context(|| n("tls_cert_file"))?,
+        )),
+        (Some(_), None) => bail!(
+            "{} is set without {}: give both, the certificate chain and its private key (PEM)",
+            n("tls_cert_file"),
+            n("tls_key_file")
+        ),
+        (None, Some(_)) => bail!(
+            "{} is set without {}: give both, the certificate chain and its private key (PEM)",
+            n("tls_key_file"),
+            n("tls_cert_file")
+        ),
+    };
+    Ok((upstream_tls, listener_tls))
 }
