@@ -60,6 +60,16 @@ pub enum PostgresStoreError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The tables are there, but this role may not read and write them.
+    #[error(
+        "this role may not read and write idem's tables in schema {schema} (it needs USAGE on the schema \
+         and SELECT, INSERT, UPDATE, DELETE on idem_records and idem_secret); \
+         run `idem migrate --store URL --grant ROLE` as their owner"
+    )]
+    NotGranted {
+        /// The schema.
+        schema: String,
+    },
     /// The tables were made by a newer idem.
     #[error("idem's tables in schema {schema} are at version {found}, newer than this idem knows ({known}); upgrade idem")]
     TooNew {

@@ -525,11 +525,9 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // A readiness check: a grant revoked since start shows here.
         let client = self.client().await?;
-        client
-            .batch_execute("SELECT 1")
-            .await
-            .map_err(PostgresStoreError::from)?;
+        schema::check_grants(&client, &self.schema).await?;
         Ok(())
     }
 

@@ -59,9 +59,25 @@ pub(crate) async fn version(
         Ok(messages) => Ok(first_number(&messages)),
         // undefined_table, invalid_schema_name: nothing made yet.
         Err(e) if matches!(sqlstate(&e), Some("42P01" | "3F000")) => Ok(0),
+        // A role granted the records and the secret but not the version
+        // table: the catalogs (readable by every role) tell whether the
+        // newest version's objects are there.
+        Err(e) if sqlstate(&e) == Some("42501") => {
+            let probe = format!(
+                "SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n \
+                 ON n.oid = p.pronamespace WHERE n.nspname = '{schema}' AND p.proname = '{NEWEST_OBJECT}'"
+            );
+            match client.simple_query(&probe).await {
+                Ok(m) if first_number(&m) > 0 => Ok(newest()),
+                _ => Err(e),
+            }
+        }
         Err(e) => Err(e),
     }
 }
+
+/// An object the newest migration makes (the probe above looks for it).
+const NEWEST_OBJECT: &str = "idem_renew";
 
 /// At first use: nothing to do when the tables are current (a role that
 /// may only read and write them is enough); otherwise migrate, and when
@@ -72,7 +88,7 @@ pub(crate) async fn ensure_current(
 ) -> Result<(), PostgresStoreError> {
     let found = version(client, schema).await?;
     if found == newest() {
-        return Ok(());
+        return check_grants(client, schema).await;
     }
     if found > newest() {
         return Err(too_new(schema, found));
@@ -90,6 +106,36 @@ pub(crate) async fn ensure_current(
             })
         }
         other => other.map(|_| ()),
+    }?;
+    check_grants(client, schema).await
+}
+
+/// Whether this role may use idem's tables: the schema, and reading and
+/// writing the records and the secret. Asked of the catalogs, so a missing
+/// grant is found at start and by readiness checks, not by the first
+/// request.
+pub(crate) async fn check_grants(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), PostgresStoreError> {
+    let table = |t: &str| {
+        ["SELECT", "INSERT", "UPDATE", "DELETE"]
+            .iter()
+            .map(|p| format!("has_table_privilege('{schema}.{t}', '{p}')"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let sql = format!(
+        "SELECT (has_schema_privilege('{schema}', 'USAGE') AND {} AND {})::int",
+        table("idem_records"),
+        table("idem_secret")
+    );
+    if first_number(&client.simple_query(&sql).await?) == 1 {
+        Ok(())
+    } else {
+        Err(PostgresStoreError::NotGranted {
+            schema: schema.to_owned(),
+        })
     }
 }
 
