@@ -8,18 +8,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, gateway, post, post_as, send, HttpClient, Proc};
+use common::{client, gateway, idem_cmd, post, post_as, send, HttpClient, Proc};
 use http::Method;
 use idem_testkit::upstream::CountingUpstream;
 
 const BODY: &str = r#"{"amount": 10, "currency": "EUR"}"#;
-
-fn idem_cmd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 #[test]
 fn check_validates_and_names_the_bad_key() {

@@ -5,19 +5,11 @@
 
 mod common;
 
-use common::{client, gateway, gateway_logged, post, send, FreshDatabase};
+use common::{client, gateway, gateway_logged, idem_cmd, post, send, FreshDatabase};
 use http::Method;
 use idem_testkit::upstream::CountingUpstream;
-use std::process::Command;
 
 const BODY: &str = r#"{"amount":42,"currency":"EUR"}"#;
-
-fn idem_cmd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// Concurrent duplicates execute once, and a retry replays: the guarantees
 /// that failed with 503 behind PgBouncer in transaction mode.

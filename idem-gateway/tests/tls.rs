@@ -77,17 +77,14 @@ async fn an_https_upstream_is_reached_over_tls_with_http2_by_alpn() {
     );
 
     // A CA file for an http:// upstream is a mistake, said at --check.
-    let out = Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args([
-            "gateway",
-            "--upstream",
-            "http://127.0.0.1:1",
-            "--upstream-ca-file",
-            &ca,
-            "--check",
-        ])
-        .output()
-        .expect("run");
+    let out = common::idem_cmd(&[
+        "gateway",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--upstream-ca-file",
+        &ca,
+        "--check",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream-ca-file"));
 }

@@ -99,6 +99,14 @@ pub async fn post(client: &HttpClient, url: &str, key: Option<&str>, body: &str)
     send(client, Method::POST, url, &h, body).await
 }
 
+/// Runs the `idem` binary with `args` to the end.
+pub fn idem_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A child process killed (and reaped) when dropped.
 pub struct Proc(pub Child);
 
