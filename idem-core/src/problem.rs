@@ -58,6 +58,9 @@ pub enum ProblemKind {
     ScopeFull,
     /// One scope's new keys came faster than its configured rate.
     ScopeRateLimited,
+    /// The request's credentials, from which its scope is taken, did not
+    /// verify (an invalid bearer token): nothing executes or replays.
+    Unauthenticated,
 }
 
 impl ProblemKind {
@@ -81,6 +84,7 @@ impl ProblemKind {
             Self::OutcomeUnknown => "outcome-unknown",
             Self::ScopeFull => "idempotency-scope-full",
             Self::ScopeRateLimited => "idempotency-scope-rate-limited",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 
@@ -99,6 +103,7 @@ impl ProblemKind {
             Self::AnswerIncomplete | Self::OutcomeUnknown => 502,
             Self::BodyTimeout => 408,
             Self::ScopeFull | Self::ScopeRateLimited => 429,
+            Self::Unauthenticated => 401,
         }
     }
 
@@ -122,6 +127,7 @@ impl ProblemKind {
             Self::OutcomeUnknown => "The operation may have run; its answer never arrived",
             Self::ScopeFull => "Too many idempotency keys held for this client",
             Self::ScopeRateLimited => "New idempotency keys are coming too fast from this client",
+            Self::Unauthenticated => "The request's credentials could not be verified",
         }
     }
 }

@@ -140,24 +140,24 @@ pub enum KeysAction {
     },
     /// Count records by state.
     Stats,
-    /// Issue a signed key (KEY.SIGNATURE) for a user, for routes that require signed keys.
+    /// Issue a signed key (KEY.SIGNATURE) for a scope (a user), for routes that require signed keys.
     Sign {
         /// The key (a new UUID v4 when omitted).
         key: Option<String>,
-        /// The user's scope header value, exactly as their requests send it (e.g. "Bearer sk_live_…").
-        #[arg(long)]
-        user: String,
+        /// The scope the key is for, exactly as the gateway derives it: the scope header's value as requests send it (e.g. "Bearer sk_live_…"), or the verified claim with scope jwt:CLAIM (e.g. the subject "user_42").
+        #[arg(long, visible_alias = "user", value_name = "SCOPE")]
+        scope: String,
         /// File holding the key-signing secret (the gateway's --key-signing-secret-file).
         #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
         signing_secret_file: PathBuf,
     },
-    /// Check a signed key for a user: exit 0 and print the key, or exit 1 and say why.
+    /// Check a signed key for a scope: exit 0 and print the key, or exit 1 and say why.
     Verify {
         /// The signed key, KEY.SIGNATURE.
         signed: String,
-        /// The user's scope header value.
-        #[arg(long)]
-        user: String,
+        /// The scope the key was issued for (see `idem keys sign --help`).
+        #[arg(long, visible_alias = "user", value_name = "SCOPE")]
+        scope: String,
         /// File holding the key-signing secret.
         #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
         signing_secret_file: PathBuf,
@@ -211,6 +211,24 @@ pub struct GatewayArgs {
     /// Header naming the user (scope); "none" puts every request in one scope [default: authorization].
     #[arg(long, env = "IDEM_SCOPE_HEADER", value_name = "NAME")]
     pub scope_header: Option<String>,
+    /// Whom a key belongs to: header:NAME (a header's value; header:x-user-id when a trusted proxy sets it), jwt:CLAIM (a verified bearer token's claim, as in jwt:sub; 401 when it does not verify) or none [default: header:authorization].
+    #[arg(long, env = "IDEM_SCOPE", value_name = "SOURCE")]
+    pub scope: Option<String>,
+    /// File holding the HS256 secret that verifies bearer tokens, for scope jwt:CLAIM.
+    #[arg(long, env = "IDEM_JWT_HS256_SECRET_FILE", value_name = "PATH")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// File holding the issuer's JSON Web Key Set (RS256, ES256, …), for scope jwt:CLAIM.
+    #[arg(long, env = "IDEM_JWT_JWKS_FILE", value_name = "PATH")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The issuer (iss) bearer tokens must name [default: any].
+    #[arg(long, env = "IDEM_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// The audience (aud) bearer tokens must name [default: any].
+    #[arg(long, env = "IDEM_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// How far past exp (or before nbf) a bearer token is still accepted [default: 30s].
+    #[arg(long, env = "IDEM_JWT_LEEWAY", value_name = "DURATION")]
+    pub jwt_leeway: Option<String>,
     /// File holding the secret behind store keys [default for SQLite: PATH.secret; shared stores keep one].
     #[arg(long, env = "IDEM_SECRET_FILE", value_name = "PATH")]
     pub secret_file: Option<PathBuf>,

@@ -101,7 +101,7 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
     match &args.action {
         KeysAction::Sign {
             key,
-            user,
+            scope,
             signing_secret_file,
         } => {
             let secret = read_signing_secret(signing_secret_file)?;
@@ -111,19 +111,19 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{key:?} cannot be signed"))?;
             println!(
                 "{}",
-                idem_core::signed::sign(&secret, &key, user.as_bytes())
+                idem_core::signed::sign(&secret, &key, scope.as_bytes())
             );
             return Ok(());
         }
         KeysAction::Verify {
             signed,
-            user,
+            scope,
             signing_secret_file,
         } => {
             let secret = read_signing_secret(signing_secret_file)?;
-            match idem_core::signed::verify(&secret, signed, user.as_bytes()) {
+            match idem_core::signed::verify(&secret, signed, scope.as_bytes()) {
                 Ok(key) => {
-                    println!("valid: key {key} signed for this user");
+                    println!("valid: key {key} signed for this scope");
                     return Ok(());
                 }
                 Err(e) => {

@@ -666,7 +666,7 @@ async fn signed_keys_issued_by_the_cli_are_required_by_the_gateway() {
         "keys",
         "sign",
         "order-0001-abcdef",
-        "--user",
+        "--scope",
         "Bearer alice",
         "--signing-secret-file",
         secret_arg,

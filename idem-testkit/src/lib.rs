@@ -23,6 +23,7 @@
 //! ```
 
 pub mod faulty;
+pub mod jwt;
 pub mod load;
 pub mod model;
 pub mod net;

@@ -23,6 +23,7 @@
 //! ```
 
 mod context;
+pub mod identity;
 pub mod layer;
 pub mod metrics;
 mod protocol;
@@ -35,6 +36,9 @@ pub use idem_core::{
     StatusSet, Store, StoreError, StoreKey, StoredResponse, SystemClock, UnknownOutcome,
     WebhookKeys,
 };
+pub use identity::{Identify, ScopeSource, Unverified};
+#[cfg(feature = "jwt")]
+pub use identity::{JwtError, JwtScope};
 pub use layer::{
     Idempotency, IdempotencyLayer, OutcomeUnknown, IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED,
     IDEMPOTENT_REPLAYED,

@@ -77,7 +77,7 @@ pub async fn run(
     let layer = IdempotencyLayer::new(opened.store.clone())
         .scope_share(config.scope_share)
         .policy(config.policy.clone())
-        .scope_header(config.scope_header.clone())
+        .scope(config.scope.clone())
         .problem_base(config.problem_base.clone())
         .store_timeout(config.store_timeout)
         .body_read_timeout(config.body_read_timeout)

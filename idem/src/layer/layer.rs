@@ -49,7 +49,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) policy: Policy,
     pub(crate) secret: SecretSource,
-    pub(crate) scope_header: Option<HeaderName>,
+    /// Where each request's scope comes from.
+    pub(crate) scope: crate::ScopeSource,
     pub(crate) problem_base: String,
     pub(crate) store_timeout: Duration,
     /// How long a covered request's body may take to arrive (from the
@@ -198,7 +199,7 @@ impl IdempotencyLayer {
                 secret: SecretSource::FromStore(Box::new(StoreSecret::new(Some(
                     Secret::generate(),
                 )))),
-                scope_header: Some(http::header::AUTHORIZATION),
+                scope: crate::ScopeSource::default(),
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 store_timeout: Duration::from_secs(5),
                 body_timeouts: BodyTimeouts {
@@ -233,7 +234,7 @@ impl IdempotencyLayer {
                             SecretSource::FromStore(Box::new(StoreSecret::new(s.fallback.clone())))
                         }
                     },
-                    scope_header: s.scope_header.clone(),
+                    scope: s.scope.clone(),
                     problem_base: s.problem_base.clone(),
                     store_timeout: s.store_timeout,
                     body_timeouts: s.body_timeouts,
@@ -281,9 +282,27 @@ impl IdempotencyLayer {
     }
 
     /// Sets the header naming the scope (the user). The default is
-    /// `Authorization`; `None` puts every request in one scope.
+    /// `Authorization`; `None` puts every request in one scope. Shorthand
+    /// for [`scope`](Self::scope) with [`ScopeSource::Header`] or
+    /// [`ScopeSource::Shared`].
+    ///
+    /// [`ScopeSource::Header`]: crate::ScopeSource::Header
+    /// [`ScopeSource::Shared`]: crate::ScopeSource::Shared
     pub fn scope_header(self, header: Option<HeaderName>) -> Self {
-        self.with(|s| s.scope_header = header)
+        self.scope(match header {
+            Some(h) => crate::ScopeSource::Header(h),
+            None => crate::ScopeSource::Shared,
+        })
+    }
+
+    /// Sets where a request's scope (whom its key belongs to) comes from:
+    /// a header, or an identity verified from the request (a bearer JWT's
+    /// claim, an extension the service's authentication set); see
+    /// [`crate::identity`]. A request whose credentials do not verify gets
+    /// `401` `unauthenticated` and nothing executes or replays. The
+    /// default is the `Authorization` header.
+    pub fn scope(self, source: crate::ScopeSource) -> Self {
+        self.with(|s| s.scope = source)
     }
 
     /// Sets the base of problem `type` URIs. The default is `urn:idem:problem:`.

@@ -79,13 +79,3 @@ impl Key<'_> {
 }
 
 static IDEMPOTENCY_KEY_HEADER: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
-
-pub(super) fn scope_of(headers: &HeaderMap, name: Option<&HeaderName>) -> Option<Vec<u8>> {
-    let mut values = headers.get_all(name?).iter();
-    let mut scope = values.next()?.as_bytes().to_vec();
-    for more in values {
-        scope.push(0);
-        scope.extend_from_slice(more.as_bytes());
-    }
-    Some(scope)
-}

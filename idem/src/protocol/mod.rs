@@ -39,7 +39,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use idem_core::key::raw_body_key;
-use idem_core::{Fingerprint, Problem, StoreError, StoreKey};
+use idem_core::{Fingerprint, Problem, ProblemKind, StoreError, StoreKey};
 use tower_service::Service;
 
 use self::begin::Next;
@@ -47,7 +47,7 @@ pub use self::execute::OutcomeUnknown;
 use self::execute::{answer, collect, Answer};
 pub(crate) use self::finish::release;
 use self::finish::{complete_local, finish_remote, release_local};
-use self::key::{header_key, scope_of, Key};
+use self::key::{header_key, Key};
 pub(crate) use self::quota::ScopeQuota;
 pub(crate) use self::rate::KeyRate;
 pub(crate) use self::read_body::BodyTimeouts;
@@ -58,6 +58,7 @@ pub use self::replay::{IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT
 pub(crate) use self::route::Route;
 use self::store_failure::store_failure;
 use crate::context::IdempotencyContext;
+use crate::identity::header_scope;
 use crate::layer::{Admitted, BoxError, RequestBody, ResponseBody};
 use crate::metrics::{ErrorKind, StoreOp};
 
@@ -135,8 +136,21 @@ where
             Ok(refusal::response(shared, &problem))
         };
 
+        // Whose key: from a header, or a verified identity (refused with
+        // 401 when its credentials do not verify, before anything is read).
+        let scope = match &shared.scope {
+            crate::ScopeSource::Header(name) => header_scope(&parts.headers, name),
+            crate::ScopeSource::Shared => None,
+            crate::ScopeSource::Verified(v) => match v.identify(&parts) {
+                Ok(scope) => scope,
+                Err(why) => {
+                    outcome(&span, ProblemKind::Unauthenticated.slug());
+                    route.count(ProblemKind::Unauthenticated);
+                    return Ok(refusal::unauthenticated(shared, why));
+                }
+            },
+        };
         // Rules 1 and 2: the key, before the body is read.
-        let scope = scope_of(&parts.headers, shared.scope_header.as_ref());
         let key = match header_key(
             &parts.headers,
             policy,

@@ -23,6 +23,18 @@ pub(crate) fn response<B>(shared: &Shared, problem: &Problem) -> Response<Respon
     problem.to_response(&shared.problem_base, ResponseBody::full)
 }
 
+/// Credentials that did not verify: 401 with the verifier's challenge.
+pub(super) fn unauthenticated<B>(
+    shared: &Shared,
+    why: crate::Unverified,
+) -> Response<ResponseBody<B>> {
+    let problem = Problem::new(ProblemKind::Unauthenticated, why.detail());
+    let mut res = response(shared, &problem);
+    res.headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, why.challenge().clone());
+    res
+}
+
 /// The `idempotency_errors_total{kind}` a refusal counts in, if any.
 pub(super) fn metric(kind: ProblemKind) -> Option<ErrorKind> {
     Some(match kind {

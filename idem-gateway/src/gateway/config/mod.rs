@@ -7,6 +7,7 @@
 //! when the value came from one. docs/config.md documents every key.
 
 mod route;
+mod scope;
 mod store;
 mod summary;
 #[cfg(test)]
@@ -19,11 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use http::HeaderName;
 use idem::{PathPattern, Policy};
 use serde::Deserialize;
 
-use self::route::{header_name, RouteEntry, RouteSettings};
+use self::route::{RouteEntry, RouteSettings};
 use self::store::store_timeout;
 pub use self::upstream::{Runtime, Upstream};
 use self::values::{field_names, Number, Secs, Size};
@@ -48,6 +48,12 @@ struct Settings {
     store: String,
     secret_file: Option<PathBuf>,
     scope_header: String,
+    scope: Option<String>,
+    jwt_hs256_secret_file: Option<PathBuf>,
+    jwt_jwks_file: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_leeway: Secs,
     local_cache: Size,
     problem_base: String,
     upstream_timeout: Secs,
@@ -96,6 +102,12 @@ impl Default for Settings {
             store: "sqlite://idem.db".into(),
             secret_file: None,
             scope_header: "authorization".into(),
+            scope: None,
+            jwt_hs256_secret_file: None,
+            jwt_jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Secs(Duration::from_secs(30)),
             local_cache: Size(0),
             problem_base: idem::problem::DEFAULT_PROBLEM_BASE.to_owned(),
             upstream_timeout: Secs(Duration::from_secs(30)),
@@ -158,8 +170,11 @@ pub struct GatewayConfig {
     pub store: StoreUrl,
     /// The secret file, if not the store's default.
     pub secret_file: Option<PathBuf>,
-    /// The header naming the user (`None`: every client shares one scope).
-    pub scope_header: Option<HeaderName>,
+    /// Where a request's scope (whom its key belongs to) comes from.
+    pub scope: idem::ScopeSource,
+    /// The scope source as `--check` shows it (`header:authorization`,
+    /// `jwt:sub (JWKS …)`).
+    pub scope_shown: String,
     /// Entries of the local cache of completed records (0: off).
     pub local_cache: usize,
     /// The base of problem `type` URIs.
@@ -247,6 +262,12 @@ fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)> {
         text("max_body", &args.max_body),
         text("max_stored_response", &args.max_stored_response),
         text("scope_header", &args.scope_header),
+        text("scope", &args.scope),
+        path("jwt_hs256_secret_file", &args.jwt_hs256_secret_file),
+        path("jwt_jwks_file", &args.jwt_jwks_file),
+        text("jwt_issuer", &args.jwt_issuer),
+        text("jwt_audience", &args.jwt_audience),
+        text("jwt_leeway", &args.jwt_leeway),
         path("secret_file", &args.secret_file),
         text("admin_listen", &args.admin_listen),
         path("admin_token_file", &args.admin_token_file),
@@ -437,10 +458,7 @@ fn validate(
         "none" | "off" | "" => None,
         a => Some(a.to_owned()),
     };
-    let scope_header = match s.scope_header.as_str() {
-        h if h.eq_ignore_ascii_case("none") || h.is_empty() => None,
-        h => Some(header_name(&n("scope_header"), h)?),
-    };
+    let (scope, scope_shown) = scope::scope_source(&s, names)?;
     for (Secs(d), key) in [
         (s.upstream_timeout, "upstream_timeout"),
         (s.header_read_timeout, "header_read_timeout"),
@@ -538,7 +556,8 @@ fn validate(
         key_signing_secret_file: s.key_signing_secret_file,
         store,
         secret_file: s.secret_file,
-        scope_header,
+        scope,
+        scope_shown,
         local_cache: s.local_cache.0,
         problem_base: s.problem_base,
         upstream_timeout: s.upstream_timeout.0,

@@ -30,11 +30,7 @@ impl GatewayConfig {
         );
         let _ = writeln!(out, "store         {}", self.store);
         let _ = writeln!(out, "store_timeout {:?}", self.store_timeout);
-        let _ = writeln!(
-            out,
-            "scope_header  {}",
-            self.scope_header.as_ref().map_or("none", |h| h.as_str())
-        );
+        let _ = writeln!(out, "scope         {}", self.scope_shown);
         let _ = writeln!(
             out,
             "limits        max_connections={} max_in_flight={} h2_max_streams={}",

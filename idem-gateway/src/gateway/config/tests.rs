@@ -321,13 +321,14 @@ fn a_bad_flag_is_named_as_a_flag() {
 fn the_defaults_in_help_texts_are_the_defaults() -> anyhow::Result<()> {
     use clap::{Args, FromArgMatches};
     // Defaults written as prose, not as a value.
-    const PROSE: [&str; 6] = [
+    const PROSE: [&str; 7] = [
         "no limit",
         "the system's roots",
         "one per CPU core",
         "one second's worth, at least 1",
         "off",
         "PATH.secret; shared stores keep one",
+        "any",
     ];
     let command = GatewayArgs::augment_args(clap::Command::new("gateway"));
     let resolve = |extra: &[&str]| -> anyhow::Result<String> {
