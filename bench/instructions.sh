@@ -14,7 +14,7 @@ SECS=${1:-10}; ONLY=${2:-}
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 cargo build --release -q -p idem-gateway --bins --examples
-cargo build --release -q -p idem --example bench_axum
+cargo build --release -q -p idem-layer --example bench_axum
 BIN=${IDEM_BIN:-target/release/idem}  # IDEM_BIN: measure another build
 AXUM=${BENCH_AXUM:-target/release/examples/bench_axum}  # the same, for the axum app
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT

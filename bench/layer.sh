@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-10}; CONNS=${3:-16}; RUNTIMES=${4:-multi current}
 SERVER_CPU=${SERVER_CPU:-0}; WRK_CPU=${WRK_CPU:-1}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
-cargo build --release -q -p idem --example bench_axum
+cargo build --release -q -p idem-layer --example bench_axum
 EX=${BENCH_AXUM:-target/release/examples/bench_axum}  # BENCH_AXUM: measure another build
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 OUT="$WORK/results.tsv"

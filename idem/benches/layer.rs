@@ -2,7 +2,7 @@
 //! execution and a replay through `IdempotencyLayer` over a `MemoryStore`,
 //! beside the same service without the layer.
 //!
-//! Run with `cargo bench -p idem --bench layer`.
+//! Run with `cargo bench -p idem-layer --bench layer`.
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
