@@ -6,9 +6,49 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use idem_core::{CachedStore, MemoryStore, Secret, Store, SystemClock};
-use idem_postgres_store::{PostgresOptions, PostgresStore, Statements};
+#[cfg(feature = "postgres")]
+use idem_postgres_store::{PostgresOptions, PostgresStore};
+#[cfg(feature = "redis")]
 use idem_redis_store::{RedisOptions, RedisStore, RedisStoreError};
+#[cfg(feature = "sqlite")]
 use idem_sqlite_store::{SqliteOptions, SqliteStore};
+
+/// The stores this binary was built with (cargo features `sqlite`, `redis`,
+/// `postgres`; `memory` is always there).
+pub const BUILT_WITH: &[&str] = &[
+    "memory",
+    #[cfg(feature = "sqlite")]
+    "sqlite",
+    #[cfg(feature = "redis")]
+    "redis",
+    #[cfg(feature = "postgres")]
+    "postgres",
+];
+
+/// How statements reach PostgreSQL (`postgres_statements`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Statements {
+    /// Unnamed statements, parameters in the same round trip: works behind
+    /// PgBouncer in transaction mode.
+    #[default]
+    Unnamed,
+    /// Prepared once per connection: direct connections only; faster.
+    Prepared,
+}
+
+impl std::str::FromStr for Statements {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "unnamed" => Ok(Self::Unnamed),
+            "prepared" => Ok(Self::Prepared),
+            other => Err(format!(
+                "unknown statements mode {other:?}; use \"unnamed\" (works behind PgBouncer in transaction mode) or \"prepared\" (direct connections only)"
+            )),
+        }
+    }
+}
 
 /// A parsed `--store` URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -31,18 +71,42 @@ impl std::fmt::Debug for StoreUrl {
     }
 }
 
-/// The URL with any password replaced by `***`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}://{user}:***{}", &url[..s], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+/// `url` with its credentials replaced by `***`: the password of its user
+/// information (`postgres://u:***@h`, `redis://:***@h`) and the values of
+/// query parameters that carry secrets (`?password=***`, `sslpassword`,
+/// `token`, `secret`). Every URL idem prints goes through this.
+pub fn redact(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (head.find("://"), head.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match head[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}://{user}:***{}", &head[..s], &head[at..]),
+            None => head.to_owned(),
+        },
+        _ => head.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_param(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
     }
+    out
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|s| name.contains(s))
+        || matches!(name.as_str(), "pass" | "passwd" | "pwd" | "auth")
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -105,10 +169,13 @@ pub enum Backend {
     /// In memory.
     Memory,
     /// SQLite.
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
     /// Redis or Redis Cluster.
+    #[cfg(feature = "redis")]
     Redis(RedisStore),
     /// PostgreSQL.
+    #[cfg(feature = "postgres")]
     Postgres(PostgresStore),
 }
 
@@ -159,20 +226,46 @@ pub struct StoreOptions {
 }
 
 impl Default for StoreOptions {
+    /// The stores' own defaults (a test holds them to the store crates').
     fn default() -> Self {
-        let (redis, postgres) = (RedisOptions::default(), PostgresOptions::default());
         Self {
             memory: None,
             sqlite: None,
-            redis_key_prefix: redis.prefix,
-            redis_allow_eviction: redis.allow_eviction,
-            postgres_schema: postgres.schema,
-            postgres_statements: postgres.statements,
-            postgres_pool_size: postgres.pool_size,
-            connect_timeout: postgres.connect_timeout,
+            redis_key_prefix: "idem:".into(),
+            redis_allow_eviction: false,
+            postgres_schema: "public".into(),
+            postgres_statements: Statements::Unnamed,
+            postgres_pool_size: 16,
+            connect_timeout: Duration::from_secs(2),
             ca_file: None,
         }
     }
+}
+
+impl StoreUrl {
+    /// Whether this binary was built with the store's support (cargo
+    /// features `sqlite`, `redis`, `postgres`); the error says how to get it.
+    pub fn check_built(&self) -> anyhow::Result<()> {
+        let needs = match self {
+            Self::Memory => return Ok(()),
+            Self::Sqlite(_) => "sqlite",
+            Self::Redis(_) => "redis",
+            Self::Postgres(_) => "postgres",
+        };
+        if BUILT_WITH.contains(&needs) {
+            Ok(())
+        } else {
+            Err(not_built(self, needs))
+        }
+    }
+}
+
+/// What a store URL needs that this binary was built without.
+fn not_built(url: &StoreUrl, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "store {url}: this idem was built without {feature} support (it has {}); rebuild with `cargo install idem-gateway --locked --features {feature}` (or the default features)",
+        BUILT_WITH.join(", ")
+    )
 }
 
 /// The bounds of a `memory://` store: past either, new keys are refused with
@@ -218,7 +311,7 @@ fn open_store(
     secret_file: Option<&Path>,
     options: &StoreOptions,
 ) -> anyhow::Result<OpenedStore> {
-    let (memory_limits, sqlite_limits) = (options.memory, options.sqlite);
+    let memory_limits = options.memory;
     let explicit = match secret_file {
         Some(p) => Some(Secret::read_file(p).with_context(|| {
             format!(
@@ -244,6 +337,13 @@ fn open_store(
                 secret: Some(explicit.unwrap_or_else(Secret::generate)),
             })
         }
+        #[cfg(not(feature = "redis"))]
+        StoreUrl::Redis(_) => Err(not_built(url, "redis")),
+        #[cfg(not(feature = "postgres"))]
+        StoreUrl::Postgres(_) => Err(not_built(url, "postgres")),
+        #[cfg(not(feature = "sqlite"))]
+        StoreUrl::Sqlite(_) => Err(not_built(url, "sqlite")),
+        #[cfg(feature = "redis")]
         StoreUrl::Redis(u) => {
             let redis = RedisOptions {
                 prefix: options.redis_key_prefix.clone(),
@@ -263,6 +363,7 @@ fn open_store(
                 secret: explicit,
             })
         }
+        #[cfg(feature = "postgres")]
         StoreUrl::Postgres(u) => {
             let store = PostgresStore::new(u, postgres_options(options))
                 .with_context(|| format!("cannot use store {url}"))?;
@@ -276,10 +377,11 @@ fn open_store(
                 secret: explicit,
             })
         }
+        #[cfg(feature = "sqlite")]
         StoreUrl::Sqlite(path) => {
             let options = SqliteOptions {
-                capacity: sqlite_limits.map(|l| l.records),
-                max_bytes: sqlite_limits.map(|l| l.bytes),
+                capacity: options.sqlite.map(|l| l.records),
+                max_bytes: options.sqlite.map(|l| l.bytes),
                 ..SqliteOptions::default()
             };
             let store = SqliteStore::open_with(path, options)
@@ -307,10 +409,14 @@ fn open_store(
     }
 }
 
+#[cfg(feature = "postgres")]
 fn postgres_options(options: &StoreOptions) -> PostgresOptions {
     PostgresOptions {
         schema: options.postgres_schema.clone(),
-        statements: options.postgres_statements,
+        statements: match options.postgres_statements {
+            Statements::Unnamed => idem_postgres_store::Statements::Unnamed,
+            Statements::Prepared => idem_postgres_store::Statements::Prepared,
+        },
         pool_size: options.postgres_pool_size,
         connect_timeout: options.connect_timeout,
         ca_file: options.ca_file.clone(),
@@ -321,12 +427,20 @@ fn postgres_options(options: &StoreOptions) -> PostgresOptions {
 /// Whether a shared store can be used now: connects (and, for PostgreSQL,
 /// checks the tables' version) within `timeout`. `None`: a local store,
 /// nothing to check.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres")),
+    allow(unused_variables, unreachable_code)
+)] // A build without shared stores has nothing to connect to.
 pub async fn check(opened: &OpenedStore, timeout: Duration) -> Option<anyhow::Result<()>> {
-    let connected = match &opened.backend {
-        Backend::Memory | Backend::Sqlite(_) => return None,
+    let connected: Result<anyhow::Result<()>, tokio::time::error::Elapsed> = match &opened.backend {
+        Backend::Memory => return None,
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite(_) => return None,
+        #[cfg(feature = "redis")]
         Backend::Redis(s) => tokio::time::timeout(timeout, s.connect())
             .await
             .map(|r| r.map_err(anyhow::Error::from)),
+        #[cfg(feature = "postgres")]
         Backend::Postgres(s) => tokio::time::timeout(timeout, s.connect())
             .await
             .map(|r| r.map_err(anyhow::Error::from)),
@@ -338,10 +452,15 @@ pub async fn check(opened: &OpenedStore, timeout: Duration) -> Option<anyhow::Re
 /// not run with, rather than a server that is down or a role that lacks a
 /// grant (which an operator fixes while idem runs).
 pub fn is_unsafe_server(e: &anyhow::Error) -> bool {
-    matches!(
+    #[cfg(feature = "redis")]
+    if matches!(
         e.downcast_ref::<RedisStoreError>(),
         Some(RedisStoreError::Evicting { .. })
-    )
+    ) {
+        return true;
+    }
+    let _ = e;
+    false
 }
 
 /// `idem migrate`: creates or upgrades idem's tables in a PostgreSQL store
@@ -360,6 +479,22 @@ pub async fn migrate(
             "{url}: nothing to migrate (this store keeps no schema; it is ready as it is)"
         ));
     };
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (u, options);
+        Err(not_built(url, "postgres"))
+    }
+    #[cfg(feature = "postgres")]
+    postgres_migrate(url, u, options, grant).await
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_migrate(
+    url: &StoreUrl,
+    u: &str,
+    options: &StoreOptions,
+    grant: Option<&str>,
+) -> anyhow::Result<String> {
     let store = PostgresStore::new(u, postgres_options(options))
         .with_context(|| format!("cannot use store {url}"))?;
     let done = store
@@ -432,6 +567,51 @@ mod tests {
                 .map(|u| u.to_string())
                 .ok(),
             Some("postgres://u:***@h:5432/db".to_owned())
+        );
+    }
+
+    #[test]
+    fn credentials_are_redacted_wherever_they_are_in_a_url() {
+        for (url, shown) in [
+            ("postgres://u:pw@h/db", "postgres://u:***@h/db"),
+            ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+            (
+                "postgres://h/db?user=u&password=pw&sslmode=verify-full",
+                "postgres://h/db?user=u&password=***&sslmode=verify-full",
+            ),
+            (
+                "postgresql://u:pw@h/db?sslpassword=k&application_name=idem",
+                "postgresql://u:***@h/db?sslpassword=***&application_name=idem",
+            ),
+            ("http://h:1/x?token=t", "http://h:1/x?token=***"),
+            ("redis://h:6379/0", "redis://h:6379/0"),
+        ] {
+            assert_eq!(redact(url), shown);
+            assert!(!redact(url).contains("pw"), "{url}");
+        }
+        let store: StoreUrl = "postgres://h/db?password=pw".parse().expect("url");
+        assert_eq!(store.to_string(), "postgres://h/db?password=***");
+        assert!(!format!("{store:?}").contains("pw"));
+    }
+
+    /// The defaults written here are the store crates' own.
+    #[test]
+    #[cfg(all(feature = "redis", feature = "postgres"))]
+    fn store_options_default_to_the_stores_defaults() {
+        let (d, r, p) = (
+            StoreOptions::default(),
+            RedisOptions::default(),
+            PostgresOptions::default(),
+        );
+        assert_eq!(d.redis_key_prefix, r.prefix);
+        assert_eq!(d.redis_allow_eviction, r.allow_eviction);
+        assert_eq!(d.postgres_schema, p.schema);
+        assert_eq!(d.postgres_pool_size, p.pool_size);
+        assert_eq!(d.connect_timeout, p.connect_timeout);
+        assert_eq!(d.connect_timeout, r.connect_timeout);
+        assert_eq!(
+            postgres_options(&d).statements,
+            idem_postgres_store::Statements::default()
         );
     }
 }

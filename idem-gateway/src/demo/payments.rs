@@ -3,13 +3,19 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "postgres")]
 use idem_postgres_store::PostgresStore;
+#[cfg(feature = "redis")]
 use idem_redis_store::{redis, RedisStore};
+#[cfg(feature = "sqlite")]
 use idem_sqlite_store::rusqlite::{params, OptionalExtension};
+#[cfg(feature = "sqlite")]
 use idem_sqlite_store::SqliteStore;
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "postgres")]
 use tokio::sync::OnceCell;
 
+#[cfg(feature = "sqlite")]
 use super::unix_now;
 use crate::stores::Backend;
 
@@ -46,8 +52,11 @@ pub(super) struct Table {
 #[derive(Clone)]
 pub(super) enum Payments {
     Memory(Arc<Mutex<Table>>),
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
+    #[cfg(feature = "redis")]
     Redis(RedisStore),
+    #[cfg(feature = "postgres")]
     Postgres(PostgresStore, Arc<OnceCell<()>>),
 }
 
@@ -57,8 +66,11 @@ impl Payments {
             Backend::Memory => Self::Memory(Arc::default()),
             // Connected at first use, like the store: the demo starts while
             // Redis or PostgreSQL is down.
+            #[cfg(feature = "redis")]
             Backend::Redis(store) => Self::Redis(store.clone()),
+            #[cfg(feature = "postgres")]
             Backend::Postgres(store) => Self::Postgres(store.clone(), Arc::default()),
+            #[cfg(feature = "sqlite")]
             Backend::Sqlite(store) => {
                 let store = store.clone();
                 store
@@ -73,6 +85,7 @@ impl Payments {
                         )
                     })
                     .await?;
+                #[cfg(feature = "sqlite")]
                 Self::Sqlite(store)
             }
         })
@@ -90,6 +103,7 @@ impl Payments {
                 g.order.insert(seq, p.id.clone());
                 g.by_id.insert(p.id.clone(), p);
             }
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => {
                 s.call(move |c| {
                     c.prepare_cached("INSERT INTO demo_payments VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
@@ -104,6 +118,7 @@ impl Payments {
                 })
                 .await?;
             }
+            #[cfg(feature = "redis")]
             Self::Redis(r) => {
                 let (hash, order) = redis_keys(r);
                 let json = serde_json::to_string(&p)?;
@@ -115,6 +130,7 @@ impl Payments {
                     .query_async::<()>(&mut r.connection().await?)
                     .await?;
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(pg, ready) => {
                 let c = pg_client(pg, ready).await?;
                 c.execute(
@@ -140,6 +156,7 @@ impl Payments {
     pub(super) async fn get(&self, id: String) -> anyhow::Result<Option<Payment>> {
         Ok(match self {
             Self::Memory(m) => Self::lock(m).by_id.get(&id).cloned(),
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => {
                 s.call(move |c| {
                     c.prepare_cached("SELECT id, amount, currency, recipient, status, created FROM demo_payments WHERE id = ?1")?
@@ -148,6 +165,7 @@ impl Payments {
                 })
                 .await?
             }
+            #[cfg(feature = "redis")]
             Self::Redis(r) => {
                 let (hash, _) = redis_keys(r);
                 let json: Option<String> = redis::cmd("HGET")
@@ -157,6 +175,7 @@ impl Payments {
                     .await?;
                 json.map(|j| serde_json::from_str(&j)).transpose()?
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(pg, ready) => {
                 let c = pg_client(pg, ready).await?;
                 c.query_opt(&format!("{} WHERE id = $1", pg_select(pg)), &[&id])
@@ -173,6 +192,7 @@ impl Payments {
                 let latest = g.order.values().rev().take(100).filter_map(|id| g.by_id.get(id).cloned()).collect();
                 (g.order.len() as u64, latest)
             }
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => {
                 s.call(|c| {
                     let n: i64 = c.query_row("SELECT count(*) FROM demo_payments", [], |r| r.get(0))?;
@@ -184,6 +204,7 @@ impl Payments {
                 })
                 .await?
             }
+            #[cfg(feature = "redis")]
             Self::Redis(r) => {
                 let (hash, order) = redis_keys(r);
                 let mut conn = r.connection().await?;
@@ -207,6 +228,7 @@ impl Payments {
                 }
                 (n, latest)
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(pg, ready) => {
                 let c = pg_client(pg, ready).await?;
                 let n: i64 = c
@@ -230,6 +252,7 @@ impl Payments {
                 }
                 None => false,
             },
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => {
                 s.call(move |c| {
                     let n = c
@@ -243,6 +266,7 @@ impl Payments {
                 })
                 .await?
             }
+            #[cfg(feature = "redis")]
             Self::Redis(r) => {
                 // The webhook route runs once per delivery (the layer), so a
                 // read-modify-write is enough for the demo.
@@ -261,6 +285,7 @@ impl Payments {
                     None => false,
                 }
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(pg, ready) => {
                 let c = pg_client(pg, ready).await?;
                 c.execute(
@@ -274,6 +299,7 @@ impl Payments {
     }
 }
 
+#[cfg(feature = "redis")]
 /// The demo's Redis keys, under the store's prefix, in one Cluster slot.
 fn redis_keys(r: &RedisStore) -> (String, String) {
     (
@@ -282,10 +308,12 @@ fn redis_keys(r: &RedisStore) -> (String, String) {
     )
 }
 
+#[cfg(feature = "postgres")]
 /// The advisory lock the demo's table is created under (any fixed number
 /// no other code of idem's takes).
 const DEMO_TABLE_LOCK: i64 = 0x1de3_de30;
 
+#[cfg(feature = "postgres")]
 /// A pooled client, with the demo's table created on first use.
 async fn pg_client(
     pg: &PostgresStore,
@@ -318,6 +346,7 @@ async fn pg_client(
     Ok(c)
 }
 
+#[cfg(feature = "postgres")]
 fn pg_select(pg: &PostgresStore) -> String {
     format!(
         "SELECT id, amount, currency, recipient, status, created FROM {}.demo_payments",
@@ -325,6 +354,7 @@ fn pg_select(pg: &PostgresStore) -> String {
     )
 }
 
+#[cfg(feature = "postgres")]
 fn pg_payment(r: &idem_postgres_store::tokio_postgres::Row) -> Payment {
     let amount: String = r.get(1);
     Payment {
@@ -339,6 +369,7 @@ fn pg_payment(r: &idem_postgres_store::tokio_postgres::Row) -> Payment {
     }
 }
 
+#[cfg(feature = "sqlite")]
 fn row_to_payment(
     r: &idem_sqlite_store::rusqlite::Row<'_>,
 ) -> idem_sqlite_store::rusqlite::Result<Payment> {

@@ -230,7 +230,7 @@ pub struct GatewayConfig {
     /// The PostgreSQL schema holding idem's tables.
     pub postgres_schema: String,
     /// How statements reach PostgreSQL.
-    pub postgres_statements: idem_postgres_store::Statements,
+    pub postgres_statements: crate::stores::Statements,
     /// PostgreSQL connections in the pool.
     pub postgres_pool_size: usize,
     /// How long connecting to Redis or PostgreSQL may take.
@@ -450,10 +450,16 @@ fn validate(
     let upstream_text = s.upstream.clone().ok_or_else(|| {
         anyhow!("no upstream: pass --upstream http://HOST:PORT (or set IDEM_UPSTREAM, or upstream in the config file)")
     })?;
-    let upstream = Upstream::parse(&upstream_text)
-        .with_context(|| format!("{}: {upstream_text:?}", n("upstream")))?;
+    let upstream = Upstream::parse(&upstream_text).with_context(|| {
+        format!(
+            "{}: {:?}",
+            n("upstream"),
+            crate::stores::redact(&upstream_text)
+        )
+    })?;
     let (upstream_tls, listener_tls) = upstream::tls_settings(&s, &upstream, names)?;
     let store: StoreUrl = s.store.parse().with_context(|| n("store"))?;
+    store.check_built().with_context(|| n("store"))?;
     let admin_listen = match s.admin_listen.as_str() {
         "none" | "off" | "" => None,
         a => Some(a.to_owned()),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::bail;
 use idem::Policy;
 
+use crate::stores::Statements;
 use anyhow::anyhow;
-use idem_postgres_store::Statements;
 
 use super::values::{Secs, Size};
 use super::{GatewayConfig, Names, Settings, DEFAULT_STORE_TIMEOUT};
@@ -86,6 +86,8 @@ pub(super) fn store_timeout(
 /// schema, statements mode and pool size, the Redis prefix.
 pub(super) fn server_settings(s: &Settings, names: &Names) -> anyhow::Result<(Statements, usize)> {
     let n = |key: &str| names.of(key);
+    // Checked where it is used: a build without PostgreSQL has no schema.
+    #[cfg(feature = "postgres")]
     if !idem_postgres_store::is_valid_schema(&s.postgres_schema) {
         bail!(
             "{}: {:?} is not a plain schema name; use lower-case letters, digits and _ (at most 63, not starting with a digit)",

@@ -1,8 +1,8 @@
 //! `idem gateway --check`: the resolved configuration, readable.
 
+use crate::stores::Statements;
 use http::Method;
 use idem::RoutePolicy;
-use idem_postgres_store::Statements;
 
 use super::GatewayConfig;
 use crate::stores::StoreUrl;

@@ -53,7 +53,8 @@ impl Upstream {
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+        let url = format!("{}://{}{}", self.scheme, self.authority, self.prefix);
+        f.write_str(&crate::stores::redact(&url))
     }
 }
 
