@@ -2,6 +2,7 @@
 //! `IDEM_*` environment variable.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -11,9 +12,9 @@ use crate::stores::StoreUrl;
 #[derive(Debug, Parser)]
 #[command(name = "idem", version, about, long_about = None)]
 pub struct Cli {
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, global = true, env = "IDEM_LOG", default_value = "info")]
-    pub log: tracing::Level,
+    /// What to log: a level (error, warn, info, debug, trace, off), or RUST_LOG-style filters by target, as in info,idem=debug,hyper=warn.
+    #[arg(long, global = true, env = "IDEM_LOG", value_name = "FILTER", default_value = "info", value_parser = parse_log_filter)]
+    pub log: tracing_subscriber::filter::Targets,
     /// Log format: text (for people) or json (one object per line, for log shippers).
     #[arg(
         long,
@@ -26,6 +27,14 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log`: a level, or `target=level` filters after an optional default
+/// level (`info,idem=debug,hyper=warn`).
+fn parse_log_filter(s: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    s.trim().parse().map_err(|e| {
+        format!("{e}; write a level (error, warn, info, debug, trace, off) or filters such as info,idem=debug,hyper=warn")
+    })
 }
 
 /// How logs are written (to standard error).
@@ -193,20 +202,20 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub check: bool,
     /// How long a completed answer is kept: seconds, or 500ms, 30s, 15m, 24h, 7d [default: 24h].
-    #[arg(long, env = "IDEM_TTL", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_TTL", value_name = "DURATION")]
     pub ttl: Option<String>,
     /// The execution lease, renewed while the upstream works; a crashed holder blocks its key this long [default: 30s].
     #[arg(
         long = "lock-timeout",
         env = "IDEM_LOCK_TIMEOUT",
-        value_name = "SECONDS"
+        value_name = "DURATION"
     )]
     pub lock_timeout: Option<String>,
-    /// Largest covered request body, in bytes; larger ones get 413 [default: 1048576].
-    #[arg(long, env = "IDEM_MAX_BODY", value_name = "BYTES")]
+    /// Largest covered request body: bytes, or 64KiB, 1MiB; larger ones get 413 [default: 1MiB].
+    #[arg(long, env = "IDEM_MAX_BODY", value_name = "SIZE")]
     pub max_body: Option<String>,
-    /// Largest response body stored in full, in bytes [default: 1048576].
-    #[arg(long, env = "IDEM_MAX_STORED_RESPONSE", value_name = "BYTES")]
+    /// Largest response body stored in full: bytes, or 64KiB, 1MiB [default: 1MiB].
+    #[arg(long, env = "IDEM_MAX_STORED_RESPONSE", value_name = "SIZE")]
     pub max_stored_response: Option<String>,
     /// Header naming the user (scope); "none" puts every request in one scope [default: authorization].
     #[arg(long, env = "IDEM_SCOPE_HEADER", value_name = "NAME")]
@@ -239,31 +248,31 @@ pub struct GatewayArgs {
     #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
     /// Require keys signed for their user (KEY.SIGNATURE; see `idem keys sign`) on every covered route.
-    #[arg(long, env = "IDEM_REQUIRE_SIGNED_KEYS")]
+    #[arg(long, env = "IDEM_REQUIRE_SIGNED_KEYS", value_parser = clap::builder::BoolishValueParser::new())]
     pub require_signed_keys: bool,
     /// File holding the secret that signs keys (needed with signed keys).
     #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
     pub key_signing_secret_file: Option<PathBuf>,
     /// How long to wait for the upstream's response headers, and between its body chunks [default: 30s].
-    #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_UPSTREAM_TIMEOUT", value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish [default: 30s].
-    #[arg(long, env = "IDEM_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Option<String>,
     /// How long a client may take to send its request headers [default: 10s].
-    #[arg(long, env = "IDEM_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_HEADER_READ_TIMEOUT", value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
     /// How long a covered request's body may take to arrive; a slower one gets 408 and frees its in-flight slot [default: 30s].
-    #[arg(long, env = "IDEM_BODY_READ_TIMEOUT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_BODY_READ_TIMEOUT", value_name = "DURATION")]
     pub body_read_timeout: Option<String>,
     /// How long a covered request's body may stop arriving (before its first byte or between two chunks); past it 408 and its in-flight slot is freed [default: 30s].
-    #[arg(long, env = "IDEM_BODY_IDLE_TIMEOUT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_BODY_IDLE_TIMEOUT", value_name = "DURATION")]
     pub body_idle_timeout: Option<String>,
     /// How long one store operation may take before the request gets 503; the lock timeout must be longer than three of these [default: 5s].
-    #[arg(long, env = "IDEM_STORE_TIMEOUT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_STORE_TIMEOUT", value_name = "DURATION")]
     pub store_timeout: Option<String>,
     /// Hold a duplicate of an in-progress request up to this long, then replay (instead of 409) [default: off].
-    #[arg(long, env = "IDEM_WAIT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_WAIT", value_name = "DURATION")]
     pub wait: Option<String>,
     /// Keep up to this many completed answers in a local cache in front of a remote store [default: 0, off].
     #[arg(long, env = "IDEM_LOCAL_CACHE", value_name = "ENTRIES")]
@@ -281,7 +290,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "IDEM_MEMORY_CAPACITY", value_name = "RECORDS")]
     pub memory_capacity: Option<String>,
     /// Bytes the records of a memory:// store account for at most (answers plus 256 per record); past it new keys get 503 idempotency-store-full [default: 1GiB].
-    #[arg(long, env = "IDEM_MEMORY_MAX_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "IDEM_MEMORY_MAX_BYTES", value_name = "SIZE")]
     pub memory_max_bytes: Option<String>,
     /// The share of a memory:// or sqlite:// store's capacity one scope (one client, or the anonymous scope) may hold; past it that scope's new keys get 429 idempotency-scope-full, 1 turns it off [default: 0.5].
     #[arg(long, env = "IDEM_SCOPE_SHARE", value_name = "FRACTION")]
@@ -296,13 +305,13 @@ pub struct GatewayArgs {
     #[arg(long, env = "IDEM_SQLITE_CAPACITY", value_name = "RECORDS")]
     pub sqlite_capacity: Option<String>,
     /// Bytes the records of a sqlite:// store account for at most (answers plus 160 per record); past it new keys get 503 idempotency-store-full [default: 10GiB].
-    #[arg(long, env = "IDEM_SQLITE_MAX_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "IDEM_SQLITE_MAX_BYTES", value_name = "SIZE")]
     pub sqlite_max_bytes: Option<String>,
     /// Prefix of every Redis key; services sharing one Redis each need their own [default: idem:].
     #[arg(long, env = "IDEM_REDIS_KEY_PREFIX", value_name = "PREFIX")]
     pub redis_key_prefix: Option<String>,
     /// Run with a Redis whose maxmemory-policy may evict records (a retry whose record was evicted executes again); without it such a Redis is refused at start.
-    #[arg(long, env = "IDEM_REDIS_ALLOW_EVICTION")]
+    #[arg(long, env = "IDEM_REDIS_ALLOW_EVICTION", value_parser = clap::builder::BoolishValueParser::new())]
     pub redis_allow_eviction: bool,
     /// PostgreSQL schema holding idem's tables [default: public].
     #[arg(long, env = "IDEM_POSTGRES_SCHEMA", value_name = "NAME")]
@@ -318,7 +327,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "IDEM_POSTGRES_POOL_SIZE", value_name = "N")]
     pub postgres_pool_size: Option<String>,
     /// How long connecting to Redis or PostgreSQL may take [default: 2s].
-    #[arg(long, env = "IDEM_STORE_CONNECT_TIMEOUT", value_name = "SECONDS")]
+    #[arg(long, env = "IDEM_STORE_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub store_connect_timeout: Option<String>,
     /// PEM file of the CA that signs the store's TLS certificate (rediss://, PostgreSQL sslmode=verify-ca|verify-full) [default: the system's roots].
     #[arg(long, env = "IDEM_STORE_CA_FILE", value_name = "PATH")]
@@ -349,17 +358,35 @@ pub struct DemoArgs {
     /// Header naming the user (scope); "none" puts every request in one scope.
     #[arg(long, env = "IDEM_SCOPE_HEADER", default_value = "authorization")]
     pub scope_header: String,
-    /// Seconds a completed answer is kept.
-    #[arg(long, env = "IDEM_TTL", default_value_t = 86_400)]
-    pub ttl: u64,
-    /// Seconds of the execution lease (renewed while it runs).
-    #[arg(long = "lock-timeout", env = "IDEM_LOCK_TIMEOUT", default_value_t = 30)]
-    pub lock_timeout: u64,
-    /// Milliseconds each payment takes at the (simulated) processor.
-    #[arg(long, env = "IDEM_PROCESSING_DELAY_MS", default_value_t = 0)]
-    pub processing_delay_ms: u64,
-    /// Hold a duplicate of an in-progress request up to this many milliseconds, then replay (instead of 409).
-    #[arg(long, env = "IDEM_WAIT_MS")]
+    /// How long a completed answer is kept: seconds, or 500ms, 30s, 15m, 24h, 7d.
+    #[arg(long, env = "IDEM_TTL", value_name = "DURATION", default_value = "24h", value_parser = crate::gateway::config::parse_duration)]
+    pub ttl: Duration,
+    /// The execution lease (renewed while it runs), at least 1s.
+    #[arg(long = "lock-timeout", env = "IDEM_LOCK_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = crate::gateway::config::parse_duration)]
+    pub lock_timeout: Duration,
+    /// How long each payment takes at the (simulated) processor.
+    #[arg(long, env = "IDEM_PROCESSING_DELAY", value_name = "DURATION", default_value = "0s", value_parser = crate::gateway::config::parse_duration)]
+    pub processing_delay: Duration,
+    /// The former spelling of --processing-delay, in milliseconds.
+    #[arg(
+        long,
+        env = "IDEM_PROCESSING_DELAY_MS",
+        value_name = "MILLISECONDS",
+        hide = true,
+        conflicts_with = "processing_delay"
+    )]
+    pub processing_delay_ms: Option<u64>,
+    /// Hold a duplicate of an in-progress request up to this long, then replay (instead of 409) [default: off].
+    #[arg(long, env = "IDEM_WAIT", value_name = "DURATION", value_parser = crate::gateway::config::parse_duration)]
+    pub wait: Option<Duration>,
+    /// The former spelling of --wait, in milliseconds.
+    #[arg(
+        long,
+        env = "IDEM_WAIT_MS",
+        value_name = "MILLISECONDS",
+        hide = true,
+        conflicts_with = "wait"
+    )]
     pub wait_ms: Option<u64>,
     /// Keep up to this many completed answers in a local cache in front of the store (0: off).
     #[arg(long, env = "IDEM_LOCAL_CACHE", default_value_t = 0)]
@@ -382,4 +409,80 @@ pub struct KeygenArgs {
     /// Milliseconds since the epoch and 64 random bits.
     #[arg(long)]
     pub time: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    fn visible_args(cmd: &clap::Command, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            out.push((cmd.get_name().to_owned(), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            visible_args(sub, out);
+        }
+    }
+
+    /// One syntax for durations and sizes on every subcommand: their value
+    /// names say so, and no flag counts in a unit of its own.
+    #[test]
+    fn durations_and_sizes_are_written_one_way_on_every_subcommand() {
+        let mut args = Vec::new();
+        visible_args(&Cli::command(), &mut args);
+        let mut durations = 0;
+        for (sub, arg) in &args {
+            let long = arg.get_long().unwrap_or_default();
+            let values: Vec<String> = arg
+                .get_value_names()
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect();
+            for unit in ["SECONDS", "SECS", "MS", "MILLISECONDS", "BYTES"] {
+                assert!(!values.iter().any(|v| v == unit), "{sub} --{long} <{unit}>");
+            }
+            for suffix in ["-ms", "-secs", "-seconds"] {
+                assert!(!long.ends_with(suffix), "{sub} --{long}");
+            }
+            durations += usize::from(values.iter().any(|v| v == "DURATION"));
+        }
+        assert!(durations >= 12, "only {durations} duration flags");
+    }
+
+    #[test]
+    fn demo_durations_parse_like_the_gateways() {
+        let cli = Cli::try_parse_from([
+            "idem",
+            "demo",
+            "--ttl",
+            "24h",
+            "--lock-timeout",
+            "2s",
+            "--wait",
+            "500ms",
+            "--processing-delay",
+            "10ms",
+        ])
+        .expect("parse");
+        let Command::Demo(demo) = cli.command else {
+            panic!("not demo")
+        };
+        assert_eq!(demo.ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(demo.lock_timeout, Duration::from_secs(2));
+        assert_eq!(demo.wait, Some(Duration::from_millis(500)));
+        assert_eq!(demo.processing_delay, Duration::from_millis(10));
+        // Bare numbers are seconds, as in the gateway.
+        let cli = Cli::try_parse_from(["idem", "demo", "--ttl", "60"]).expect("parse");
+        let Command::Demo(demo) = cli.command else {
+            panic!("not demo")
+        };
+        assert_eq!(demo.ttl, Duration::from_secs(60));
+        let bad = Cli::try_parse_from(["idem", "demo", "--ttl", "soon"]);
+        assert!(bad.is_err());
+    }
 }

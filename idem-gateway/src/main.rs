@@ -13,18 +13,24 @@ use idem_gateway::keygen::{self, Strategy};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let builder = tracing_subscriber::fmt()
-        .with_max_level(cli.log)
         .with_writer(std::io::stderr)
         .with_target(false);
+    let filter = cli.log.clone();
     match cli.log_format {
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(filter)
             .init(),
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(filter)
             .init(),
     }
     match cli.command {
@@ -283,10 +289,12 @@ async fn demo_cmd(args: DemoArgs) -> anyhow::Result<()> {
         store: args.store,
         secret_file: args.secret_file,
         scope_header,
-        processing_delay: Duration::from_millis(args.processing_delay_ms),
-        ttl: Duration::from_secs(args.ttl),
-        lease: Duration::from_secs(args.lock_timeout.max(1)),
-        wait: args.wait_ms.map(Duration::from_millis),
+        processing_delay: args
+            .processing_delay_ms
+            .map_or(args.processing_delay, Duration::from_millis),
+        ttl: args.ttl,
+        lease: args.lock_timeout.max(Duration::from_secs(1)),
+        wait: args.wait.or(args.wait_ms.map(Duration::from_millis)),
         local_cache: args.local_cache,
         without_layer: args.bench_without_layer,
     };

@@ -105,10 +105,7 @@ async fn killed_holder_blocks_its_key_for_one_lease_only() {
     let db = dir.path().join("idem.db");
     let body = r#"{"amount": 10, "recipient": "acct_9"}"#;
     // A 2 s lease, and a processor slow enough to be killed mid-payment.
-    let (mut demo, base) = start_demo(
-        &db,
-        &["--lock-timeout", "2", "--processing-delay-ms", "5000"],
-    );
+    let (mut demo, base) = start_demo(&db, &["--lock-timeout", "2s", "--processing-delay", "5s"]);
     let c = client();
     let url = format!("{base}/payments");
     let pending = tokio::spawn({
@@ -153,4 +150,106 @@ async fn killed_holder_blocks_its_key_for_one_lease_only() {
         1,
         "the killed attempt never inserted its payment"
     );
+}
+
+/// Boolean variables take the usual spellings: 1/0, true/false, yes/no
+/// (on/off); anything else is refused.
+#[test]
+fn boolean_variables_accept_1_0_true_false_yes_no() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret = dir.path().join("signing");
+    std::fs::write(&secret, "signing-secret-signing-secret-00").unwrap_or_else(|e| panic!("{e}"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (value, on) in [
+        ("1", true),
+        ("0", false),
+        ("true", true),
+        ("false", false),
+        ("yes", true),
+        ("no", false),
+        ("on", true),
+        ("off", false),
+    ] {
+        let out = idem()
+            .args([
+                "gateway",
+                "--check",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--store",
+                "memory://",
+            ])
+            .arg("--key-signing-secret-file")
+            .arg(&secret)
+            .env("IDEM_REQUIRE_SIGNED_KEYS", value)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("signed_keys={on}")),
+            "{value}: {stdout}"
+        );
+    }
+    let out = idem()
+        .args([
+            "gateway",
+            "--check",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--store",
+            "memory://",
+        ])
+        .env("IDEM_REDIS_ALLOW_EVICTION", "maybe")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maybe"));
+}
+
+/// `--log` takes RUST_LOG-style filters: a default level, then targets.
+#[test]
+fn log_takes_filters_by_target() {
+    let listening = |filter: &str| {
+        let mut child = idem()
+            .args([
+                "--log",
+                filter,
+                "gateway",
+                "--upstream",
+                "http://127.0.0.1:1",
+            ])
+            .args([
+                "--store",
+                "memory://",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "none",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out.stderr).contains("listening on")
+    };
+    assert!(listening("info"));
+    assert!(!listening("warn"));
+    // The binary's own target at info, everything else at warn.
+    assert!(listening("warn,idem=info"));
+    assert!(!listening("info,idem=error"));
+    let out = idem()
+        .args(["--log", "info,idem=loudest", "keygen"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("idem=debug"));
 }

@@ -70,7 +70,7 @@ async fn storm(bases: &[String]) {
 /// Three demos on the Redis at `db_url`.
 async fn three_instances_on_redis(db_url: &str) {
     let instances: Vec<_> = (0..3)
-        .map(|_| demo(&["--store", db_url, "--processing-delay-ms", "20"]))
+        .map(|_| demo(&["--store", db_url, "--processing-delay", "20ms"]))
         .collect();
     let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases).await;
@@ -97,7 +97,7 @@ async fn three_instances_on_one_postgres_execute_each_key_once() {
     };
     let db_url = db.url.clone();
     let instances: Vec<_> = (0..3)
-        .map(|_| demo(&["--store", &db_url, "--processing-delay-ms", "20"]))
+        .map(|_| demo(&["--store", &db_url, "--processing-delay", "20ms"]))
         .collect();
     let bases: Vec<String> = instances.iter().map(|(_, b)| b.clone()).collect();
     storm(&bases).await;

@@ -85,7 +85,7 @@ let demo;
 let slowDemo;
 before(async () => {
   demo = await startDemo();
-  slowDemo = await startDemo("--processing-delay-ms", "800");
+  slowDemo = await startDemo("--processing-delay", "800ms");
 });
 after(() => { demo?.stop(); slowDemo?.stop(); });
 

@@ -132,7 +132,7 @@ def demo() -> Iterator[Demo]:
 
 @pytest.fixture
 def slow_demo() -> Iterator[Demo]:
-    d = Demo("--processing-delay-ms", "800")
+    d = Demo("--processing-delay", "800ms")
     yield d
     d.stop()
 
