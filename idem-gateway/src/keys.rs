@@ -115,6 +115,17 @@ impl KeyAdmin {
         if *url == StoreUrl::Memory {
             bail!("memory:// records live inside the process that holds them; use that gateway's admin API (--admin-listen, --admin-token-file) instead");
         }
+        if let StoreUrl::Sqlite(path) = url {
+            // Opening would create an empty database (and a new secret
+            // beside it): a mistyped path would answer "no such key" for
+            // every key instead of saying it is the wrong file.
+            if !path.exists() {
+                bail!(
+                    "no SQLite store at {} (nothing was created); give the path the gateway uses, as in --store sqlite:///var/lib/idem/idem.db",
+                    path.display()
+                );
+            }
+        }
         let opened = stores::open_with(url, secret_file, 0, options)?;
         Ok(Self::new(opened.store, opened.secret))
     }

@@ -103,7 +103,7 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
-    use std::io::{IsTerminal, Write};
+    use std::io::IsTerminal;
     match &args.action {
         KeysAction::Sign {
             key,
@@ -194,25 +194,43 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
             }
         }
         KeysAction::PurgeExpired { batch } => {
+            // Counted first, so that progress has a length and a time left.
+            let expected = admin.stats().await?.expired;
             let started = std::time::Instant::now();
-            let tty = std::io::stderr().is_terminal() && !json;
-            let total = admin
-                .purge_expired(batch.max(1), |n| {
-                    let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-6);
-                    if tty {
-                        eprint!("\rpurged {n} expired records ({rate:.0}/s) ");
-                        let _ = std::io::stderr().flush();
-                    } else if !json {
-                        eprintln!("purged {n} expired records so far");
-                    }
-                })
-                .await?;
-            if tty {
-                eprintln!();
-            }
+            let total = if json {
+                admin.purge_expired(batch.max(1), |_| {}).await?
+            } else if std::io::stderr().is_terminal() {
+                let bar = indicatif::ProgressBar::new(expected);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {human_pos}/{human_len} expired records purged ({per_sec}, {eta} left)",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let total = admin
+                    .purge_expired(batch.max(1), |n| {
+                        // Records that expired meanwhile are purged too.
+                        bar.set_length(expected.max(n));
+                        bar.set_position(n);
+                    })
+                    .await?;
+                bar.finish_and_clear();
+                total
+            } else {
+                eprintln!("purging {expected} expired records");
+                let mut last = std::time::Instant::now();
+                admin
+                    .purge_expired(batch.max(1), |n| {
+                        if last.elapsed() >= std::time::Duration::from_secs(1) {
+                            last = std::time::Instant::now();
+                            eprintln!("{}", purge_progress(n, expected, started.elapsed()));
+                        }
+                    })
+                    .await?
+            };
             let secs = started.elapsed().as_secs_f64();
             print(
-                serde_json::json!({ "purged": total, "seconds": secs }),
+                serde_json::json!({ "purged": total, "expected": expected, "seconds": secs }),
                 format!("purged {total} expired records in {secs:.2}s\n"),
             );
         }
@@ -229,6 +247,19 @@ async fn keys_cmd(args: KeysArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line of `idem keys purge-expired`'s progress off a terminal: done,
+/// rate, and time left at that rate.
+fn purge_progress(done: u64, expected: u64, elapsed: std::time::Duration) -> String {
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-6);
+    let left = expected.saturating_sub(done);
+    let eta = if rate > 0.0 {
+        format!("{:.0}s left", left as f64 / rate)
+    } else {
+        "time left unknown".to_owned()
+    };
+    format!("purged {done} of {expected} expired records ({rate:.0}/s, {eta})")
 }
 
 fn read_signing_secret(path: &std::path::Path) -> anyhow::Result<idem_core::Secret> {

@@ -363,6 +363,16 @@ async fn keys_cli_inspects_deletes_counts_and_purges_a_million_expired_records()
         stdout.contains("purged 1000000 expired records"),
         "{stdout}"
     );
+    // Off a terminal: what it will remove first, then plain lines.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("purging 1000000 expired records"),
+        "{stderr}"
+    );
+    for line in stderr.lines().filter(|l| l.starts_with("purged ")) {
+        assert!(line.contains(" of 1000000 expired records ("), "{line}");
+        assert!(line.contains("/s, ") && line.contains("left)"), "{line}");
+    }
     eprintln!("idem keys purge-expired removed 1,000,000 records in {took:?}");
 
     let out = idem(&["keys", "--store", &store, "stats", "--json"]);

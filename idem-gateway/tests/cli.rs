@@ -253,3 +253,32 @@ fn log_takes_filters_by_target() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("idem=debug"));
 }
+
+/// `idem keys` on a SQLite path that does not exist says so and creates
+/// nothing (no empty database, no secret beside it).
+#[test]
+fn keys_on_a_missing_sqlite_store_says_so_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("mistyped.db");
+    for action in [
+        &["stats"][..],
+        &["inspect", "order-0001-abcdef"],
+        &["purge-expired"],
+    ] {
+        let out = idem()
+            .args(["keys", "--store", &format!("sqlite://{}", db.display())])
+            .args(action)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{action:?}");
+        assert!(
+            stderr.contains("no SQLite store at"),
+            "{action:?}: {stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .collect();
+        assert!(left.is_empty(), "{action:?} created {left:?}");
+    }
+}
