@@ -282,3 +282,42 @@ fn keys_on_a_missing_sqlite_store_says_so_and_creates_nothing() {
         assert!(left.is_empty(), "{action:?} created {left:?}");
     }
 }
+
+/// `--check` refuses what would fail at start: an address that cannot be
+/// listened on, files that cannot be read, a store this build lacks.
+#[test]
+fn check_refuses_what_would_fail_at_start() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let missing = dir.path().join("missing");
+    let missing = missing.to_string_lossy();
+    for (args, says) in [
+        (vec!["--listen", "127.0.0.1:99999"], "--listen"),
+        (vec!["--listen", "nowhere"], "--listen"),
+        (vec!["--admin-listen", "127.0.0.1:http"], "--admin-listen"),
+        (vec!["--admin-token-file", &missing], "--admin-token-file"),
+        (
+            vec!["--key-signing-secret-file", &missing],
+            "--key-signing-secret-file",
+        ),
+        (vec!["--secret-file", &missing], "--secret-file"),
+        (vec!["--store-ca-file", &missing], "--store-ca-file"),
+        (vec!["--upstream-ca-file", &missing], "--upstream-ca-file"),
+    ] {
+        let out = idem()
+            .args([
+                "gateway",
+                "--check",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--store",
+                "memory://",
+            ])
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    }
+}

@@ -266,7 +266,7 @@ where
 }
 
 /// Reads the admin API's bearer token: the file's content, trimmed.
-fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
+pub(crate) fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
