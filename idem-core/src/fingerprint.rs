@@ -34,6 +34,17 @@ pub enum FingerprintMode {
     MethodAndPath,
 }
 
+impl FingerprintMode {
+    /// The name `FromStr` reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Exact => "exact",
+            Self::MethodAndPath => "method-and-path",
+        }
+    }
+}
+
 impl std::str::FromStr for FingerprintMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -64,6 +64,20 @@ impl StatusSet {
         Ok(Self(ranges))
     }
 
+    /// The set as [`parse`](Self::parse) reads it: `5xx` for a whole
+    /// class, the status otherwise.
+    pub fn to_strings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for &(lo, hi) in &self.0 {
+            if lo.is_multiple_of(100) && hi == lo + 99 {
+                out.push(format!("{}xx", lo / 100));
+            } else {
+                out.extend((lo..=hi).map(|s| s.to_string()));
+            }
+        }
+        out
+    }
+
     /// Whether `status` is in the set.
     pub fn contains(&self, status: u16) -> bool {
         self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
@@ -118,6 +132,17 @@ pub enum SetCookieReplay {
     Never,
 }
 
+impl SetCookieReplay {
+    /// The name `FromStr` reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scoped => "scoped",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+}
+
 impl std::str::FromStr for SetCookieReplay {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -147,6 +172,16 @@ pub enum UnknownOutcome {
     /// the record expires or an operator deletes it: never a second
     /// execution, at the price of a retry that cannot succeed on its own.
     Keep,
+}
+
+impl UnknownOutcome {
+    /// The name `FromStr` reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Keep => "keep",
+        }
+    }
 }
 
 impl std::str::FromStr for UnknownOutcome {

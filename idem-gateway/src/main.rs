@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             };
             if args.check {
                 print!("{}", config.summary());
-                println!("configuration OK");
+                println!("# configuration OK");
                 return runtime(Some(1))?.block_on(check_store(&config));
             }
             match config.runtime {
@@ -77,7 +77,7 @@ async fn check_store(config: &GatewayConfig) -> anyhow::Result<()> {
     match idem_gateway::stores::check(&opened, config.store_connect_timeout).await {
         None => Ok(()),
         Some(Ok(())) => {
-            println!("store OK ({})", config.store);
+            println!("# store OK ({})", config.store);
             Ok(())
         }
         Some(Err(e)) => {

@@ -193,7 +193,7 @@ fn boolean_variables_accept_1_0_true_false_yes_no() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            stdout.contains(&format!("signed_keys={on}")),
+            stdout.contains(&format!("require_signed_keys = {on}")),
             "{value}: {stdout}"
         );
     }

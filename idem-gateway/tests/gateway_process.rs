@@ -86,7 +86,7 @@ fn check_validates_and_names_the_bad_key() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.contains("http://127.0.0.1:4000") && stdout.contains("lock_timeout=5s"),
+        stdout.contains("http://127.0.0.1:4000") && stdout.contains("lock_timeout = \"5s\""),
         "{stdout}"
     );
 
@@ -265,7 +265,7 @@ fn a_lock_timeout_within_three_store_timeouts_is_refused_naming_both() {
     let out = idem_cmd(&[&up[..], &["--lock-timeout", "1", "--check"]].concat());
     assert!(out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("store_timeout 250ms"),
+        String::from_utf8_lossy(&out.stdout).contains("store_timeout = \"250ms\""),
         "{out:?}"
     );
 }

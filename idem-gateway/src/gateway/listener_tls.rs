@@ -67,6 +67,11 @@ impl ListenerTls {
     pub fn cert_file(&self) -> &Path {
         &self.cert
     }
+
+    /// The private key's file.
+    pub fn key_file(&self) -> &Path {
+        &self.key
+    }
 }
 
 fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {

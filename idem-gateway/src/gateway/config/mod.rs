@@ -141,6 +141,21 @@ impl Default for Settings {
     }
 }
 
+/// The `jwt_*` keys of a `jwt:CLAIM` scope, as given.
+#[derive(Debug, Clone, Default)]
+pub struct JwtKeys {
+    /// `jwt_hs256_secret_file`.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// `jwt_jwks_file`.
+    pub jwks_file: Option<PathBuf>,
+    /// `jwt_issuer`.
+    pub issuer: Option<String>,
+    /// `jwt_audience`.
+    pub audience: Option<String>,
+    /// `jwt_leeway`.
+    pub leeway: Duration,
+}
+
 /// The store timeout when none is set (see [`Settings::store_timeout`]).
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -172,9 +187,13 @@ pub struct GatewayConfig {
     pub secret_file: Option<PathBuf>,
     /// Where a request's scope (whom its key belongs to) comes from.
     pub scope: idem::ScopeSource,
-    /// The scope source as `--check` shows it (`header:authorization`,
-    /// `jwt:sub (JWKS …)`).
+    /// The `scope` value (`header:authorization`, `jwt:sub`, `none`).
+    pub scope_value: String,
+    /// What the scope source trusts, for `--check` (`the verified "sub"
+    /// claim (JWKS …)`).
     pub scope_shown: String,
+    /// The `jwt_*` keys as given (the verifier is in `scope`).
+    pub jwt: JwtKeys,
     /// Entries of the local cache of completed records (0: off).
     pub local_cache: usize,
     /// The base of problem `type` URIs.
@@ -464,7 +483,14 @@ fn validate(
         "none" | "off" | "" => None,
         a => Some(a.to_owned()),
     };
-    let (scope, scope_shown) = scope::scope_source(&s, names)?;
+    let (scope, scope_value, scope_shown) = scope::scope_source(&s, names)?;
+    let jwt = JwtKeys {
+        hs256_secret_file: s.jwt_hs256_secret_file.clone(),
+        jwks_file: s.jwt_jwks_file.clone(),
+        issuer: s.jwt_issuer.clone(),
+        audience: s.jwt_audience.clone(),
+        leeway: s.jwt_leeway.0,
+    };
     preflight(&s, admin_listen.as_deref(), names)?;
     for (Secs(d), key) in [
         (s.upstream_timeout, "upstream_timeout"),
@@ -564,7 +590,9 @@ fn validate(
         store,
         secret_file: s.secret_file,
         scope,
+        scope_value,
         scope_shown,
+        jwt,
         local_cache: s.local_cache.0,
         problem_base: s.problem_base,
         upstream_timeout: s.upstream_timeout.0,

@@ -11,8 +11,13 @@ use super::route::header_name;
 use super::values::Secs;
 use super::{Names, Settings};
 
-/// The scope source the settings name, and how `--check` shows it.
-pub(super) fn scope_source(s: &Settings, names: &Names) -> anyhow::Result<(ScopeSource, String)> {
+/// The scope source the settings name, its `scope` value
+/// (`header:authorization`, `jwt:sub`, `none`), and how `--check` describes
+/// it.
+pub(super) fn scope_source(
+    s: &Settings,
+    names: &Names,
+) -> anyhow::Result<(ScopeSource, String, String)> {
     let n = |key: &str| names.of(key);
     let jwt_keys = [
         ("jwt_hs256_secret_file", s.jwt_hs256_secret_file.is_some()),
@@ -52,14 +57,19 @@ pub(super) fn scope_source(s: &Settings, names: &Names) -> anyhow::Result<(Scope
         not_jwt("none")?;
         return Ok((
             ScopeSource::Shared,
-            "none (every request in one scope)".into(),
+            "none".into(),
+            "every request in one scope".into(),
         ));
     }
     if let Some(name) = strip_prefix_ci(&text, "header:") {
         not_jwt(&text)?;
         let name = header_name(&n("scope"), name)?;
-        let shown = format!("header:{name}");
-        return Ok((ScopeSource::Header(name), shown));
+        let value = format!("header:{name}");
+        return Ok((
+            ScopeSource::Header(name),
+            value,
+            "the header's value".into(),
+        ));
     }
     if let Some(claim) = strip_prefix_ci(&text, "jwt:") {
         let claim = claim.trim();
@@ -67,7 +77,7 @@ pub(super) fn scope_source(s: &Settings, names: &Names) -> anyhow::Result<(Scope
             bail!("{}: name the claim, as in \"jwt:sub\"", n("scope"));
         }
         return jwt_scope(s, names, claim)
-            .map(|(scope, shown)| (ScopeSource::verified(scope), shown));
+            .map(|(scope, shown)| (ScopeSource::verified(scope), format!("jwt:{claim}"), shown));
     }
     Err(anyhow!(
         "{}: {text:?} is not a scope source; use \"header:NAME\" (the header's value, Authorization by default, or one set by a trusted proxy), \"jwt:CLAIM\" (a verified bearer token's claim, as in \"jwt:sub\") or \"none\"",
@@ -108,7 +118,7 @@ fn jwt_scope(s: &Settings, names: &Names, claim: &str) -> anyhow::Result<(JwtSco
     };
     let Secs(leeway) = s.jwt_leeway;
     let mut scope = scope.claim(claim).leeway(leeway);
-    let mut shown = format!("jwt:{claim} ({keys}");
+    let mut shown = format!("the verified {claim:?} claim ({keys}");
     if let Some(iss) = &s.jwt_issuer {
         scope = scope.issuer(iss.clone());
         shown.push_str(&format!(", issuer {iss:?}"));

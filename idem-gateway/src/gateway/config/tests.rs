@@ -103,7 +103,7 @@ fn the_runtime_comes_from_the_flag_or_the_file_and_bad_names_are_refused() -> an
     let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
     assert_eq!(c.runtime, Runtime::PerCore);
     assert!(
-        c.summary().contains("runtime       per-core"),
+        c.summary().contains("runtime = \"per-core\""),
         "{}",
         c.summary()
     );
@@ -146,7 +146,11 @@ fn h2_max_streams_comes_from_the_flag_or_the_file_and_defaults_to_100() -> anyho
         GatewayArgs::default(),
     )?;
     assert_eq!(c.h2_max_streams, 8);
-    assert!(c.summary().contains("h2_max_streams=8"), "{}", c.summary());
+    assert!(
+        c.summary().contains("h2_max_streams = 8"),
+        "{}",
+        c.summary()
+    );
     let c = resolve_text(
         "upstream = \"http://a:1\"\nh2_max_streams = 8\n",
         GatewayArgs {
@@ -244,8 +248,8 @@ fn the_memory_byte_budget_comes_from_the_flag_or_the_file() -> anyhow::Result<()
     )?;
     assert_eq!(c.memory_max_bytes, 64 << 20);
     assert!(
-        c.summary()
-            .contains("memory_store  capacity=1000000 records, max_bytes=67108864"),
+        c.summary().contains("memory_capacity = 1000000")
+            && c.summary().contains("memory_max_bytes = 67108864"),
         "{}",
         c.summary()
     );
@@ -266,7 +270,8 @@ fn the_memory_byte_budget_comes_from_the_flag_or_the_file() -> anyhow::Result<()
 fn workers_come_from_the_flag_or_the_file_and_are_bounded() -> anyhow::Result<()> {
     let c = resolve_text("upstream = \"http://a:1\"\n", GatewayArgs::default())?;
     assert_eq!(c.workers, None);
-    assert!(c.summary().contains("workers       one per CPU core"));
+    // Unset: one per core, and --check leaves the key out.
+    assert!(!c.summary().contains("workers ="));
     let c = resolve_text(
         "upstream = \"http://a:1\"\nworkers = 3\n",
         GatewayArgs::default(),
@@ -392,4 +397,78 @@ fn every_key_is_documented() {
             "{key} is not in docs/config.md"
         );
     }
+}
+
+/// `--check` prints the resolved configuration as TOML that `--config`
+/// reads back to the same configuration.
+#[test]
+fn check_prints_toml_that_config_reads_back_unchanged() -> anyhow::Result<()> {
+    let text = r#"
+upstream = "http://127.0.0.1:3000/api"
+listen = "0.0.0.0:8443"
+admin_listen = "none"
+store = "sqlite:///var/lib/idem/idem.db"
+scope = "header:x-user-id"
+ttl = "6h"
+lock_timeout = "45s"
+max_body = "64KiB"
+wait = "750ms"
+no_store = ["5xx", "409"]
+fail_open = true
+local_cache = 500
+scope_share = 0.25
+scope_key_rate = 2.5
+scope_key_burst = 7
+workers = 3
+runtime = "shared"
+postgres_statements = "prepared"
+redis_key_prefix = "payments:"
+
+[[routes]]
+path = "/payments/**"
+ttl = "24h"
+methods = ["POST"]
+fingerprint = "exact"
+replay_set_cookie = "never"
+unknown_outcome = "keep"
+
+[[routes]]
+path = "/webhooks/{provider}"
+webhook = true
+webhook_headers = ["Webhook-Id"]
+webhook_body_hash = false
+key_required = false
+"#;
+    let first = resolve_text(text, GatewayArgs::default())?;
+    let printed = first.summary();
+    let second =
+        resolve_text(&printed, GatewayArgs::default()).map_err(|e| anyhow!("{e:#}\n{printed}"))?;
+    assert_eq!(second.summary(), printed);
+    assert_eq!(format!("{second:?}"), format!("{first:?}"));
+    // What was set is what is printed.
+    for line in [
+        "scope = \"header:x-user-id\"",
+        "wait = \"750ms\"",
+        "scope_key_burst = 7",
+        "postgres_statements = \"prepared\"",
+        "unknown_outcome = \"keep\"",
+        "webhook_body_hash = false",
+    ] {
+        assert!(printed.contains(line), "{line}\n{printed}");
+    }
+    // Flags are printed as the values they set.
+    let flagged = GatewayConfig::from_toml(
+        text,
+        &GatewayArgs {
+            ttl: Some("90m".into()),
+            ..GatewayArgs::default()
+        },
+    )?;
+    let again = GatewayConfig::from_toml(&flagged.summary(), &GatewayArgs::default())?;
+    assert_eq!(
+        again.policy.default.ttl,
+        std::time::Duration::from_secs(5400)
+    );
+    assert_eq!(format!("{again:?}"), format!("{flagged:?}"));
+    Ok(())
 }
