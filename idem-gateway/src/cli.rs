@@ -156,8 +156,13 @@ pub enum KeysAction {
         /// The scope the key is for, exactly as the gateway derives it: the scope header's value as requests send it (e.g. "Bearer sk_live_…"), or the verified claim with scope jwt:CLAIM (e.g. the subject "user_42").
         #[arg(long, visible_alias = "user", value_name = "SCOPE")]
         scope: String,
-        /// File holding the key-signing secret (the gateway's --key-signing-secret-file).
-        #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
+        /// File holding the key-signing secret: the gateway's --key-signing-secret-file.
+        #[arg(
+            long = "key-signing-secret-file",
+            visible_alias = "signing-secret-file",
+            env = "IDEM_KEY_SIGNING_SECRET_FILE",
+            value_name = "PATH"
+        )]
         signing_secret_file: PathBuf,
     },
     /// Check a signed key for a scope: exit 0 and print the key, or exit 1 and say why.
@@ -167,8 +172,13 @@ pub enum KeysAction {
         /// The scope the key was issued for (see `idem keys sign --help`).
         #[arg(long, visible_alias = "user", value_name = "SCOPE")]
         scope: String,
-        /// File holding the key-signing secret.
-        #[arg(long, env = "IDEM_KEY_SIGNING_SECRET_FILE", value_name = "PATH")]
+        /// File holding the key-signing secret: the gateway's --key-signing-secret-file.
+        #[arg(
+            long = "key-signing-secret-file",
+            visible_alias = "signing-secret-file",
+            env = "IDEM_KEY_SIGNING_SECRET_FILE",
+            value_name = "PATH"
+        )]
         signing_secret_file: PathBuf,
     },
 }

@@ -15,7 +15,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    // The fmt builder's own level (INFO unless set) would cap what the
+    // filter lets through, and a level above the filter's would make every
+    // disabled event consult its callsite: the builder gets the filter's
+    // most verbose level, so levels no target wants stay off statically.
+    let most = <tracing_subscriber::filter::Targets as tracing_subscriber::Layer<
+        tracing_subscriber::fmt::Subscriber,
+    >>::max_level_hint(&cli.log)
+    .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
     let builder = tracing_subscriber::fmt()
+        .with_max_level(most)
         .with_writer(std::io::stderr)
         .with_target(false);
     let filter = cli.log.clone();

@@ -668,7 +668,7 @@ async fn signed_keys_issued_by_the_cli_are_required_by_the_gateway() {
         "order-0001-abcdef",
         "--scope",
         "Bearer alice",
-        "--signing-secret-file",
+        "--key-signing-secret-file",
         secret_arg,
     ];
     let out = idem_cmd(&sign);

@@ -127,7 +127,7 @@ async fn signed_keys_bind_to_the_jwt_subject_through_the_gateway() {
         "order-0002-abcdef",
         "--scope",
         "alice",
-        "--signing-secret-file",
+        "--key-signing-secret-file",
         &signing,
     ]);
     assert!(
