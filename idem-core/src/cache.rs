@@ -23,7 +23,7 @@
 //! keep `max_age` short where admin deletes must take effect at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct CachedStore<S> {
     /// Entries held, across shards; reserved before an insert so the total
     /// never passes `capacity`.
     len: AtomicUsize,
+    /// Requests answered from the cache, for metrics.
+    hits: AtomicU64,
     capacity: usize,
     max_age: Duration,
     max_body: usize,
@@ -74,6 +76,7 @@ impl<S: Store> CachedStore<S> {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             len: AtomicUsize::new(0),
+            hits: AtomicU64::new(0),
             capacity: 10_000,
             max_age: Duration::from_secs(60),
             max_body: 64 << 10,
@@ -106,6 +109,12 @@ impl<S: Store> CachedStore<S> {
     /// Entries held now.
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
+    }
+
+    /// Requests answered from the cache so far (never counted twice, never
+    /// reset).
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Whether no entry is held.
@@ -191,7 +200,10 @@ impl<S: Store> Store for CachedStore<S> {
         {
             let mut shard = lock(self.shard(key));
             match shard.get(key) {
-                Some(e) if e.is_live(now) => return Ok(e.clone().into_begin(fingerprint, now)),
+                Some(e) if e.is_live(now) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(e.clone().into_begin(fingerprint, now));
+                }
                 Some(_) => {
                     shard.remove(key);
                     self.len.fetch_sub(1, Ordering::AcqRel);

@@ -22,6 +22,7 @@ pub mod keygen;
 pub mod keys;
 pub mod problem;
 pub mod stores;
+pub mod telemetry;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

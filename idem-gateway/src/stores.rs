@@ -161,13 +161,16 @@ pub struct OpenedStore {
     /// The secret behind store keys; `None`: the one the shared store keeps
     /// for all its instances, read at first use.
     pub secret: Option<Secret>,
+    /// The local cache in front of the store, if one was asked for (its
+    /// entries and hits are published as metrics).
+    pub cache: Option<Arc<CachedStore<Arc<dyn Store>>>>,
 }
 
 /// The concrete store behind an [`OpenedStore`].
 #[derive(Clone)]
 pub enum Backend {
     /// In memory.
-    Memory,
+    Memory(Arc<MemoryStore>),
     /// SQLite.
     #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
@@ -300,8 +303,10 @@ pub fn open_with(
     let mut opened = open_store(url, secret_file, options)?;
     if local_cache > 0 {
         // Replays of hot keys answered locally (see idem_core::cache).
-        let cached = CachedStore::new(opened.store, Arc::new(SystemClock)).capacity(local_cache);
-        opened.store = Arc::new(cached);
+        let cached =
+            Arc::new(CachedStore::new(opened.store, Arc::new(SystemClock)).capacity(local_cache));
+        opened.store = cached.clone();
+        opened.cache = Some(cached);
     }
     Ok(opened)
 }
@@ -332,9 +337,10 @@ fn open_store(
             });
             spawn_sweeper(store.clone());
             Ok(OpenedStore {
-                store,
-                backend: Backend::Memory,
+                store: store.clone(),
+                backend: Backend::Memory(store),
                 secret: Some(explicit.unwrap_or_else(Secret::generate)),
+                cache: None,
             })
         }
         #[cfg(not(feature = "redis"))]
@@ -361,6 +367,7 @@ fn open_store(
                 store: Arc::new(store.clone()),
                 backend: Backend::Redis(store),
                 secret: explicit,
+                cache: None,
             })
         }
         #[cfg(feature = "postgres")]
@@ -375,6 +382,7 @@ fn open_store(
                 store: Arc::new(store.clone()),
                 backend: Backend::Postgres(store),
                 secret: explicit,
+                cache: None,
             })
         }
         #[cfg(feature = "sqlite")]
@@ -404,6 +412,7 @@ fn open_store(
                 store: Arc::new(store.clone()),
                 backend: Backend::Sqlite(store),
                 secret: Some(secret),
+                cache: None,
             })
         }
     }
@@ -433,7 +442,7 @@ fn postgres_options(options: &StoreOptions) -> PostgresOptions {
 )] // A build without shared stores has nothing to connect to.
 pub async fn check(opened: &OpenedStore, timeout: Duration) -> Option<anyhow::Result<()>> {
     let connected: Result<anyhow::Result<()>, tokio::time::error::Elapsed> = match &opened.backend {
-        Backend::Memory => return None,
+        Backend::Memory(_) => return None,
         #[cfg(feature = "sqlite")]
         Backend::Sqlite(_) => return None,
         #[cfg(feature = "redis")]

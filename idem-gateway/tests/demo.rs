@@ -206,3 +206,42 @@ async fn batch_and_webhook() {
         assert_eq!(got.json()["status"], "refunded");
     }
 }
+
+/// The demo serves `/metrics`, as the original Flask service did: its
+/// routes' series from the start, and the process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_metrics() {
+    let (base, _stop) = start(DemoConfig {
+        store: StoreUrl::Memory,
+        ..DemoConfig::default()
+    })
+    .await;
+    let c = client();
+    let scrape = || {
+        let (c, url) = (c.clone(), format!("{base}/metrics"));
+        async move {
+            let r = send(&c, Method::GET, &url, &[], "").await;
+            assert_eq!(r.status, 200);
+            String::from_utf8_lossy(&r.body).into_owned()
+        }
+    };
+    let text = scrape().await;
+    let series = r#"idempotency_cache_misses_total{route="/payments",backend="memory"} 0"#;
+    assert!(text.contains(series), "{text}");
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    let body = r#"{"amount": 1, "currency": "EUR", "recipient": "acct_1"}"#;
+    assert_eq!(
+        post(
+            &c,
+            &format!("{base}/payments"),
+            Some("demo-metrics-001"),
+            body
+        )
+        .await
+        .status,
+        201
+    );
+    let text = scrape().await;
+    let series = r#"idempotency_cache_misses_total{route="/payments",backend="memory"} 1"#;
+    assert!(text.contains(series), "{text}");
+}

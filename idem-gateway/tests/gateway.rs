@@ -1081,3 +1081,104 @@ async fn a_full_sqlite_store_refuses_new_keys_and_keeps_replaying() {
     assert!(replay.replayed(), "{replay:?}");
     gw.shutdown().await.expect("shutdown");
 }
+
+/// Every series of every configured route exists from startup at zero (so
+/// `rate()` and `absent()` alerts work right after a deploy), beside the
+/// build, process, connection, in-flight, store and cache series; then
+/// they move with the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exist_from_startup_and_cover_the_process_and_the_store() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("idem.toml");
+    std::fs::write(
+        &config,
+        "[[routes]]\npath = \"/payments/**\"\n[[routes]]\npath = \"/webhooks/**\"\nwebhook = true\n",
+    )
+    .expect("write");
+    let gw = Gateway::start(&up.url(), |a| {
+        a.config = Some(config.clone());
+        a.local_cache = Some("100".into());
+    })
+    .await;
+    let c = client();
+    let scrape = || {
+        let (c, url) = (c.clone(), format!("{}/metrics", gw.admin));
+        async move {
+            let r = send(&c, Method::GET, &url, &[], "").await;
+            assert_eq!(r.status, 200);
+            String::from_utf8_lossy(&r.body).into_owned()
+        }
+    };
+    let text = scrape().await;
+    for route in ["/payments/**", "/webhooks/**", "*"] {
+        let l = format!("route=\"{route}\",backend=\"memory\"");
+        for family in [
+            "idempotency_cache_hits_total",
+            "idempotency_cache_misses_total",
+            "idempotency_leases_lost_total",
+            "idempotency_answers_not_stored_total",
+            "idempotency_processing_seconds_count",
+        ] {
+            assert_eq!(
+                metric(&text, &format!("{family}{{{l}}}")),
+                0,
+                "{family} {route}"
+            );
+        }
+        for kind in [
+            "overloaded",
+            "store_full",
+            "scope_full",
+            "unauthenticated",
+            "in_progress",
+        ] {
+            let series = format!("idempotency_errors_total{{{l},kind=\"{kind}\"}}");
+            assert_eq!(metric(&text, &series), 0, "{series}");
+        }
+    }
+    for (series, value) in [
+        ("idempotency_requests_in_flight{backend=\"memory\"}", 0),
+        ("idempotency_executions_running{backend=\"memory\"}", 0),
+        ("idem_memory_store_records", 0),
+        ("idem_local_cache_entries", 0),
+        ("idem_local_cache_hits_total", 0),
+    ] {
+        assert_eq!(metric(&text, series), value, "{series}");
+    }
+    assert!(text.contains("idem_build_info{version=\""), "{text}");
+    assert!(text.contains("# TYPE process_cpu_seconds_total counter"));
+    let float = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert!(float(&text, "process_resident_memory_bytes") > 0.0);
+    assert!(float(&text, "process_open_fds") > 0.0);
+    assert!(float(&text, "process_start_time_seconds") > 1.7e9);
+    // The scrape itself is on the admin listener, not a client connection.
+    assert_eq!(metric(&text, "idem_client_connections"), 0);
+
+    let url = gw.at("/payments/p1");
+    post(&c, &url, Some("startup-metric-01"), BODY).await; // executed
+    post(&c, &url, Some("startup-metric-01"), BODY).await; // replayed (from the store, then cached)
+    post(&c, &url, Some("startup-metric-01"), BODY).await; // replayed from the local cache
+    let text = scrape().await;
+    let l = r#"route="/payments/**",backend="memory""#;
+    assert_eq!(
+        metric(&text, &format!("idempotency_cache_misses_total{{{l}}}")),
+        1
+    );
+    assert_eq!(
+        metric(&text, &format!("idempotency_cache_hits_total{{{l}}}")),
+        2
+    );
+    assert_eq!(metric(&text, "idem_memory_store_records"), 1);
+    assert!(metric(&text, "idem_memory_store_bytes") > 0);
+    assert_eq!(metric(&text, "idem_local_cache_entries"), 1);
+    assert!(metric(&text, "idem_local_cache_hits_total") >= 1);
+    // The client's pooled connection is still open.
+    assert!(metric(&text, "idem_client_connections") >= 1);
+    gw.shutdown().await.expect("clean shutdown");
+}

@@ -43,7 +43,7 @@ pub use layer::{
     Idempotency, IdempotencyLayer, OutcomeUnknown, IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED,
     IDEMPOTENT_REPLAYED,
 };
-pub use metrics::Metrics;
+pub use metrics::{Metrics, ValueKind};
 
 /// Errors of the `idem` crate's helpers. Refusals of requests are responses,
 /// not errors.

@@ -48,10 +48,24 @@ pub enum ErrorKind {
     /// The execution failed: a status that is not stored (5xx, 408, 429),
     /// an error, a panic, or a broken response body.
     Upstream,
+    /// 503: too many covered requests in flight.
+    Overloaded,
+    /// 503: the store holds as many records (or bytes) as it may.
+    StoreFull,
+    /// 429: one scope holds its share of a bounded store.
+    ScopeFull,
+    /// 429: one scope's new keys came faster than its rate.
+    ScopeRateLimited,
+    /// 401: the credentials the scope comes from did not verify.
+    Unauthenticated,
+    /// 408: the request body did not arrive in time.
+    BodyTimeout,
+    /// 400: the request body could not be read.
+    BodyUnreadable,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 7] = [
+    const ALL: [ErrorKind; 14] = [
         Self::InProgress,
         Self::Mismatch,
         Self::MissingKey,
@@ -59,6 +73,13 @@ impl ErrorKind {
         Self::StoreUnavailable,
         Self::TooLarge,
         Self::Upstream,
+        Self::Overloaded,
+        Self::StoreFull,
+        Self::ScopeFull,
+        Self::ScopeRateLimited,
+        Self::Unauthenticated,
+        Self::BodyTimeout,
+        Self::BodyUnreadable,
     ];
 
     /// The label value.
@@ -71,6 +92,13 @@ impl ErrorKind {
             Self::StoreUnavailable => "store_unavailable",
             Self::TooLarge => "too_large",
             Self::Upstream => "upstream",
+            Self::Overloaded => "overloaded",
+            Self::StoreFull => "store_full",
+            Self::ScopeFull => "scope_full",
+            Self::ScopeRateLimited => "scope_rate_limited",
+            Self::Unauthenticated => "unauthenticated",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyUnreadable => "body_unreadable",
         }
     }
 }
@@ -160,7 +188,9 @@ pub(crate) struct RouteMetrics {
     labels: String,
     hits: AtomicU64,
     misses: AtomicU64,
-    errors: [AtomicU64; 7],
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    leases_lost: AtomicU64,
+    answers_not_stored: AtomicU64,
     processing: Histogram,
     store: [Histogram; 4],
 }
@@ -176,6 +206,8 @@ impl RouteMetrics {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             errors: Default::default(),
+            leases_lost: AtomicU64::new(0),
+            answers_not_stored: AtomicU64::new(0),
             processing: Histogram::new(&PROCESSING_BUCKETS),
             store: std::array::from_fn(|_| Histogram::new(&STORE_BUCKETS)),
         }
@@ -194,6 +226,18 @@ impl RouteMetrics {
     pub(crate) fn error(&self, kind: ErrorKind) {
         let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An execution that finished after its lease was taken over: its
+    /// answer was not stored, and the key's new holder may execute again.
+    pub(crate) fn lease_lost(&self) {
+        self.leases_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An answer the store never took (every attempt failed): the key
+    /// stays in progress until its lease ends, then a retry executes again.
+    pub(crate) fn answer_not_stored(&self) {
+        self.answers_not_stored.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn processing(&self, d: Duration) {
@@ -217,7 +261,30 @@ fn escape(v: &str) -> String {
 #[derive(Clone, Default)]
 pub struct Metrics {
     series: Arc<Mutex<Vec<Arc<RouteMetrics>>>>,
+    values: Arc<Mutex<Vec<Value>>>,
 }
+
+/// Whether a read value only grows (a counter) or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ValueKind {
+    /// Goes up and down: in flight, records held.
+    Gauge,
+    /// Only grows: hits of a cache, events counted elsewhere.
+    Counter,
+}
+
+/// A value read when the registry is rendered: the sum of its readers
+/// (layers sharing a registry each add theirs to one series).
+struct Value {
+    name: &'static str,
+    help: &'static str,
+    kind: ValueKind,
+    labels: String,
+    readers: Vec<Reader>,
+}
+
+type Reader = Box<dyn Fn() -> f64 + Send + Sync>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,6 +309,39 @@ impl Metrics {
         let made = Arc::new(wanted);
         series.push(made.clone());
         made
+    }
+
+    /// Adds a value read at each render: series `name{labels}`, of `kind`,
+    /// described by `help`. Readers registered under the same name and
+    /// labels are summed, so layers sharing a registry give one series.
+    /// A service adds its own this way (its connections, its caches).
+    pub fn register(
+        &self,
+        kind: ValueKind,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        match values
+            .iter_mut()
+            .find(|v| v.name == name && v.labels == labels)
+        {
+            Some(v) => v.readers.push(Box::new(read)),
+            None => values.push(Value {
+                name,
+                help,
+                kind,
+                labels,
+                readers: vec![Box::new(read)],
+            }),
+        }
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
@@ -287,6 +387,26 @@ impl Metrics {
                 );
             }
         }
+        out.push_str("# HELP idempotency_leases_lost_total Executions that finished after their lease was taken over (their answer was not stored; the key's new holder may have executed it again).\n");
+        out.push_str("# TYPE idempotency_leases_lost_total counter\n");
+        for s in &series {
+            let _ = writeln!(
+                out,
+                "idempotency_leases_lost_total{{{}}} {}",
+                s.labels,
+                s.leases_lost.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP idempotency_answers_not_stored_total Answers the store never took after every retry (the key stays in progress until its lease ends, then a retry executes again).\n");
+        out.push_str("# TYPE idempotency_answers_not_stored_total counter\n");
+        for s in &series {
+            let _ = writeln!(
+                out,
+                "idempotency_answers_not_stored_total{{{}}} {}",
+                s.labels,
+                s.answers_not_stored.load(Ordering::Relaxed)
+            );
+        }
         out.push_str("# HELP idempotency_processing_seconds Time executing covered requests.\n");
         out.push_str("# TYPE idempotency_processing_seconds histogram\n");
         for s in &series {
@@ -299,6 +419,33 @@ impl Metrics {
             for (i, op) in StoreOp::ALL.iter().enumerate() {
                 let labels = format!("{},op=\"{}\"", s.labels, op.as_str());
                 s.store[i].render(&mut out, "idempotency_store_seconds", &labels);
+            }
+        }
+        let values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let mut named: Vec<&'static str> = Vec::new();
+        for v in values.iter() {
+            if !named.contains(&v.name) {
+                named.push(v.name);
+            }
+        }
+        for name in named {
+            let mut first = true;
+            for v in values.iter().filter(|v| v.name == name) {
+                if first {
+                    let kind = match v.kind {
+                        ValueKind::Gauge => "gauge",
+                        ValueKind::Counter => "counter",
+                    };
+                    let _ = writeln!(out, "# HELP {name} {}", v.help);
+                    let _ = writeln!(out, "# TYPE {name} {kind}");
+                    first = false;
+                }
+                let sum: f64 = v.readers.iter().map(|r| r()).sum();
+                if v.labels.is_empty() {
+                    let _ = writeln!(out, "{name} {sum}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{}}} {sum}", v.labels);
+                }
             }
         }
         out
@@ -337,5 +484,47 @@ mod tests {
         assert!(m
             .render()
             .contains("idempotency_cache_hits_total{route=\"/payments\",backend=\"memory\"} 2\n"));
+    }
+
+    #[test]
+    fn lease_and_store_counters_and_registered_values_render() {
+        let m = Metrics::new();
+        let r = m.route("*", "redis");
+        r.lease_lost();
+        r.answer_not_stored();
+        r.answer_not_stored();
+        r.error(ErrorKind::Overloaded);
+        // Two layers on one registry: one series, their sum.
+        m.register(
+            ValueKind::Gauge,
+            "x_in_flight",
+            "In flight.",
+            &[("backend", "redis")],
+            || 2.0,
+        );
+        m.register(
+            ValueKind::Gauge,
+            "x_in_flight",
+            "In flight.",
+            &[("backend", "redis")],
+            || 3.0,
+        );
+        m.register(ValueKind::Counter, "x_hits_total", "Hits.", &[], || 7.0);
+        let text = m.render();
+        let l = r#"route="*",backend="redis""#;
+        assert!(text.contains(&format!("idempotency_leases_lost_total{{{l}}} 1\n")));
+        assert!(text.contains(&format!("idempotency_answers_not_stored_total{{{l}}} 2\n")));
+        assert!(text.contains(&format!(
+            "idempotency_errors_total{{{l},kind=\"overloaded\"}} 1\n"
+        )));
+        assert!(
+            text.contains("x_in_flight{backend=\"redis\"} 5\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE x_in_flight gauge").count(), 1);
+        assert!(
+            text.contains("# TYPE x_hits_total counter\nx_hits_total 7\n"),
+            "{text}"
+        );
     }
 }

@@ -348,10 +348,12 @@ pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
         .route("/batch/payments", post(batch_payments))
         .route("/webhooks/payment-status", post(payment_status_webhook))
         .with_state(state);
+    let metrics = idem::Metrics::new();
+    crate::telemetry::register(&metrics);
     let app = if config.without_layer {
         app
     } else {
-        let layer = IdempotencyLayer::new(opened.store);
+        let layer = IdempotencyLayer::new(opened.store).metrics(metrics.clone());
         let layer = match opened.secret {
             Some(secret) => layer.secret(secret),
             None => layer.secret_from_store(),
@@ -362,7 +364,22 @@ pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
                 .policy(policy(config)),
         )
     };
-    Ok(app.route("/healthz", get(|| async { "ok" })))
+    // As the original Flask service did: metrics beside the API.
+    let metrics = get(move || {
+        let text = metrics.render();
+        async move {
+            (
+                [(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+        }
+    });
+    Ok(app
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", metrics))
 }
 
 /// Serves the demo on `listener` until `shutdown` resolves, then lets

@@ -63,7 +63,7 @@ pub(super) enum Payments {
 impl Payments {
     pub(super) async fn open(backend: &Backend) -> anyhow::Result<Self> {
         Ok(match backend {
-            Backend::Memory => Self::Memory(Arc::default()),
+            Backend::Memory(_) => Self::Memory(Arc::default()),
             // Connected at first use, like the store: the demo starts while
             // Redis or PostgreSQL is down.
             #[cfg(feature = "redis")]

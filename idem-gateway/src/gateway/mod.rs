@@ -74,6 +74,8 @@ pub async fn run(
         tracing::error!(store = %config.store, error = %format!("{e:#}"), "the store cannot be used yet; covered requests get 503 until it can");
     }
     let metrics = Metrics::new();
+    crate::telemetry::register(&metrics);
+    publish_store_metrics(&metrics, &opened);
     let layer = IdempotencyLayer::new(opened.store.clone())
         .scope_share(config.scope_share)
         .policy(config.policy.clone())
@@ -104,6 +106,16 @@ pub async fn run(
         Some(secret) => layer.secret(secret.clone()),
         None => layer.secret_from_store(),
     };
+    layer.publish_metrics();
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let (open, max) = (connections.clone(), config.max_connections);
+    metrics.register(
+        idem::ValueKind::Gauge,
+        "idem_client_connections",
+        "Client connections open now (bounded by max_connections).",
+        &[],
+        move || max.saturating_sub(open.available_permits()) as f64,
+    );
 
     let draining = Arc::new(AtomicBool::new(false));
     let (admin_stop, admin_task) = match admin {
@@ -161,6 +173,7 @@ pub async fn run(
         serve(
             listener,
             &config,
+            connections,
             move || {
                 let proxy = new_proxy();
                 move |ip| proxy.for_client(ip)
@@ -175,6 +188,7 @@ pub async fn run(
         let served = serve(
             listener,
             &config,
+            connections,
             move || {
                 let (proxy, layer) = (new_proxy(), svc_layer.clone());
                 move |ip| layer.layer(proxy.for_client(ip))
@@ -262,6 +276,46 @@ where
     move || {
         Proxy::new(upstream.clone(), timeout, problem_base.clone(), tls.clone())
             .clients_over_https(clients_https)
+    }
+}
+
+/// The gateway's own series about its store: a memory store's records and
+/// bytes, the local cache's entries and hits.
+fn publish_store_metrics(metrics: &Metrics, opened: &stores::OpenedStore) {
+    use idem::ValueKind::{Counter, Gauge};
+    if let stores::Backend::Memory(m) = &opened.backend {
+        let (records, bytes) = (m.clone(), m.clone());
+        metrics.register(
+            Gauge,
+            "idem_memory_store_records",
+            "Records a memory:// store holds (bounded by memory_capacity).",
+            &[],
+            move || records.len() as f64,
+        );
+        metrics.register(
+            Gauge,
+            "idem_memory_store_bytes",
+            "Bytes a memory:// store's records account for (bounded by memory_max_bytes).",
+            &[],
+            move || bytes.bytes() as f64,
+        );
+    }
+    if let Some(cache) = &opened.cache {
+        let (entries, hits) = (cache.clone(), cache.clone());
+        metrics.register(
+            Gauge,
+            "idem_local_cache_entries",
+            "Completed records held by the local cache (bounded by local_cache).",
+            &[],
+            move || entries.len() as f64,
+        );
+        metrics.register(
+            Counter,
+            "idem_local_cache_hits_total",
+            "Covered requests answered from the local cache, without asking the store.",
+            &[],
+            move || hits.hits() as f64,
+        );
     }
 }
 

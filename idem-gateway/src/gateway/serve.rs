@@ -106,6 +106,7 @@ type Handoff = (
 pub(super) async fn serve<S, B, F, M>(
     listener: TcpListener,
     config: &GatewayConfig,
+    connections: Arc<tokio::sync::Semaphore>,
     new_maker: M,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(tokio::time::Instant, Workers)>
@@ -116,7 +117,6 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     tokio::pin!(shutdown);
     match config.runtime {
         Runtime::Shared => {

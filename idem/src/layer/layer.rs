@@ -8,7 +8,7 @@ use idem_core::{Policy, Secret, Store, StoreError};
 use tower_layer::Layer;
 
 use super::service::Idempotency;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, ValueKind};
 use crate::protocol::{BodyTimeouts, KeyRate, Renewals, ScopeQuota};
 
 /// Where the secret behind store keys comes from.
@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     /// One series per policy route, then the default; made at first use so
     /// that builder calls in any order agree.
     pub(crate) route_metrics: OnceLock<Vec<Arc<RouteMetrics>>>,
+    /// Set once this layer's gauges are in the registry.
+    pub(crate) gauges: OnceLock<()>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) renewals: Arc<Renewals>,
     /// Whether executions get an [`IdempotencyContext`](crate::IdempotencyContext).
@@ -210,6 +212,7 @@ impl IdempotencyLayer {
                 max_in_flight: None,
                 metrics: Metrics::new(),
                 route_metrics: OnceLock::new(),
+                gauges: OnceLock::new(),
                 in_flight: Arc::default(),
                 renewals: Arc::default(),
                 request_context: true,
@@ -242,6 +245,7 @@ impl IdempotencyLayer {
                     max_in_flight: s.max_in_flight.clone(),
                     metrics: s.metrics.clone(),
                     route_metrics: OnceLock::new(),
+                    gauges: OnceLock::new(),
                     in_flight: s.in_flight.clone(),
                     renewals: Arc::default(),
                     request_context: s.request_context,
@@ -256,6 +260,7 @@ impl IdempotencyLayer {
         // The routes or the registry may have changed.
         if let Some(s) = Arc::get_mut(&mut self.shared) {
             s.route_metrics = OnceLock::new();
+            s.gauges = OnceLock::new();
             s.scope_quota = OnceLock::new();
         }
         self
@@ -393,6 +398,14 @@ impl IdempotencyLayer {
         self.with(|s| s.metrics = metrics)
     }
 
+    /// Makes every route's series and this layer's gauges exist in its
+    /// registry now, at zero, so alerts on `rate()` or `absent()` work from
+    /// the first scrape. Making the first service does it too; call this
+    /// when the layer is built long before it serves.
+    pub fn publish_metrics(&self) {
+        self.shared.publish_metrics();
+    }
+
     /// The registry this layer records into, to expose as `/metrics`.
     pub fn metrics_handle(&self) -> Metrics {
         self.shared.metrics.clone()
@@ -440,6 +453,36 @@ impl Shared {
             .min()
             .unwrap_or(Duration::from_secs(30));
         (shortest / 6).clamp(Duration::from_millis(5), Duration::from_secs(1))
+    }
+
+    /// Makes every route's series and this layer's gauges exist in the
+    /// registry now, at zero, so that `rate()` and `absent()` alerts work
+    /// from the first scrape after a start (not from the first request).
+    /// Once per layer, however many services it makes.
+    pub(crate) fn publish_metrics(&self) {
+        self.route_metrics(None);
+        self.gauges.get_or_init(|| {
+            let backend = self.store.backend();
+            let labels = [("backend", backend)];
+            if let Some(admission) = &self.max_in_flight {
+                let a = admission.clone();
+                self.metrics.register(
+                    ValueKind::Gauge,
+                    "idempotency_requests_in_flight",
+                    "Covered requests being handled (bounded by max_in_flight).",
+                    &labels,
+                    move || a.count.load(Ordering::Relaxed) as f64,
+                );
+            }
+            let running = self.in_flight.clone();
+            self.metrics.register(
+                ValueKind::Gauge,
+                "idempotency_executions_running",
+                "Executions running, whose answers are yet to be stored (a shutdown waits for them).",
+                &labels,
+                move || running.count.load(Ordering::Relaxed) as f64,
+            );
+        });
     }
 
     /// The metrics of route `index` (`None`: the default policy).
@@ -508,6 +551,7 @@ impl<S> Layer<S> for IdempotencyLayer {
     type Service = Idempotency<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.shared.publish_metrics();
         Idempotency::new(inner, self.shared.clone())
     }
 }

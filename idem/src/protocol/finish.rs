@@ -53,10 +53,12 @@ pub(super) fn complete_local(
     match done {
         Ok(true) => {}
         Ok(false) => {
-            tracing::warn!(key = %key.short(), "execution finished after its lease was taken over; its answer was not stored")
+            route.metrics().lease_lost();
+            tracing::warn!(key = %key.short(), route = route.name(), "execution finished after its lease was taken over; its answer was not stored")
         }
         Err(e) => {
-            tracing::error!(key = %key.short(), error = %e, "could not store the answer; the key stays in progress until its lease ends")
+            route.metrics().answer_not_stored();
+            tracing::error!(key = %key.short(), route = route.name(), error = %e, "could not store the answer; the key stays in progress until its lease ends")
         }
     }
 }
@@ -102,7 +104,8 @@ pub(super) async fn complete(
         match done {
             Ok(Ok(true)) => return,
             Ok(Ok(false)) => {
-                tracing::warn!(key = %key.short(), "execution finished after its lease was taken over; its answer was not stored");
+                route.metrics().lease_lost();
+                tracing::warn!(key = %key.short(), route = route.name(), "execution finished after its lease was taken over; its answer was not stored");
                 return;
             }
             Ok(Err(e)) => {
@@ -112,7 +115,8 @@ pub(super) async fn complete(
         }
         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
     }
-    tracing::error!(key = %key.short(), "could not store the answer; the key stays in progress until its lease ends");
+    route.metrics().answer_not_stored();
+    tracing::error!(key = %key.short(), route = route.name(), "could not store the answer; the key stays in progress until its lease ends");
 }
 
 /// Removes the record so a retry executes again (rule 7), retrying briefly;

@@ -42,8 +42,15 @@ pub(super) fn metric(kind: ProblemKind) -> Option<ErrorKind> {
         ProblemKind::KeyInvalid => ErrorKind::InvalidKey,
         ProblemKind::KeyInUse => ErrorKind::InProgress,
         ProblemKind::KeyReused => ErrorKind::Mismatch,
-        ProblemKind::StoreUnavailable | ProblemKind::StoreFull => ErrorKind::StoreUnavailable,
+        ProblemKind::StoreUnavailable => ErrorKind::StoreUnavailable,
+        ProblemKind::StoreFull => ErrorKind::StoreFull,
         ProblemKind::BodyTooLarge => ErrorKind::TooLarge,
+        ProblemKind::BodyUnreadable => ErrorKind::BodyUnreadable,
+        ProblemKind::BodyTimeout => ErrorKind::BodyTimeout,
+        ProblemKind::Overloaded => ErrorKind::Overloaded,
+        ProblemKind::ScopeFull => ErrorKind::ScopeFull,
+        ProblemKind::ScopeRateLimited => ErrorKind::ScopeRateLimited,
+        ProblemKind::Unauthenticated => ErrorKind::Unauthenticated,
         ProblemKind::ExecutionFailed
         | ProblemKind::UpstreamUnavailable
         | ProblemKind::UpstreamTimeout
