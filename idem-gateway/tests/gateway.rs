@@ -1182,3 +1182,115 @@ async fn metrics_exist_from_startup_and_cover_the_process_and_the_store() {
     assert!(metric(&text, "idem_client_connections") >= 1);
     gw.shutdown().await.expect("clean shutdown");
 }
+
+/// The metric names a PromQL expression reads (idem's and the process's).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for ch in expr.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_alphanumeric() || ch == '_' || ch == ':' {
+            word.push(ch);
+            continue;
+        }
+        // A label matcher's name is followed by `=`/`!`, not a series.
+        let is_label = ch == '=' || ch == '!';
+        if !is_label
+            && ["idempotency_", "idem_", "process_"]
+                .iter()
+                .any(|p| word.starts_with(p))
+            && !names.contains(&word)
+        {
+            names.push(word.clone());
+        }
+        word.clear();
+    }
+    names
+}
+
+/// Sum of every sample of series `name` in a scrape.
+fn total(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let series = line.split([' ', '{']).next().unwrap_or_default();
+        if series == name {
+            let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// Every series deploy/grafana/idem.json and deploy/prometheus/alerts.yml
+/// read exists on `/metrics`, and each moves when the gateway serves the
+/// outcomes it counts (but the ones that count failures a healthy run does
+/// not have).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_the_alerts_read_series_that_exist_and_move() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/idem.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut exprs: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    let alerts = yaml_rust2::YamlLoader::load_from_str(
+        &std::fs::read_to_string(root.join("prometheus/alerts.yml")).expect("alerts"),
+    )
+    .expect("alerts YAML");
+    let operations = std::fs::read_to_string(root.join("../docs/operations.md")).expect("runbook");
+    for group in alerts[0]["groups"].as_vec().expect("groups") {
+        for rule in group["rules"].as_vec().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert name");
+            exprs.push(rule["expr"].as_str().expect("expr").to_owned());
+            // Each alert has its runbook section.
+            let anchor = rule["annotations"]["runbook_url"]
+                .as_str()
+                .and_then(|u| u.split('#').nth(1))
+                .expect("runbook_url with an anchor");
+            assert_eq!(anchor, name.to_lowercase(), "{name}");
+            assert!(
+                operations.contains(&format!("### {name}")),
+                "no runbook for {name}"
+            );
+        }
+    }
+    let mut names: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.local_cache = Some("100".into())).await;
+    let c = client();
+    let url = gw.at("/payments");
+    post(&c, &url, Some("dash-metric-0001"), BODY).await; // executed
+    post(&c, &url, Some("dash-metric-0001"), BODY).await; // replayed
+    post(&c, &url, Some("dash-metric-0001"), BODY).await; // replayed from the cache
+    post(&c, &url, Some("dash-metric-0001"), "{}").await; // mismatch
+    // CPU time is counted in 10 ms ticks: make sure this young process has one.
+    let spin = std::time::Instant::now();
+    while spin.elapsed() < Duration::from_millis(60) {
+        std::hint::black_box(spin.elapsed());
+    }
+    let text = send(&c, Method::GET, &format!("{}/metrics", gw.admin), &[], "").await;
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    // Failures a healthy run has none of, and gauges that are back to 0
+    // once the requests are answered: they must exist, they need not move.
+    let at_zero = [
+        "idempotency_leases_lost_total",
+        "idempotency_answers_not_stored_total",
+        "idempotency_requests_in_flight",
+        "idempotency_executions_running",
+    ];
+    for name in &names {
+        let value = total(&text, name).unwrap_or_else(|| panic!("{name} is not on /metrics"));
+        if !at_zero.contains(&name.as_str()) {
+            assert!(value > 0.0, "{name} did not move: {value}");
+        }
+    }
+    gw.shutdown().await.expect("clean shutdown");
+}
