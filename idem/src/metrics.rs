@@ -250,6 +250,26 @@ impl RouteMetrics {
     }
 }
 
+/// One counter family: its help, its type, one sample per route series.
+fn counters(
+    out: &mut String,
+    series: &[Arc<RouteMetrics>],
+    name: &str,
+    help: &str,
+    counter: impl Fn(&RouteMetrics) -> &AtomicU64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for s in series {
+        let _ = writeln!(
+            out,
+            "{name}{{{}}} {}",
+            s.labels,
+            counter(s).load(Ordering::Relaxed)
+        );
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -352,26 +372,20 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut out = String::with_capacity(1024 + series.len() * 8192);
-        out.push_str("# HELP idempotency_cache_hits_total Covered requests answered with a stored response (replays).\n");
-        out.push_str("# TYPE idempotency_cache_hits_total counter\n");
-        for s in &series {
-            let _ = writeln!(
-                out,
-                "idempotency_cache_hits_total{{{}}} {}",
-                s.labels,
-                s.hits.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP idempotency_cache_misses_total Covered requests that executed.\n");
-        out.push_str("# TYPE idempotency_cache_misses_total counter\n");
-        for s in &series {
-            let _ = writeln!(
-                out,
-                "idempotency_cache_misses_total{{{}}} {}",
-                s.labels,
-                s.misses.load(Ordering::Relaxed)
-            );
-        }
+        counters(
+            &mut out,
+            &series,
+            "idempotency_cache_hits_total",
+            "Covered requests answered with a stored response (replays).",
+            |s| &s.hits,
+        );
+        counters(
+            &mut out,
+            &series,
+            "idempotency_cache_misses_total",
+            "Covered requests that executed.",
+            |s| &s.misses,
+        );
         out.push_str(
             "# HELP idempotency_errors_total Covered requests refused or failed, by kind.\n",
         );
@@ -387,26 +401,20 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP idempotency_leases_lost_total Executions that finished after their lease was taken over (their answer was not stored; the key's new holder may have executed it again).\n");
-        out.push_str("# TYPE idempotency_leases_lost_total counter\n");
-        for s in &series {
-            let _ = writeln!(
-                out,
-                "idempotency_leases_lost_total{{{}}} {}",
-                s.labels,
-                s.leases_lost.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP idempotency_answers_not_stored_total Answers the store never took after every retry (the key stays in progress until its lease ends, then a retry executes again).\n");
-        out.push_str("# TYPE idempotency_answers_not_stored_total counter\n");
-        for s in &series {
-            let _ = writeln!(
-                out,
-                "idempotency_answers_not_stored_total{{{}}} {}",
-                s.labels,
-                s.answers_not_stored.load(Ordering::Relaxed)
-            );
-        }
+        counters(
+            &mut out,
+            &series,
+            "idempotency_leases_lost_total",
+            "Executions that finished after their lease was taken over (their answer was not stored; the key's new holder may have executed it again).",
+            |s| &s.leases_lost,
+        );
+        counters(
+            &mut out,
+            &series,
+            "idempotency_answers_not_stored_total",
+            "Answers the store never took after every retry (the key stays in progress until its lease ends, then a retry executes again).",
+            |s| &s.answers_not_stored,
+        );
         out.push_str("# HELP idempotency_processing_seconds Time executing covered requests.\n");
         out.push_str("# TYPE idempotency_processing_seconds histogram\n");
         for s in &series {
