@@ -383,7 +383,7 @@ impl Metrics {
             &mut out,
             &series,
             "idempotency_cache_misses_total",
-            "Covered requests that executed.",
+            "Covered requests that executed and whose answer was kept (a failed execution counts in idempotency_errors_total{kind=\"upstream\"} instead).",
             |s| &s.misses,
         );
         out.push_str(

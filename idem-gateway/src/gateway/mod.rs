@@ -281,6 +281,10 @@ where
 
 /// The gateway's own series about its store: a memory store's records and
 /// bytes, the local cache's entries and hits.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "redis", feature = "postgres")),
+    allow(irrefutable_let_patterns)
+)] // A build with the memory store only has no other backend.
 fn publish_store_metrics(metrics: &Metrics, opened: &stores::OpenedStore) {
     use idem::ValueKind::{Counter, Gauge};
     if let stores::Backend::Memory(m) = &opened.backend {

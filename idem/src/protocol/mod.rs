@@ -294,7 +294,6 @@ where
         // is stored or its key released; a client disconnecting cannot
         // cancel that half-way (rule 12, see `ResponseFuture`).
         tracing::debug!("executing");
-        route.metrics().miss();
         outcome(&span, "executed");
         if shared.request_context {
             let context = IdempotencyContext::new(route.clone(), scope, key.into_key());
@@ -324,9 +323,14 @@ where
             .processing(finished.saturating_duration_since(begun_at));
         let finishing = {
             let answer = answer(shared, executed);
+            // Counted once, as what it was: an execution whose answer is
+            // kept (a miss), or one that failed and was released (an
+            // upstream error), never both.
             if matches!(answer, Answer::Release(_)) {
                 self::outcome(&span, "executed-not-stored");
                 route.metrics().error(ErrorKind::Upstream);
+            } else {
+                route.metrics().miss();
             }
             if let Some((q, tag)) = quota {
                 match answer {
