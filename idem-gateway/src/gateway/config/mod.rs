@@ -6,6 +6,8 @@
 //! the types cannot say. Errors name the key (`routes[2].ttl`), or the flag
 //! when the value came from one. docs/config.md documents every key.
 
+mod flags;
+mod preflight;
 mod route;
 mod scope;
 mod store;
@@ -23,7 +25,10 @@ use anyhow::{anyhow, bail, Context};
 use idem::{PathPattern, Policy};
 use serde::Deserialize;
 
+use self::flags::flag_values;
+use self::preflight::preflight;
 use self::route::{RouteEntry, RouteSettings};
+pub use self::scope::JwtKeys;
 use self::store::store_timeout;
 pub use self::upstream::{Runtime, Upstream};
 use self::values::{field_names, Number, Secs, Size};
@@ -141,21 +146,6 @@ impl Default for Settings {
     }
 }
 
-/// The `jwt_*` keys of a `jwt:CLAIM` scope, as given.
-#[derive(Debug, Clone, Default)]
-pub struct JwtKeys {
-    /// `jwt_hs256_secret_file`.
-    pub hs256_secret_file: Option<PathBuf>,
-    /// `jwt_jwks_file`.
-    pub jwks_file: Option<PathBuf>,
-    /// `jwt_issuer`.
-    pub issuer: Option<String>,
-    /// `jwt_audience`.
-    pub audience: Option<String>,
-    /// `jwt_leeway`.
-    pub leeway: Duration,
-}
-
 /// The store timeout when none is set (see [`Settings::store_timeout`]).
 const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -260,71 +250,6 @@ pub struct GatewayConfig {
     pub policy: Policy,
     /// Proxy without the layer (benchmark baseline only).
     pub without_layer: bool,
-}
-
-/// The flags that were given, as the top-level values they replace.
-fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)> {
-    let text = |key, v: &Option<String>| v.clone().map(|s| (key, toml::Value::String(s)));
-    let path = |key, v: &Option<PathBuf>| {
-        v.as_ref()
-            .map(|p| (key, toml::Value::String(p.to_string_lossy().into_owned())))
-    };
-    [
-        text("upstream", &args.upstream),
-        path("upstream_ca_file", &args.upstream_ca_file),
-        text("listen", &args.listen),
-        path("tls_cert_file", &args.tls_cert_file),
-        path("tls_key_file", &args.tls_key_file),
-        text("store", &args.store),
-        text("ttl", &args.ttl),
-        text("lock_timeout", &args.lock_timeout),
-        text("max_body", &args.max_body),
-        text("max_stored_response", &args.max_stored_response),
-        text("scope_header", &args.scope_header),
-        text("scope", &args.scope),
-        path("jwt_hs256_secret_file", &args.jwt_hs256_secret_file),
-        path("jwt_jwks_file", &args.jwt_jwks_file),
-        text("jwt_issuer", &args.jwt_issuer),
-        text("jwt_audience", &args.jwt_audience),
-        text("jwt_leeway", &args.jwt_leeway),
-        path("secret_file", &args.secret_file),
-        text("admin_listen", &args.admin_listen),
-        path("admin_token_file", &args.admin_token_file),
-        args.require_signed_keys
-            .then_some(("require_signed_keys", toml::Value::Boolean(true))),
-        path("key_signing_secret_file", &args.key_signing_secret_file),
-        text("upstream_timeout", &args.upstream_timeout),
-        text("drain_timeout", &args.drain_timeout),
-        text("header_read_timeout", &args.header_read_timeout),
-        text("body_read_timeout", &args.body_read_timeout),
-        text("body_idle_timeout", &args.body_idle_timeout),
-        text("store_timeout", &args.store_timeout),
-        text("wait", &args.wait),
-        text("local_cache", &args.local_cache),
-        text("max_connections", &args.max_connections),
-        text("max_in_flight", &args.max_in_flight),
-        text("h2_max_streams", &args.h2_max_streams),
-        text("memory_capacity", &args.memory_capacity),
-        text("memory_max_bytes", &args.memory_max_bytes),
-        text("scope_share", &args.scope_share),
-        text("scope_key_rate", &args.scope_key_rate),
-        text("scope_key_burst", &args.scope_key_burst),
-        text("sqlite_capacity", &args.sqlite_capacity),
-        text("sqlite_max_bytes", &args.sqlite_max_bytes),
-        text("redis_key_prefix", &args.redis_key_prefix),
-        args.redis_allow_eviction
-            .then_some(("redis_allow_eviction", toml::Value::Boolean(true))),
-        text("postgres_schema", &args.postgres_schema),
-        text("postgres_statements", &args.postgres_statements),
-        text("postgres_pool_size", &args.postgres_pool_size),
-        text("store_connect_timeout", &args.store_connect_timeout),
-        path("store_ca_file", &args.store_ca_file),
-        text("workers", &args.workers),
-        text("runtime", &args.runtime),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
 }
 
 /// Names a top-level key as the user set it: its flag when one gave it.
@@ -623,51 +548,6 @@ fn validate(
         policy,
         without_layer,
     })
-}
-
-/// What would fail at start, refused now (so `--check` says it): an
-/// address that cannot be listened on, a file that cannot be read.
-fn preflight(s: &Settings, admin_listen: Option<&str>, names: &Names) -> anyhow::Result<()> {
-    use std::net::ToSocketAddrs;
-    let n = |key: &str| names.of(key);
-    for (key, addr) in [
-        ("listen", Some(s.listen.as_str())),
-        ("admin_listen", admin_listen),
-    ] {
-        let Some(addr) = addr else { continue };
-        addr.to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}: {addr:?} is not an address to listen on; write HOST:PORT, as in 127.0.0.1:8080 or 0.0.0.0:8080",
-                    n(key)
-                )
-            })?;
-    }
-    if let Some(path) = &s.admin_token_file {
-        crate::gateway::read_token(path).with_context(|| n("admin_token_file"))?;
-    }
-    for (key, path) in [
-        ("key_signing_secret_file", &s.key_signing_secret_file),
-        ("secret_file", &s.secret_file),
-    ] {
-        if let Some(path) = path {
-            idem::Secret::read_file(path).map_err(|e| {
-                anyhow!(
-                    "{}: {}: {e}; create one with: openssl rand -hex 32 > {}",
-                    n(key),
-                    path.display(),
-                    path.display()
-                )
-            })?;
-        }
-    }
-    if let Some(path) = &s.store_ca_file {
-        std::fs::read(path)
-            .with_context(|| format!("{}: cannot read {}", n("store_ca_file"), path.display()))?;
-    }
-    Ok(())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<toml::Table> {

@@ -2,7 +2,8 @@
 //! older `scope_header`, and the keys a `jwt:` scope verifies tokens with.
 //! docs/SECURITY.md says what each source trusts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use idem::{JwtScope, ScopeSource};
@@ -10,6 +11,21 @@ use idem::{JwtScope, ScopeSource};
 use super::route::header_name;
 use super::values::Secs;
 use super::{Names, Settings};
+
+/// The `jwt_*` keys of a `jwt:CLAIM` scope, as given.
+#[derive(Debug, Clone, Default)]
+pub struct JwtKeys {
+    /// `jwt_hs256_secret_file`.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// `jwt_jwks_file`.
+    pub jwks_file: Option<PathBuf>,
+    /// `jwt_issuer`.
+    pub issuer: Option<String>,
+    /// `jwt_audience`.
+    pub audience: Option<String>,
+    /// `jwt_leeway`.
+    pub leeway: Duration,
+}
 
 /// The scope source the settings name, its `scope` value
 /// (`header:authorization`, `jwt:sub`, `none`), and how `--check` describes
