@@ -1287,6 +1287,7 @@ async fn the_dashboard_and_the_alerts_read_series_that_exist_and_move() {
         "idempotency_answers_not_stored_total",
         "idempotency_requests_in_flight",
         "idempotency_executions_running",
+        "idem_upstream_errors_total",
     ];
     for name in &names {
         let value = total(&text, name).unwrap_or_else(|| panic!("{name} is not on /metrics"));
@@ -1294,5 +1295,62 @@ async fn the_dashboard_and_the_alerts_read_series_that_exist_and_move() {
             assert!(value > 0.0, "{name} did not move: {value}");
         }
     }
+    gw.shutdown().await.expect("clean shutdown");
+}
+
+/// A failed upstream call is counted as what it was, once:
+/// `idem_upstream_errors_total{kind}` (connect, timeout, reset, body), and
+/// in the layer's series as an upstream error, not also as an execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_are_counted_by_kind() {
+    let kind_total = |text: &str, kind: &str| {
+        metric(
+            text,
+            &format!("idem_upstream_errors_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    // Nothing listens: connect. (The counters are process-wide and other
+    // tests run beside this one: compare before and after.)
+    let dead = common::free_port();
+    let gw = Gateway::start(&format!("http://127.0.0.1:{dead}"), |_| {}).await;
+    let c = client();
+    let scrape = |admin: String| {
+        let c = c.clone();
+        async move {
+            let r = send(&c, Method::GET, &format!("{admin}/metrics"), &[], "").await;
+            String::from_utf8_lossy(&r.body).into_owned()
+        }
+    };
+    let before = scrape(gw.admin.clone()).await;
+    for kind in ["connect", "timeout", "reset", "body"] {
+        kind_total(&before, kind); // every kind is there from the start
+    }
+    let r = post(&c, &gw.at("/payments"), Some("upstream-err-0001"), BODY).await;
+    assert_eq!(r.status, 502);
+    let after = scrape(gw.admin.clone()).await;
+    assert!(kind_total(&after, "connect") > kind_total(&before, "connect"));
+    let l = r#"route="*",backend="memory""#;
+    assert_eq!(
+        metric(&after, &format!("idempotency_cache_misses_total{{{l}}}")),
+        0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            &format!("idempotency_errors_total{{{l},kind=\"upstream\"}}")
+        ),
+        1
+    );
+    gw.shutdown().await.expect("clean shutdown");
+
+    // No answer within the upstream timeout: timeout.
+    let up = CountingUpstream::start().await.expect("upstream");
+    let gw = Gateway::start(&up.url(), |a| a.upstream_timeout = Some("200ms".into())).await;
+    let before = scrape(gw.admin.clone()).await;
+    let slow = [("x-test-delay-ms", "1000")];
+    let r = post_with(&c, &gw.at("/payments"), "upstream-err-0002", &slow, BODY).await;
+    assert_eq!(r.status, 504);
+    let after = scrape(gw.admin.clone()).await;
+    assert!(kind_total(&after, "timeout") > kind_total(&before, "timeout"));
     gw.shutdown().await.expect("clean shutdown");
 }

@@ -107,6 +107,21 @@ pub async fn run(
         None => layer.secret_from_store(),
     };
     layer.publish_metrics();
+    let errors = &proxy::UPSTREAM_ERRORS;
+    for (kind, counter) in [
+        ("connect", &errors.connect),
+        ("timeout", &errors.timeout),
+        ("reset", &errors.reset),
+        ("body", &errors.body),
+    ] {
+        metrics.register(
+            idem::ValueKind::Counter,
+            "idem_upstream_errors_total",
+            "Upstream calls that failed, by how: connect (nothing was sent), timeout (no answer within upstream_timeout), reset (the exchange broke before the answer), body (the answer broke off or stalled).",
+            &[("kind", kind)],
+            move || counter.load(Ordering::Relaxed) as f64,
+        );
+    }
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let (open, max) = (connections.clone(), config.max_connections);
     metrics.register(

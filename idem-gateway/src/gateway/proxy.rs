@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -88,12 +89,18 @@ impl Body for ProxyBody {
                     if let Some(t) = timer {
                         t.as_mut().reset(tokio::time::Instant::now() + *idle);
                     }
+                    if let Some(Err(_)) = &frame {
+                        count(&UPSTREAM_ERRORS.body);
+                    }
                     Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                 }
                 Poll::Pending => {
                     let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
                     match t.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle))))),
+                        Poll::Ready(()) => {
+                            count(&UPSTREAM_ERRORS.body);
+                            Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)))))
+                        }
                         Poll::Pending => Poll::Pending,
                     }
                 }
@@ -367,6 +374,7 @@ where
         // describe the inside of the network): those go to the log.
         Ok(match sent {
             Err(_) => {
+                count(&UPSTREAM_ERRORS.timeout);
                 tracing::warn!(upstream = %shared.upstream, timeout = ?shared.timeout, "the upstream did not answer in time");
                 let mut res = self.problem(
                     ProblemKind::UpstreamTimeout,
@@ -381,8 +389,10 @@ where
             }
             Ok(Err(e)) => {
                 let what = if e.is_connect() {
+                    count(&UPSTREAM_ERRORS.connect);
                     "the upstream could not be reached"
                 } else {
+                    count(&UPSTREAM_ERRORS.reset);
                     "the upstream broke the exchange before answering"
                 };
                 tracing::warn!(upstream = %shared.upstream, error = %source_chain(&e), "{what}");
@@ -413,6 +423,33 @@ where
             }
         })
     }
+}
+
+/// Upstream calls that failed, by how, for `idem_upstream_errors_total`.
+/// Process-wide (one gateway per process; every serving thread's proxy
+/// counts here), each failure counted once where it is seen.
+pub(crate) static UPSTREAM_ERRORS: UpstreamErrors = UpstreamErrors {
+    connect: AtomicU64::new(0),
+    timeout: AtomicU64::new(0),
+    reset: AtomicU64::new(0),
+    body: AtomicU64::new(0),
+};
+
+/// See [`UPSTREAM_ERRORS`].
+pub(crate) struct UpstreamErrors {
+    /// No connection: nothing was sent.
+    pub(crate) connect: AtomicU64,
+    /// No answer's head within `upstream_timeout`.
+    pub(crate) timeout: AtomicU64,
+    /// The exchange broke before the answer's head (a reset, a closed
+    /// connection).
+    pub(crate) reset: AtomicU64,
+    /// The answer's body broke off or stalled past `upstream_timeout`.
+    pub(crate) body: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
