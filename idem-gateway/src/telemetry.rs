@@ -29,11 +29,8 @@ pub fn register(metrics: &Metrics) {
         "process_cpu_seconds_total",
         "Total user and system CPU time spent in seconds.",
         &[],
-        || {
-            stat_field(14)
-                .zip(stat_field(15))
-                .map_or(0.0, |(u, s)| (u + s) / USER_HZ)
-        },
+        // One read of the file for both fields.
+        || stat_fields(&[14, 15]).map_or(0.0, |f| (f[0] + f[1]) / USER_HZ),
     );
     metrics.register(
         ValueKind::Gauge,
@@ -78,13 +75,16 @@ pub fn register(metrics: &Metrics) {
     );
 }
 
-/// Field `n` (1-based, as proc(5) numbers them) of `/proc/self/stat`.
-fn stat_field(n: usize) -> Option<f64> {
+/// Fields `ns` (1-based, as proc(5) numbers them) of `/proc/self/stat`,
+/// from one read of it.
+fn stat_fields(ns: &[usize]) -> Option<Vec<f64>> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) is in parentheses and may hold spaces:
     // count from after its closing one, which is field 3's start.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    ns.iter()
+        .map(|n| fields.get(n.checked_sub(3)?)?.parse().ok())
+        .collect()
 }
 
 /// A `kB` line of `/proc/self/status`.
@@ -117,7 +117,7 @@ fn start_time() -> Option<f64> {
         .trim()
         .parse()
         .ok()?;
-    Some(boot + stat_field(22)? / USER_HZ)
+    Some(boot + stat_fields(&[22])?[0] / USER_HZ)
 }
 
 #[cfg(test)]
