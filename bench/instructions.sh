@@ -30,7 +30,7 @@ target/release/examples/bench_upstream "$UP" >"$WORK/upstream.log" 2>&1 & wait_p
 measure() { # name port script args... (args "plain": the plain proxy; "axum plain|layer": bench_axum)
   local name=$1 port=$2 script=$3; shift 3
   [[ $name == *"$ONLY"* ]] || return 0
-  local cmd=("$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log warn "$@")
+  local cmd=("$BIN" gateway --upstream "http://$UP" --listen "127.0.0.1:$port" --admin-listen none --log "${LOG:-warn}" "$@")
   [ "${1:-}" = plain ] && cmd=(target/release/examples/plain_proxy "127.0.0.1:$port" "$UP")
   [ "${1:-}" = axum ] && cmd=("$AXUM" "127.0.0.1:$port" "$2" current)
   valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "${cmd[@]}" \
@@ -84,6 +84,8 @@ printf 'variant\trequests\tinstructions/req\twithout SHA-256/req\tmallocs/req\n'
 measure first-plain-proxy 18310 new-keys.lua plain
 measure first-gateway-memory 18302 new-keys.lua --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB
 measure first-gateway-no-layer 18304 new-keys.lua --store memory:// --bench-without-layer
+# The same with the access log written (one line per request to a file).
+LOG=info measure first-gateway-logged 18320 new-keys.lua --store memory:// --memory-capacity 10000000 --memory-max-bytes 8GiB
 # Replays: the warm-up executes the 16 keys of bench/replays.lua once.
 measure replay-gateway-memory 18306 replays.lua --store memory://
 measure replay-gateway-no-layer 18308 replays.lua --store memory:// --bench-without-layer

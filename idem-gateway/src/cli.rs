@@ -257,6 +257,18 @@ pub struct GatewayArgs {
     /// File holding the bearer token of the admin API (/admin/…); without it the admin API is off.
     #[arg(long, env = "IDEM_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+    /// A path on the upstream that /readyz asks (GET; ready on a 2xx or 3xx within a second), so a load balancer stops sending while the upstream is down [default: off].
+    #[arg(long, env = "IDEM_READYZ_UPSTREAM", value_name = "PATH")]
+    pub readyz_upstream: Option<String>,
+    /// One info line per request on standard error (method, path, route, status, outcome, key hash, durations), in the --log-format [default: on].
+    #[arg(long, env = "IDEM_ACCESS_LOG", value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: Option<bool>,
+    /// Send each covered request's span to this OpenTelemetry collector (OTLP/HTTP, JSON), e.g. http://127.0.0.1:4318; OTEL_EXPORTER_OTLP_ENDPOINT is read when unset [default: off].
+    #[arg(long, env = "IDEM_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The service.name of exported spans; OTEL_SERVICE_NAME is read when unset [default: idem].
+    #[arg(long, env = "IDEM_OTLP_SERVICE_NAME", value_name = "NAME")]
+    pub otlp_service_name: Option<String>,
     /// Require keys signed for their user (KEY.SIGNATURE; see `idem keys sign`) on every covered route.
     #[arg(long, env = "IDEM_REQUIRE_SIGNED_KEYS", value_parser = clap::builder::BoolishValueParser::new())]
     pub require_signed_keys: bool,

@@ -15,11 +15,14 @@
 //! # }
 //! ```
 
+pub mod access_log;
 pub mod cli;
 pub mod demo;
 pub mod gateway;
 pub mod keygen;
 pub mod keys;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod problem;
 pub mod stores;
 pub mod telemetry;

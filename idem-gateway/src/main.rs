@@ -28,6 +28,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_target(false);
     let filter = cli.log.clone();
+    // Dormant until a gateway starts exporting (`otlp_endpoint`).
+    #[cfg(feature = "otlp")]
+    let otlp = idem_gateway::otlp::OtlpLayer;
+    #[cfg(not(feature = "otlp"))]
+    let otlp = tracing_subscriber::layer::Identity::new();
     match cli.log_format {
         LogFormat::Json => builder
             .json()
@@ -35,18 +40,23 @@ fn main() -> anyhow::Result<()> {
             .with_span_list(false)
             .finish()
             .with(filter)
+            .with(otlp)
             .init(),
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .finish()
             .with(filter)
+            .with(otlp)
             .init(),
     }
     match cli.command {
         Command::Keygen(args) => keygen_cmd(args),
         Command::Gateway(args) => {
             let config = match GatewayConfig::resolve(&args) {
-                Ok(c) => c,
+                Ok(c) => GatewayConfig {
+                    access_log_json: cli.log_format == LogFormat::Json,
+                    ..c
+                },
                 Err(e) => {
                     eprintln!("idem gateway: invalid configuration: {e:#}");
                     std::process::exit(2);

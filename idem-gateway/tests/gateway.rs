@@ -1272,6 +1272,7 @@ async fn the_dashboard_and_the_alerts_read_series_that_exist_and_move() {
     post(&c, &url, Some("dash-metric-0001"), BODY).await; // replayed
     post(&c, &url, Some("dash-metric-0001"), BODY).await; // replayed from the cache
     post(&c, &url, Some("dash-metric-0001"), "{}").await; // mismatch
+    send(&c, Method::GET, &url, &[], "").await; // passed through
 
     // CPU time is counted in 10 ms ticks: make sure this young process has one.
     let spin = std::time::Instant::now();

@@ -22,12 +22,14 @@
 //!     .layer(IdempotencyLayer::new(Arc::new(MemoryStore::new())).policy(policy));
 //! ```
 
+pub mod access;
 mod context;
 pub mod identity;
 pub mod layer;
 pub mod metrics;
 mod protocol;
 
+pub use access::{AccessLine, AccessLog};
 pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome};
 pub use idem_core::{
     clock, fingerprint, headers, json, key, memory, policy, problem, record, scope, signed, store,

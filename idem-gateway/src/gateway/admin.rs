@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is
-//! up), `/readyz` (the store answers and the gateway is not draining), and
-//! the admin API under `/admin/` (docs/admin-openapi.yaml), which needs
+//! up), `/readyz` (the gateway is not draining, the store answers, and,
+//! with `readyz_upstream`, the upstream answers), and the admin API under
+//! `/admin/` (docs/admin-openapi.yaml), which needs
 //! `Authorization: Bearer <token>` with the token from `--admin-token-file`.
+//! Every error is `application/problem+json`, like the main listener's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +19,65 @@ use idem::{Metrics, Store};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::upstream_client::UpstreamClient;
 use crate::keys::KeyAdmin;
+
+/// `/readyz`'s question to the upstream (`readyz_upstream`): a `GET` of one
+/// path, on a client of its own that keeps no connection (a check must
+/// see a dead upstream, not a pooled connection to it).
+pub(crate) struct UpstreamCheck {
+    client: UpstreamClient<http_body_util::Empty<bytes::Bytes>>,
+    uri: http::Uri,
+}
+
+impl UpstreamCheck {
+    pub(crate) fn new(
+        upstream: &super::config::Upstream,
+        path: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
+        let uri = http::Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(format!("{}{path}", upstream.prefix))
+            .build()?;
+        Ok(Self {
+            client: UpstreamClient::new(READY_WITHIN, tls, false),
+            uri,
+        })
+    }
+
+    /// `None` when the upstream is ready; else why not.
+    async fn not_ready(&self) -> Option<String> {
+        let req = match http::Request::get(&self.uri)
+            .header(header::USER_AGENT, "idem-readyz")
+            .body(http_body_util::Empty::new())
+        {
+            Ok(req) => req,
+            Err(e) => return Some(format!("cannot ask the upstream: {e}")),
+        };
+        match tokio::time::timeout(READY_WITHIN, self.client.request(req)).await {
+            Ok(Ok(res)) if res.status().is_success() || res.status().is_redirection() => None,
+            Ok(Ok(res)) => Some(format!(
+                "the upstream answered {} to GET {}",
+                res.status(),
+                self.uri
+            )),
+            Ok(Err(e)) => Some(format!(
+                "the upstream cannot be reached at {}: {}",
+                self.uri,
+                super::proxy::source_chain(&e)
+            )),
+            Err(_) => Some(format!(
+                "the upstream did not answer GET {} within {READY_WITHIN:?}",
+                self.uri
+            )),
+        }
+    }
+}
+
+/// How long `/readyz` waits for the store and for the upstream.
+const READY_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -27,6 +87,8 @@ pub(crate) struct AdminState {
     pub(crate) keys: KeyAdmin,
     /// The bearer token of the admin API; `None`: the API is off.
     pub(crate) token: Option<Arc<str>>,
+    /// What `/readyz` asks the upstream; `None`: the upstream is not asked.
+    pub(crate) upstream: Option<Arc<UpstreamCheck>>,
 }
 
 pub(crate) fn router(state: AdminState) -> Router {
@@ -173,33 +235,48 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// Not ready while draining (so a load balancer stops sending), or while the
-/// store does not answer within a second (covered requests would get 503).
+/// Ready (200 `ready`) when the gateway is not draining (a load balancer
+/// must stop sending before it stops), its store answers within a second
+/// (else covered requests would get 503), and, with `readyz_upstream`, the
+/// upstream answers that path with a 2xx or 3xx within a second. Else 503,
+/// problem+json `not-ready` saying which check failed. The store and the
+/// upstream are asked at once.
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: shutting down\n",
-        )
-            .into_response();
+        return not_ready("shutting down: finishing the requests in flight".to_owned());
     }
-    match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: the {} store failed: {e}\n",
+    let store = async {
+        match tokio::time::timeout(READY_WITHIN, state.store.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("the {} store failed: {e}", state.store.backend())),
+            Err(_) => Some(format!(
+                "the {} store did not answer within {READY_WITHIN:?}",
                 state.store.backend()
-            ),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: the {} store did not answer within 1s\n",
-                state.store.backend()
-            ),
-        )
-            .into_response(),
+            )),
+        }
+    };
+    let upstream = async {
+        match &state.upstream {
+            Some(check) => check.not_ready().await,
+            None => None,
+        }
+    };
+    let (store, upstream) = tokio::join!(store, upstream);
+    let why: Vec<String> = store.into_iter().chain(upstream).collect();
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        not_ready(why.join("; "))
     }
+}
+
+fn not_ready(why: String) -> Response {
+    let mut res = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        format!("not ready: {why}"),
+    );
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    res
 }

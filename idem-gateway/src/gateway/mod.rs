@@ -26,7 +26,7 @@ pub mod config;
 mod listener_tls;
 pub mod proxy;
 mod serve;
-mod upstream_client;
+pub(crate) mod upstream_client;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,7 +87,16 @@ pub async fn run(
         .max_in_flight(config.max_in_flight)
         // The upstream is another process: nothing reads the extension.
         .request_context(false)
+        .trace_context(config.otlp_endpoint.is_some())
         .metrics(metrics.clone());
+    let access = config
+        .access_log
+        .then(|| crate::access_log::AccessWriter::start(config.access_log_json));
+    let layer = match &access {
+        Some(writer) => layer.access_log_to(writer.clone()),
+        None => layer,
+    };
+    start_otlp(&config, &metrics)?;
     let layer = match config.scope_key_rate {
         Some((rate, burst)) => layer.scope_key_rate(rate, burst),
         None => layer,
@@ -146,6 +155,14 @@ pub async fn run(
                 draining: draining.clone(),
                 keys: crate::keys::KeyAdmin::new(opened.store.clone(), opened.secret.clone()),
                 token,
+                upstream: match &config.readyz_upstream {
+                    Some(path) => Some(Arc::new(admin::UpstreamCheck::new(
+                        &config.upstream,
+                        path,
+                        config.upstream_tls.clone(),
+                    )?)),
+                    None => None,
+                },
             };
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {
@@ -242,6 +259,11 @@ pub async fn run(
         }
         Err(e) => Err(e),
     };
+    if let Some(writer) = access {
+        writer.flush();
+    }
+    #[cfg(feature = "otlp")]
+    crate::otlp::flush(Duration::from_secs(2)).await;
     if let Some(tx) = admin_stop {
         let _ = tx.send(());
     }
@@ -249,6 +271,39 @@ pub async fn run(
         let _ = task.await;
     }
     result
+}
+
+/// Starts exporting covered requests' spans when `otlp_endpoint` is set,
+/// with their counts on `/metrics`.
+#[cfg(feature = "otlp")]
+fn start_otlp(config: &GatewayConfig, metrics: &Metrics) -> anyhow::Result<()> {
+    let Some(endpoint) = &config.otlp_endpoint else {
+        return Ok(());
+    };
+    let tls = match endpoint.scheme_str() {
+        Some("https") => Some(Arc::new(upstream_client::tls_config(None)?)),
+        _ => None,
+    };
+    crate::otlp::start(endpoint, &config.otlp_service_name, tls)?;
+    for (result, read) in [
+        ("sent", (|| crate::otlp::counts().0) as fn() -> u64),
+        ("dropped", || crate::otlp::counts().1),
+    ] {
+        metrics.register(
+            idem::ValueKind::Counter,
+            "idem_otlp_spans_total",
+            "Spans exported to the OpenTelemetry collector (sent), or lost (dropped: the queue was full, or the collector refused them or could not be reached).",
+            &[("result", result)],
+            move || read() as f64,
+        );
+    }
+    tracing::info!(endpoint = %endpoint, service = %config.otlp_service_name, "exporting covered requests' spans over OTLP");
+    Ok(())
+}
+
+#[cfg(not(feature = "otlp"))]
+fn start_otlp(_: &GatewayConfig, _: &Metrics) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// Reads the listener's certificate again on each SIGHUP (new connections

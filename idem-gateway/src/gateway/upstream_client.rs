@@ -21,7 +21,7 @@ use rustls::pki_types::CertificateDer;
 /// One client of the upstream. Which one is chosen once, from the
 /// upstream's scheme: a plain upstream's requests never pass through TLS
 /// code.
-pub(super) enum UpstreamClient<B> {
+pub(crate) enum UpstreamClient<B> {
     Http(Client<HttpConnector, B>),
     Https(Client<HttpsConnector<HttpConnector>, B>),
 }
@@ -33,7 +33,7 @@ where
 {
     /// A client connecting within `connect_timeout`; `tls` for an
     /// `https://` upstream. `pooled`: keep idle connections for reuse.
-    pub(super) fn new(
+    pub(crate) fn new(
         connect_timeout: Duration,
         tls: Option<Arc<rustls::ClientConfig>>,
         pooled: bool,
@@ -68,7 +68,7 @@ where
     }
 
     /// Sends `req` (its URI absolute, naming the upstream).
-    pub(super) fn request(&self, req: Request<B>) -> ResponseFuture {
+    pub(crate) fn request(&self, req: Request<B>) -> ResponseFuture {
         match self {
             Self::Http(c) => c.request(req),
             Self::Https(c) => c.request(req),
@@ -79,7 +79,7 @@ where
 /// The TLS settings of an `https://` upstream: the certificate must come
 /// from the CA in `ca_file` (PEM), or else from one of the system's roots,
 /// and be issued for the upstream's host name.
-pub(super) fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {

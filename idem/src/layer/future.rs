@@ -4,10 +4,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use http::Response;
 use pin_project_lite::pin_project;
 
 use super::body::ResponseBody;
+use super::Shared;
+use crate::access::{enabled as access_enabled, AccessLine};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -58,13 +63,53 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Passthrough { #[pin] fut: F },
+        Passthrough { #[pin] fut: F, seen: Seen },
         Protocol {
             fut: Option<BoxFuture<Result<Response<ResponseBody<B>>, E>>>,
             // The request's span, entered while the protocol runs (what
             // `Instrument` would do, without a second handle on the span).
             span: tracing::Span,
         },
+    }
+}
+
+/// A request passed through untouched: when it came, and what its access
+/// line needs (only when the layer logs one: the method and URI are
+/// copied for it, in a box that a layer without access log never makes).
+pub(crate) struct Seen {
+    started: Instant,
+    shared: Arc<Shared>,
+    access: Option<Box<(http::Method, http::Uri)>>,
+}
+
+impl Seen {
+    pub(crate) fn new<B>(shared: &Arc<Shared>, req: &http::Request<B>) -> Self {
+        Self {
+            started: Instant::now(),
+            shared: shared.clone(),
+            access: (shared.access_log.is_some() && access_enabled())
+                .then(|| Box::new((req.method().clone(), req.uri().clone()))),
+        }
+    }
+
+    /// Counts the answer (`idempotency_passthrough_*`) and logs its line.
+    fn answered<B, E>(&self, out: &Result<Response<B>, E>) {
+        let took = self.started.elapsed();
+        let status = out.as_ref().map_or(0, |r| r.status().as_u16());
+        self.shared.metrics.passthrough().observe(status, took);
+        if let (Some(access), Some(sink)) = (&self.access, &self.shared.access_log) {
+            let (method, uri) = &**access;
+            sink.log(&AccessLine {
+                method,
+                path: uri.path(),
+                route: "-",
+                status,
+                outcome: "passed-through",
+                key: None,
+                duration: took,
+                upstream: None,
+            });
+        }
     }
 }
 
@@ -87,9 +132,9 @@ fn detach<T: Send + 'static>(fut: BoxFuture<T>, span: tracing::Span) {
 }
 
 impl<F, B: Send + 'static, E: Send + 'static> ResponseFuture<F, B, E> {
-    pub(crate) fn passthrough(fut: F) -> Self {
+    pub(crate) fn passthrough(fut: F, seen: Seen) -> Self {
         Self {
-            kind: Kind::Passthrough { fut },
+            kind: Kind::Passthrough { fut, seen },
         }
     }
 
@@ -117,9 +162,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Passthrough { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
+            KindProj::Passthrough { fut, seen } => {
+                let out = std::task::ready!(fut.poll(cx));
+                seen.answered(&out);
+                Poll::Ready(out.map(|res| res.map(ResponseBody::inner)))
+            }
             KindProj::Protocol { fut, span } => {
                 let Some(f) = fut.as_mut() else {
                     return Poll::Pending;

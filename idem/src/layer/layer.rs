@@ -69,6 +69,10 @@ pub(crate) struct Shared {
     pub(crate) renewals: Arc<Renewals>,
     /// Whether executions get an [`IdempotencyContext`](crate::IdempotencyContext).
     pub(crate) request_context: bool,
+    /// Whether the request's span carries `traceparent` and `status`.
+    pub(crate) trace_context: bool,
+    /// Where access lines go; `None`: no access log.
+    pub(crate) access_log: Option<Arc<dyn crate::AccessLog>>,
     /// The share of a bounded store's capacity one scope may hold.
     pub(crate) scope_share: f64,
     /// Made at first use from the store's capacity and `scope_share`;
@@ -216,6 +220,8 @@ impl IdempotencyLayer {
                 in_flight: Arc::default(),
                 renewals: Arc::default(),
                 request_context: true,
+                access_log: None,
+                trace_context: false,
                 scope_share: 0.5,
                 scope_quota: OnceLock::new(),
                 key_rate: None,
@@ -249,6 +255,8 @@ impl IdempotencyLayer {
                     in_flight: s.in_flight.clone(),
                     renewals: Arc::default(),
                     request_context: s.request_context,
+                    access_log: s.access_log.clone(),
+                    trace_context: s.trace_context,
                     scope_share: s.scope_share,
                     scope_quota: OnceLock::new(),
                     key_rate: s.key_rate.clone(),
@@ -389,6 +397,36 @@ impl IdempotencyLayer {
     /// `false`.
     pub fn request_context(self, on: bool) -> Self {
         self.with(|s| s.request_context = on)
+    }
+
+    /// Logs one line per request this layer sees, at `info` with target
+    /// `idem::access`: method, path, route, status, outcome (`executed`,
+    /// `replayed`, `passed-through`, or the refusal's slug), the key's short
+    /// hash, and the total and upstream durations. The default is off; the
+    /// subscriber decides the format (text, JSON) and where it goes, and a
+    /// filter such as `idem::access=off` turns it off again.
+    pub fn access_log(self, on: bool) -> Self {
+        self.with(|s| {
+            s.access_log =
+                on.then(|| Arc::new(crate::access::TracingAccessLog) as Arc<dyn crate::AccessLog>)
+        })
+    }
+
+    /// Whether each covered request's span (`idempotency`) also records the
+    /// request's W3C `traceparent` header and the answer's `status`, for a
+    /// tracing layer that exports spans (OpenTelemetry) in the client's
+    /// trace. The default is no: a header lookup and a field per request
+    /// that only an exporter reads.
+    pub fn trace_context(self, on: bool) -> Self {
+        self.with(|s| s.trace_context = on)
+    }
+
+    /// Writes access lines (see [`access_log`](Self::access_log)) to
+    /// `sink` instead of as `tracing` events: a buffered writer of the
+    /// service's own, a log pipeline. A subscriber that would drop
+    /// `idem::access` at `info` still turns them off.
+    pub fn access_log_to(self, sink: Arc<dyn crate::AccessLog>) -> Self {
+        self.with(|s| s.access_log = Some(sink))
     }
 
     /// Records metrics into `metrics`, a registry that may be shared with

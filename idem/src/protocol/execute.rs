@@ -134,10 +134,12 @@ pub(super) enum Answer<B, E> {
 }
 
 pub(super) fn answer<B, E>(
-    shared: &Shared,
+    route: &super::Route,
+    key: idem_core::scope::ShortKey,
     executed: std::thread::Result<Result<Outcome<B>, E>>,
 ) -> Answer<B, E> {
     use Answer::{Release, Store};
+    let shared: &Shared = &route.shared;
     match executed {
         Err(_panic) => Release(Ok(refusal::response(shared, &refusal::handler_panicked()))),
         Ok(Err(e)) => Release(Err(e)),
@@ -155,7 +157,7 @@ pub(super) fn answer<B, E>(
         }
         Ok(Ok(Outcome::BodyFailed(parts, received, e))) => {
             // Logged here, not sent: error chains can name internal hosts.
-            tracing::warn!(status = parts.status.as_u16(), received, error = %e, "the answer's body broke off after its status line: the operation ran; its answer is kept without the body");
+            tracing::warn!(key = %key, route = route.name(), status = parts.status.as_u16(), received, error = %e, "the answer's body broke off after its status line: the operation ran; its answer is kept without the body");
             let mut headers = storable_headers(&parts.headers);
             headers.push((IDEMPOTENT_BODY_LOST, HeaderValue::from_static("true")));
             let stored = StoredResponse {

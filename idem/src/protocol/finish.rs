@@ -71,7 +71,7 @@ pub(super) fn release_local(route: &Route, local: &dyn LocalStore, key: &StoreKe
     let done = local.release_now(key, fence);
     route.metrics().store(StoreOp::Release, started.elapsed());
     if let Err(e) = done {
-        tracing::warn!(key = %key.short(), error = %e, "releasing the key failed; it is freed when its lease ends");
+        tracing::warn!(key = %key.short(), route = route.name(), error = %e, "releasing the key failed; it is freed when its lease ends");
     }
 }
 
@@ -109,9 +109,11 @@ pub(super) async fn complete(
                 return;
             }
             Ok(Err(e)) => {
-                tracing::warn!(key = %key.short(), error = %e, attempt, "storing the answer failed")
+                tracing::warn!(key = %key.short(), route = route.name(), error = %e, attempt, "storing the answer failed")
             }
-            Err(_) => tracing::warn!(key = %key.short(), attempt, "storing the answer timed out"),
+            Err(_) => {
+                tracing::warn!(key = %key.short(), route = route.name(), attempt, "storing the answer timed out")
+            }
         }
         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
     }
@@ -134,9 +136,11 @@ pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
         match done {
             Ok(Ok(_)) => return,
             Ok(Err(e)) => {
-                tracing::warn!(key = %key.short(), error = %e, attempt, "releasing the key failed")
+                tracing::warn!(key = %key.short(), route = route.name(), error = %e, attempt, "releasing the key failed")
             }
-            Err(_) => tracing::warn!(key = %key.short(), attempt, "releasing the key timed out"),
+            Err(_) => {
+                tracing::warn!(key = %key.short(), route = route.name(), attempt, "releasing the key timed out")
+            }
         }
         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
     }

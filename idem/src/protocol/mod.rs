@@ -62,11 +62,14 @@ use crate::identity::header_scope;
 use crate::layer::{Admitted, BoxError, RequestBody, ResponseBody};
 use crate::metrics::{ErrorKind, StoreOp};
 
-/// Records the covered request's outcome on its span (passed down rather
-/// than looked up: `Span::current` costs a thread-local and a registry
-/// lookup even when the span is disabled).
-fn outcome(span: &tracing::Span, o: &'static str) {
-    span.record("outcome", o);
+use crate::access::Trace;
+
+/// Records the covered request's outcome on its span and for its access
+/// line (the span is passed down rather than looked up: `Span::current`
+/// costs a thread-local and a registry lookup even when the span is
+/// disabled).
+fn outcome(trace: &Trace, o: &'static str) {
+    trace.outcome(o);
 }
 
 /// A slot under the layer's in-flight limit, if it has one; `Err` when
@@ -128,242 +131,275 @@ where
     ResBody::Error: Into<BoxError>,
 {
     async move {
-        let shared = &*route.shared;
-        let policy = route.policy();
-        let refuse = |problem: Problem| {
-            outcome(&span, problem.kind.slug());
-            route.count(problem.kind);
-            Ok(refusal::response(shared, &problem))
-        };
+        let trace = Trace::new(span, route.shared.access_log.is_some(), &parts);
+        // The steps borrow `trace` and `route`; the access line is written
+        // once they have given the answer, whichever step gave it.
+        let answered = async {
+            let shared = &*route.shared;
+            let policy = route.policy();
+            let refuse = |problem: Problem| {
+                outcome(&trace, problem.kind.slug());
+                route.count(problem.kind);
+                Ok(refusal::response(shared, &problem))
+            };
 
-        // Whose key: from a header, or a verified identity (refused with
-        // 401 when its credentials do not verify, before anything is read).
-        let scope = match &shared.scope {
-            crate::ScopeSource::Header(name) => header_scope(&parts.headers, name),
-            crate::ScopeSource::Shared => None,
-            crate::ScopeSource::Verified(v) => match v.identify(&parts) {
-                Ok(scope) => scope,
-                Err(why) => {
-                    outcome(&span, ProblemKind::Unauthenticated.slug());
-                    route.count(ProblemKind::Unauthenticated);
-                    return Ok(refusal::unauthenticated(shared, why));
+            // Whose key: from a header, or a verified identity (refused with
+            // 401 when its credentials do not verify, before anything is read).
+            let scope = match &shared.scope {
+                crate::ScopeSource::Header(name) => header_scope(&parts.headers, name),
+                crate::ScopeSource::Shared => None,
+                crate::ScopeSource::Verified(v) => match v.identify(&parts) {
+                    Ok(scope) => scope,
+                    Err(why) => {
+                        outcome(&trace, ProblemKind::Unauthenticated.slug());
+                        route.count(ProblemKind::Unauthenticated);
+                        return Ok(refusal::unauthenticated(shared, why));
+                    }
+                },
+            };
+            // Rules 1 and 2: the key, before the body is read.
+            let key = match header_key(
+                &parts.headers,
+                policy,
+                shared.signing_secret.as_ref(),
+                scope.as_deref(),
+            ) {
+                Ok(k) => k,
+                Err(e) => return refuse(refusal::key_invalid(e)),
+            };
+            let body_keyed = key.is_none()
+                && policy
+                    .webhook
+                    .as_ref()
+                    .is_some_and(|w| w.body_hash_fallback);
+            if key.is_none() && !body_keyed {
+                if policy.key_required {
+                    return refuse(refusal::key_missing(&parts.method, parts.uri.path()));
                 }
-            },
-        };
-        // Rules 1 and 2: the key, before the body is read.
-        let key = match header_key(
-            &parts.headers,
-            policy,
-            shared.signing_secret.as_ref(),
-            scope.as_deref(),
-        ) {
-            Ok(k) => k,
-            Err(e) => return refuse(refusal::key_invalid(e)),
-        };
-        let body_keyed = key.is_none()
-            && policy
-                .webhook
-                .as_ref()
-                .is_some_and(|w| w.body_hash_fallback);
-        if key.is_none() && !body_keyed {
-            if policy.key_required {
-                return refuse(refusal::key_missing(&parts.method, parts.uri.path()));
+                // An optional key that was not sent: no protection asked for.
+                let _permit = match admit(shared) {
+                    Ok(p) => p,
+                    Err(()) => return refuse(refusal::overloaded()),
+                };
+                outcome(&trace, "unprotected");
+                let req = Request::from_parts(parts, RequestBody::streaming(body));
+                let called = std::time::Instant::now();
+                let out = inner.call(req).await;
+                trace.upstream(called.elapsed());
+                return out.map(|r| r.map(ResponseBody::inner));
             }
-            // An optional key that was not sent: no protection asked for.
+
+            // Rule 11: read the body (it is part of the fingerprint), within the limit.
+            let read = read_limited(
+                &parts.headers,
+                body,
+                policy.max_request_body,
+                shared.body_timeouts,
+            );
+            let bytes = match read.await {
+                Ok(b) => b,
+                Err(ReadError::TooLarge) => {
+                    return refuse(refusal::body_too_large(policy.max_request_body))
+                }
+                Err(ReadError::Failed(e)) => return refuse(refusal::body_unreadable(&e)),
+                Err(ReadError::TimedOut) => {
+                    return refuse(refusal::body_timeout(shared.body_timeouts.total))
+                }
+                Err(ReadError::Idle) => {
+                    return refuse(refusal::body_idle(shared.body_timeouts.idle))
+                }
+            };
+            // The in-flight slot is taken once the body is here, and held until
+            // the request is answered: taken before, requests whose bodies
+            // never come (or trickle in) would hold every slot until their
+            // body read timeout, and refuse everyone else. Bodies being read
+            // are bounded by the connection limit and that timeout instead.
             let _permit = match admit(shared) {
                 Ok(p) => p,
                 Err(()) => return refuse(refusal::overloaded()),
             };
-            outcome(&span, "unprotected");
-            let req = Request::from_parts(parts, RequestBody::streaming(body));
-            return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
-        }
-
-        // Rule 11: read the body (it is part of the fingerprint), within the limit.
-        let read = read_limited(
-            &parts.headers,
-            body,
-            policy.max_request_body,
-            shared.body_timeouts,
-        );
-        let bytes = match read.await {
-            Ok(b) => b,
-            Err(ReadError::TooLarge) => {
-                return refuse(refusal::body_too_large(policy.max_request_body))
-            }
-            Err(ReadError::Failed(e)) => return refuse(refusal::body_unreadable(&e)),
-            Err(ReadError::TimedOut) => {
-                return refuse(refusal::body_timeout(shared.body_timeouts.total))
-            }
-            Err(ReadError::Idle) => return refuse(refusal::body_idle(shared.body_timeouts.idle)),
-        };
-        // The in-flight slot is taken once the body is here, and held until
-        // the request is answered: taken before, requests whose bodies
-        // never come (or trickle in) would hold every slot until their
-        // body read timeout, and refuse everyone else. Bodies being read
-        // are bounded by the connection limit and that timeout instead.
-        let _permit = match admit(shared) {
-            Ok(p) => p,
-            Err(()) => return refuse(refusal::overloaded()),
-        };
-        let key = match key {
-            Some(k) => k,
-            None => Key::Owned(raw_body_key(&bytes)),
-        };
-
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let fingerprint =
-            Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
-        // In blocks, here and below: a local's room in this future is kept
-        // until its scope ends, even after it was moved.
-        let store_key = {
-            let derived = match shared.secret_ready() {
-                Some(secret) => Ok(StoreKey::derive(secret, scope.as_deref(), key.as_str())),
-                None => Box::pin(shared.secret())
-                    .await
-                    .map(|secret| StoreKey::derive(secret, scope.as_deref(), key.as_str())),
+            let key = match key {
+                Some(k) => k,
+                None => Key::Owned(raw_body_key(&bytes)),
             };
-            match derived {
-                Ok(k) => k,
-                Err(e) => {
-                    return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await
-                }
-            }
-        };
-        span.record("key", tracing::field::display(store_key.short()));
 
-        let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
-        let mut poll = Duration::from_millis(5);
-        let (fence, begun_at) = loop {
-            let nap = {
-                let started = std::time::Instant::now();
-                let begun = match shared.store.local() {
-                    Some(local) => local.begin_now(&store_key, &fingerprint, policy.lease),
-                    None => match tokio::time::timeout(
-                        shared.store_timeout,
-                        shared.store.begin(&store_key, &fingerprint, policy.lease),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
-                    },
+            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let fingerprint =
+                Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
+            // In blocks, here and below: a local's room in this future is kept
+            // until its scope ends, even after it was moved.
+            let store_key = {
+                let derived = match shared.secret_ready() {
+                    Some(secret) => Ok(StoreKey::derive(secret, scope.as_deref(), key.as_str())),
+                    None => Box::pin(shared.secret())
+                        .await
+                        .map(|secret| StoreKey::derive(secret, scope.as_deref(), key.as_str())),
                 };
-                let begun_at = std::time::Instant::now();
-                route
-                    .metrics()
-                    .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
-                // Rules 3 to 9: what the store's answer means (see `begin`).
-                match begin::next(begun, wait_until, poll) {
-                    Next::Execute(fence) => break (fence, begun_at),
-                    Next::Replay(stored) => {
-                        tracing::debug!("replaying");
-                        route.metrics().hit();
-                        outcome(&span, "replayed");
-                        let cookies = replays_cookies(policy.replay_set_cookie, scope.is_some());
-                        return Ok(replay(stored, cookies));
-                    }
-                    Next::Refuse(problem) => return refuse(problem),
-                    Next::Nap(nap) => nap,
-                    Next::StoreFailed(e) => {
-                        return Box::pin(store_failure(&route, inner, parts, bytes, e, &span)).await
+                match derived {
+                    Ok(k) => k,
+                    Err(e) => {
+                        return Box::pin(store_failure(
+                            &route, inner, parts, bytes, e, None, &trace,
+                        ))
+                        .await
                     }
                 }
             };
-            // Computed above, so that nothing of this attempt is kept
-            // across the nap.
-            poll = (poll * 2).min(Duration::from_millis(100));
-            tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
-        };
+            trace.key(store_key.short());
 
-        // A new record: within its scope's rate of new keys and share of a
-        // bounded store (see `rate` and `quota`)? If not, the record just
-        // made is released and the scope told to wait; replays above never
-        // get here.
-        let quota = match admit_scope(shared, scope.as_deref(), policy.ttl) {
-            Ok(q) => q,
-            Err(problem) => {
-                match shared.store.local() {
-                    Some(local) => release_local(&route, local, &store_key, fence),
-                    None => Box::pin(release(&route, &store_key, fence)).await,
-                }
-                return refuse(problem);
-            }
-        };
-        // Started: this request holds the key. It executes, then its answer
-        // is stored or its key released; a client disconnecting cannot
-        // cancel that half-way (rule 12, see `ResponseFuture`).
-        tracing::debug!("executing");
-        outcome(&span, "executed");
-        if shared.request_context {
-            let context = IdempotencyContext::new(route.clone(), scope, key.into_key());
-            parts.extensions.insert(context);
-        }
-        // Counted so that a shutdown waits for the answer to be stored.
-        let _guard = shared.in_flight.enter();
-        // The lease is renewed every third of it until the answer is stored
-        // or the key released (not only while the execution runs: storing
-        // can take retries longer than a short lease), so a live request is
-        // never taken over, and a crashed one blocks its key for at most
-        // one lease.
-        let renewed = shared.renewals.register(&route, store_key, fence, begun_at);
-        let executed = {
-            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                inner.call(Request::from_parts(parts, RequestBody::buffered(bytes)))
-            }));
-            AssertUnwindSafe(collect(called, policy))
-                .catch_unwind()
-                .await
-                .and_then(|r| r)
-        };
-        // One clock reading ends the execution and starts `complete`.
-        let finished = std::time::Instant::now();
-        route
-            .metrics()
-            .processing(finished.saturating_duration_since(begun_at));
-        let finishing = {
-            let answer = answer(shared, executed);
-            // Counted once, as what it was: an execution whose answer is
-            // kept (a miss), or one that failed and was released (an
-            // upstream error), never both.
-            if matches!(answer, Answer::Release(_)) {
-                self::outcome(&span, "executed-not-stored");
-                route.metrics().error(ErrorKind::Upstream);
-            } else {
-                route.metrics().miss();
-            }
-            if let Some((q, tag)) = quota {
-                match answer {
-                    Answer::Release(_) => q.give_back(tag),
-                    Answer::Store(..) => q.expire_after(tag, policy.ttl),
-                }
-            }
-            match shared.store.local() {
-                Some(local) => {
-                    let result = match answer {
-                        Answer::Store(stored, res) => {
-                            complete_local(&route, local, &store_key, fence, stored, finished);
-                            Ok(res)
-                        }
-                        Answer::Release(result) => {
-                            release_local(&route, local, &store_key, fence);
-                            result
-                        }
+            let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
+            let mut poll = Duration::from_millis(5);
+            let (fence, begun_at) = loop {
+                let nap = {
+                    let started = std::time::Instant::now();
+                    let begun = match shared.store.local() {
+                        Some(local) => local.begin_now(&store_key, &fingerprint, policy.lease),
+                        None => match tokio::time::timeout(
+                            shared.store_timeout,
+                            shared.store.begin(&store_key, &fingerprint, policy.lease),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+                        },
                     };
-                    drop(renewed);
-                    return result;
+                    let begun_at = std::time::Instant::now();
+                    route
+                        .metrics()
+                        .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
+                    // Rules 3 to 9: what the store's answer means (see `begin`).
+                    match begin::next(begun, wait_until, poll) {
+                        Next::Execute(fence) => break (fence, begun_at),
+                        Next::Replay(stored) => {
+                            tracing::debug!("replaying");
+                            route.metrics().hit();
+                            outcome(&trace, "replayed");
+                            let cookies =
+                                replays_cookies(policy.replay_set_cookie, scope.is_some());
+                            return Ok(replay(stored, cookies));
+                        }
+                        Next::Refuse(problem) => return refuse(problem),
+                        Next::Nap(nap) => nap,
+                        Next::StoreFailed(e) => {
+                            return Box::pin(store_failure(
+                                &route,
+                                inner,
+                                parts,
+                                bytes,
+                                e,
+                                Some(store_key.short()),
+                                &trace,
+                            ))
+                            .await
+                        }
+                    }
+                };
+                // Computed above, so that nothing of this attempt is kept
+                // across the nap.
+                poll = (poll * 2).min(Duration::from_millis(100));
+                tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
+            };
+
+            // A new record: within its scope's rate of new keys and share of a
+            // bounded store (see `rate` and `quota`)? If not, the record just
+            // made is released and the scope told to wait; replays above never
+            // get here.
+            let quota = match admit_scope(shared, scope.as_deref(), policy.ttl) {
+                Ok(q) => q,
+                Err(problem) => {
+                    match shared.store.local() {
+                        Some(local) => release_local(&route, local, &store_key, fence),
+                        None => Box::pin(release(&route, &store_key, fence)).await,
+                    }
+                    return refuse(problem);
                 }
-                // Boxed, owning the answer: only a remote store waits here.
-                None => Box::pin(finish_remote(
-                    route.clone(),
-                    store_key,
-                    fence,
-                    answer,
-                    finished,
-                    renewed,
-                )),
+            };
+            // Started: this request holds the key. It executes, then its answer
+            // is stored or its key released; a client disconnecting cannot
+            // cancel that half-way (rule 12, see `ResponseFuture`).
+            tracing::debug!("executing");
+            outcome(&trace, "executed");
+            if shared.request_context {
+                let context = IdempotencyContext::new(route.clone(), scope, key.into_key());
+                parts.extensions.insert(context);
             }
+            // Counted so that a shutdown waits for the answer to be stored.
+            let _guard = shared.in_flight.enter();
+            // The lease is renewed every third of it until the answer is stored
+            // or the key released (not only while the execution runs: storing
+            // can take retries longer than a short lease), so a live request is
+            // never taken over, and a crashed one blocks its key for at most
+            // one lease.
+            let renewed = shared.renewals.register(&route, store_key, fence, begun_at);
+            let executed = {
+                let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    inner.call(Request::from_parts(parts, RequestBody::buffered(bytes)))
+                }));
+                AssertUnwindSafe(collect(called, policy))
+                    .catch_unwind()
+                    .await
+                    .and_then(|r| r)
+            };
+            // One clock reading ends the execution and starts `complete`.
+            let finished = std::time::Instant::now();
+            let took = finished.saturating_duration_since(begun_at);
+            route.metrics().processing(took);
+            trace.upstream(took);
+            let finishing = {
+                let answer = answer(&route, store_key.short(), executed);
+                // Counted once, as what it was: an execution whose answer is
+                // kept (a miss), or one that failed and was released (an
+                // upstream error), never both.
+                if matches!(answer, Answer::Release(_)) {
+                    self::outcome(&trace, "executed-not-stored");
+                    route.metrics().error(ErrorKind::Upstream);
+                } else {
+                    route.metrics().miss();
+                }
+                if let Some((q, tag)) = quota {
+                    match answer {
+                        Answer::Release(_) => q.give_back(tag),
+                        Answer::Store(..) => q.expire_after(tag, policy.ttl),
+                    }
+                }
+                match shared.store.local() {
+                    Some(local) => {
+                        let result = match answer {
+                            Answer::Store(stored, res) => {
+                                complete_local(&route, local, &store_key, fence, stored, finished);
+                                Ok(res)
+                            }
+                            Answer::Release(result) => {
+                                release_local(&route, local, &store_key, fence);
+                                result
+                            }
+                        };
+                        drop(renewed);
+                        return result;
+                    }
+                    // Boxed, owning the answer: only a remote store waits here.
+                    None => Box::pin(finish_remote(
+                        route.clone(),
+                        store_key,
+                        fence,
+                        answer,
+                        finished,
+                        renewed,
+                    )),
+                }
+            };
+            finishing.await
         };
-        finishing.await
+        let out = answered.await;
+        if route.shared.trace_context {
+            if let Ok(res) = &out {
+                trace.span.record("status", res.status().as_u16());
+            }
+        }
+        if let Some(sink) = &route.shared.access_log {
+            trace.finish(&**sink, route.name(), &out);
+        }
+        out
     }
 }

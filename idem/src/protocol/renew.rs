@@ -198,13 +198,15 @@ async fn renew(
                 .upgrade()
                 .is_some_and(|r| r.lock().remove(slot, id));
             if registered {
-                tracing::warn!(key = %key.short(), "lease lost: another request took this key over; this execution's answer will not be stored");
+                tracing::warn!(key = %key.short(), route = route.name(), "lease lost: another request took this key over; this execution's answer will not be stored");
             }
         }
         Ok(Err(e)) => {
-            tracing::warn!(key = %key.short(), error = %e, "lease renewal failed; retrying")
+            tracing::warn!(key = %key.short(), route = route.name(), error = %e, "lease renewal failed; retrying")
         }
-        Err(_) => tracing::warn!(key = %key.short(), "lease renewal timed out; retrying"),
+        Err(_) => {
+            tracing::warn!(key = %key.short(), route = route.name(), "lease renewal timed out; retrying")
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use idem_core::{ProblemKind, StoreError};
 use tower_service::Service;
 
 use super::{outcome, refusal, Route};
+use crate::access::{KeyOrDash, Trace};
 use crate::layer::{RequestBody, ResponseBody};
 
 /// Rule 10: the store failed. Fail-closed (503) unless the route is
@@ -20,17 +21,21 @@ pub(super) async fn store_failure<S, ReqBody, ResBody>(
     parts: Parts,
     bytes: Bytes,
     e: StoreError,
-    span: &tracing::Span,
+    key: Option<idem_core::scope::ShortKey>,
+    trace: &Trace,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
 {
     route.count(ProblemKind::StoreUnavailable);
     if route.policy().fail_open {
-        outcome(span, "fail-open");
-        tracing::warn!(route = route.name(), error = %e, "idempotency store failed; executing unprotected (fail-open)");
+        outcome(trace, "fail-open");
+        tracing::warn!(route = route.name(), key = %KeyOrDash(key), error = %e, "idempotency store failed; executing unprotected (fail-open)");
         let req = Request::from_parts(parts, RequestBody::buffered(bytes));
-        return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+        let called = std::time::Instant::now();
+        let out = inner.call(req).await;
+        trace.upstream(called.elapsed());
+        return out.map(|r| r.map(ResponseBody::inner));
     }
     let kind = match e {
         StoreError::CapacityExceeded { .. } | StoreError::BytesExceeded { .. } => {
@@ -38,8 +43,8 @@ where
         }
         _ => ProblemKind::StoreUnavailable,
     };
-    outcome(span, kind.slug());
-    tracing::warn!(route = route.name(), error = %e, "idempotency store failed; refusing (fail-closed)");
+    outcome(trace, kind.slug());
+    tracing::warn!(route = route.name(), key = %KeyOrDash(key), error = %e, "idempotency store failed; refusing (fail-closed)");
     Ok(refusal::response(
         &route.shared,
         &refusal::store_failed(kind, &e),

@@ -33,6 +33,11 @@ pub(super) fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)
         path("secret_file", &args.secret_file),
         text("admin_listen", &args.admin_listen),
         path("admin_token_file", &args.admin_token_file),
+        text("readyz_upstream", &args.readyz_upstream),
+        args.access_log
+            .map(|on| ("access_log", toml::Value::Boolean(on))),
+        text("otlp_endpoint", &args.otlp_endpoint),
+        text("otlp_service_name", &args.otlp_service_name),
         args.require_signed_keys
             .then_some(("require_signed_keys", toml::Value::Boolean(true))),
         path("key_signing_secret_file", &args.key_signing_secret_file),

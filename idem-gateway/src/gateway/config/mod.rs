@@ -49,6 +49,10 @@ struct Settings {
     tls_key_file: Option<PathBuf>,
     admin_listen: String,
     admin_token_file: Option<PathBuf>,
+    readyz_upstream: Option<String>,
+    access_log: bool,
+    otlp_endpoint: Option<String>,
+    otlp_service_name: String,
     key_signing_secret_file: Option<PathBuf>,
     store: String,
     secret_file: Option<PathBuf>,
@@ -103,6 +107,10 @@ impl Default for Settings {
             tls_key_file: None,
             admin_listen: "127.0.0.1:9090".into(),
             admin_token_file: None,
+            readyz_upstream: None,
+            access_log: true,
+            otlp_endpoint: None,
+            otlp_service_name: "idem".into(),
             key_signing_secret_file: None,
             store: "sqlite://idem.db".into(),
             secret_file: None,
@@ -169,6 +177,18 @@ pub struct GatewayConfig {
     pub admin_listen: Option<String>,
     /// The admin API's bearer token file; `None`: the admin API is off.
     pub admin_token_file: Option<PathBuf>,
+    /// A path on the upstream that `/readyz` asks (`GET`, a 2xx or 3xx
+    /// within a second); `None`: the upstream is not checked.
+    pub readyz_upstream: Option<String>,
+    /// One `info` line per request (target `idem::access`).
+    pub access_log: bool,
+    /// Access lines as JSON objects rather than text (the `--log-format`,
+    /// which is the command line's: set by whoever starts the gateway).
+    pub access_log_json: bool,
+    /// Where covered requests' spans go (OTLP/HTTP); `None`: nowhere.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// The `service.name` of the exported spans.
+    pub otlp_service_name: String,
     /// The secret that signs keys, for routes that require signed keys.
     pub key_signing_secret_file: Option<PathBuf>,
     /// The store.
@@ -500,6 +520,43 @@ fn validate(
     let signed_routes = std::iter::once(&policy.default)
         .chain(policy.routes.iter().map(|(_, p)| p))
         .any(|p| p.require_signed_keys && p.webhook.is_none());
+    if let Some(path) = &s.readyz_upstream {
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            bail!(
+                "{}: must be a path on the upstream such as /healthz, got {path:?}",
+                n("readyz_upstream")
+            );
+        }
+    }
+    let otlp_endpoint = match s
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.is_empty())
+    {
+        None => None,
+        Some(e) => {
+            if cfg!(not(feature = "otlp")) {
+                bail!(
+                    "{}: this idem was built without the otlp feature; build it with --features otlp",
+                    n("otlp_endpoint")
+                );
+            }
+            let uri: http::Uri = e.parse().map_err(|err| {
+                anyhow!(
+                    "{}: {err}; write it as http://HOST:4318",
+                    n("otlp_endpoint")
+                )
+            })?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+                bail!(
+                    "{}: must be an http:// or https:// URL such as http://127.0.0.1:4318, got {e:?}",
+                    n("otlp_endpoint")
+                );
+            }
+            Some(uri)
+        }
+    };
     if signed_routes && s.key_signing_secret_file.is_none() {
         bail!("require_signed_keys: routes require signed keys, but no key_signing_secret_file (--key-signing-secret-file) is set");
     }
@@ -511,6 +568,14 @@ fn validate(
         listener_tls,
         admin_listen,
         admin_token_file: s.admin_token_file,
+        readyz_upstream: s.readyz_upstream,
+        access_log: s.access_log,
+        access_log_json: false,
+        otlp_endpoint,
+        otlp_service_name: std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|n| !n.is_empty() && s.otlp_service_name == "idem")
+            .unwrap_or(s.otlp_service_name),
         key_signing_secret_file: s.key_signing_secret_file,
         store,
         secret_file: s.secret_file,

@@ -36,6 +36,14 @@ impl GatewayConfig {
         if let Some(p) = &self.admin_token_file {
             put("admin_token_file", path(p));
         }
+        if let Some(p) = &self.readyz_upstream {
+            put("readyz_upstream", text(p));
+        }
+        put("access_log", Value::Boolean(self.access_log));
+        if let Some(e) = &self.otlp_endpoint {
+            put("otlp_endpoint", text(&e.to_string()));
+            put("otlp_service_name", text(&self.otlp_service_name));
+        }
         if let Some(p) = &self.key_signing_secret_file {
             put("key_signing_secret_file", path(p));
         }

@@ -23,10 +23,15 @@
 //! layer, found by index: recording costs a few relaxed atomic adds and no
 //! lock or map lookup on the request path.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod family;
+#[cfg(feature = "prometheus-client")]
+mod prometheus_client;
+
+pub use family::{Family, FamilyKind, HistogramSample, Sample, Series};
 
 /// Why a covered request was refused or failed: the `kind` label of
 /// `idempotency_errors_total`.
@@ -169,23 +174,86 @@ impl Histogram {
             .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// The histogram as read now.
+    fn sample(&self) -> Sample {
         let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
         for (i, bound) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            buckets.push((*bound, cumulative));
         }
         cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        buckets.push((f64::INFINITY, cumulative));
+        Sample::Histogram(HistogramSample {
+            buckets,
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            count: cumulative,
+        })
+    }
+}
+
+/// The `class` label values of `idempotency_passthrough_total`: the
+/// answer's status class, or `error` when the wrapped service returned an
+/// error instead of an answer.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Requests the layer passed through untouched (no rule covers them): how
+/// many by status class, and how long until their answer's head.
+pub(crate) struct Passthrough {
+    classes: [AtomicU64; CLASSES.len()],
+    latency: Histogram,
+}
+
+impl Default for Passthrough {
+    fn default() -> Self {
+        Self {
+            classes: Default::default(),
+            latency: Histogram::new(&PROCESSING_BUCKETS),
+        }
+    }
+}
+
+impl Passthrough {
+    /// One request answered with `status` (0: an error) after `took`.
+    pub(crate) fn observe(&self, status: u16, took: Duration) {
+        let class = match status {
+            100..=599 => usize::from(status / 100) - 1,
+            _ => CLASSES.len() - 1,
+        };
+        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(took);
+    }
+
+    fn families(&self, out: &mut Vec<Family>) {
+        out.push(Family {
+            name: "idempotency_passthrough_total",
+            help: "Requests the layer passed through untouched (no rule covers their method and path), by status class.",
+            kind: FamilyKind::Counter,
+            series: CLASSES
+                .iter()
+                .zip(&self.classes)
+                .map(|(class, count)| Series {
+                    labels: vec![("class".to_owned(), (*class).to_owned())],
+                    value: Sample::Value(count.load(Ordering::Relaxed) as f64),
+                })
+                .collect(),
+        });
+        out.push(Family {
+            name: "idempotency_passthrough_seconds",
+            help: "Time until the answer's head of requests passed through untouched.",
+            kind: FamilyKind::Histogram,
+            series: vec![Series {
+                labels: Vec::new(),
+                value: self.latency.sample(),
+            }],
+        });
     }
 }
 
 /// The series of one route of one layer.
 pub(crate) struct RouteMetrics {
-    labels: String,
+    route: String,
+    backend: String,
     hits: AtomicU64,
     misses: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
@@ -198,11 +266,8 @@ pub(crate) struct RouteMetrics {
 impl RouteMetrics {
     fn new(route: &str, backend: &str) -> Self {
         Self {
-            labels: format!(
-                "route=\"{}\",backend=\"{}\"",
-                escape(route),
-                escape(backend)
-            ),
+            route: route.to_owned(),
+            backend: backend.to_owned(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             errors: Default::default(),
@@ -250,30 +315,39 @@ impl RouteMetrics {
     }
 }
 
-/// One counter family: its help, its type, one sample per route series.
-fn counters(
-    out: &mut String,
-    series: &[Arc<RouteMetrics>],
-    name: &str,
-    help: &str,
-    counter: impl Fn(&RouteMetrics) -> &AtomicU64,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
-    for s in series {
-        let _ = writeln!(
-            out,
-            "{name}{{{}}} {}",
-            s.labels,
-            counter(s).load(Ordering::Relaxed)
-        );
+impl RouteMetrics {
+    /// `route` and `backend`, and `extra` after them.
+    fn labels(&self, extra: Option<(&str, &str)>) -> Vec<(String, String)> {
+        let mut labels = vec![
+            ("route".to_owned(), self.route.clone()),
+            ("backend".to_owned(), self.backend.clone()),
+        ];
+        if let Some((k, v)) = extra {
+            labels.push((k.to_owned(), v.to_owned()));
+        }
+        labels
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A counter family with one series per route.
+fn per_route(
+    series: &[Arc<RouteMetrics>],
+    name: &'static str,
+    help: &'static str,
+    counter: impl Fn(&RouteMetrics) -> &AtomicU64,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind: FamilyKind::Counter,
+        series: series
+            .iter()
+            .map(|s| Series {
+                labels: s.labels(None),
+                value: Sample::Value(counter(s).load(Ordering::Relaxed) as f64),
+            })
+            .collect(),
+    }
 }
 
 /// A registry of idempotency metrics. Cloning gives another handle to the
@@ -282,6 +356,8 @@ fn escape(v: &str) -> String {
 pub struct Metrics {
     series: Arc<Mutex<Vec<Arc<RouteMetrics>>>>,
     values: Arc<Mutex<Vec<Value>>>,
+    /// Every layer on this registry counts what it passes through here.
+    passthrough: Arc<Passthrough>,
 }
 
 /// Whether a read value only grows (a counter) or goes up and down.
@@ -300,7 +376,7 @@ struct Value {
     name: &'static str,
     help: &'static str,
     kind: ValueKind,
-    labels: String,
+    labels: Vec<(String, String)>,
     readers: Vec<Reader>,
 }
 
@@ -321,14 +397,21 @@ impl Metrics {
     /// The series for `route` on `backend`, created on first use; two layers
     /// naming the same route and backend share it.
     pub(crate) fn route(&self, route: &str, backend: &str) -> Arc<RouteMetrics> {
-        let wanted = RouteMetrics::new(route, backend);
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = series.iter().find(|s| s.labels == wanted.labels) {
+        if let Some(found) = series
+            .iter()
+            .find(|s| s.route == route && s.backend == backend)
+        {
             return found.clone();
         }
-        let made = Arc::new(wanted);
+        let made = Arc::new(RouteMetrics::new(route, backend));
         series.push(made.clone());
         made
+    }
+
+    /// Where layers on this registry count what they pass through.
+    pub(crate) fn passthrough(&self) -> &Passthrough {
+        &self.passthrough
     }
 
     /// Adds a value read at each render: series `name{labels}`, of `kind`,
@@ -343,11 +426,10 @@ impl Metrics {
         labels: &[(&str, &str)],
         read: impl Fn() -> f64 + Send + Sync + 'static,
     ) {
-        let labels = labels
+        let labels: Vec<(String, String)> = labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
         match values
             .iter_mut()
@@ -366,94 +448,104 @@ impl Metrics {
 
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
+        family::text(&self.families())
+    }
+
+    /// Every family of this registry as read now: what an exporter of the
+    /// service's own publishes (the `prometheus-client` feature registers
+    /// the registry as a `Collector` this way), so idem's series need no
+    /// second endpoint.
+    pub fn families(&self) -> Vec<Family> {
         let series: Vec<Arc<RouteMetrics>> = self
             .series
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut out = String::with_capacity(1024 + series.len() * 8192);
-        counters(
-            &mut out,
-            &series,
-            "idempotency_cache_hits_total",
-            "Covered requests answered with a stored response (replays).",
-            |s| &s.hits,
-        );
-        counters(
-            &mut out,
-            &series,
-            "idempotency_cache_misses_total",
-            "Covered requests that executed and whose answer was kept (a failed execution counts in idempotency_errors_total{kind=\"upstream\"} instead).",
-            |s| &s.misses,
-        );
-        out.push_str(
-            "# HELP idempotency_errors_total Covered requests refused or failed, by kind.\n",
-        );
-        out.push_str("# TYPE idempotency_errors_total counter\n");
-        for s in &series {
-            for (i, kind) in ErrorKind::ALL.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "idempotency_errors_total{{{},kind=\"{}\"}} {}",
-                    s.labels,
-                    kind.as_str(),
-                    s.errors[i].load(Ordering::Relaxed)
-                );
-            }
-        }
-        counters(
-            &mut out,
-            &series,
-            "idempotency_leases_lost_total",
-            "Executions that finished after their lease was taken over (their answer was not stored; the key's new holder may have executed it again).",
-            |s| &s.leases_lost,
-        );
-        counters(
-            &mut out,
-            &series,
-            "idempotency_answers_not_stored_total",
-            "Answers the store never took after every retry (the key stays in progress until its lease ends, then a retry executes again).",
-            |s| &s.answers_not_stored,
-        );
-        out.push_str("# HELP idempotency_processing_seconds Time executing covered requests.\n");
-        out.push_str("# TYPE idempotency_processing_seconds histogram\n");
-        for s in &series {
-            s.processing
-                .render(&mut out, "idempotency_processing_seconds", &s.labels);
-        }
-        out.push_str("# HELP idempotency_store_seconds Store latency by operation.\n");
-        out.push_str("# TYPE idempotency_store_seconds histogram\n");
-        for s in &series {
-            for (i, op) in StoreOp::ALL.iter().enumerate() {
-                let labels = format!("{},op=\"{}\"", s.labels, op.as_str());
-                s.store[i].render(&mut out, "idempotency_store_seconds", &labels);
-            }
-        }
+        let mut out = vec![
+            per_route(
+                &series,
+                "idempotency_cache_hits_total",
+                "Covered requests answered with a stored response (replays).",
+                |s| &s.hits,
+            ),
+            per_route(
+                &series,
+                "idempotency_cache_misses_total",
+                "Covered requests that executed and whose answer was kept (a failed execution counts in idempotency_errors_total{kind=\"upstream\"} instead).",
+                |s| &s.misses,
+            ),
+            Family {
+                name: "idempotency_errors_total",
+                help: "Covered requests refused or failed, by kind.",
+                kind: FamilyKind::Counter,
+                series: series
+                    .iter()
+                    .flat_map(|s| {
+                        ErrorKind::ALL.iter().enumerate().map(|(i, kind)| Series {
+                            labels: s.labels(Some(("kind", kind.as_str()))),
+                            value: Sample::Value(s.errors[i].load(Ordering::Relaxed) as f64),
+                        })
+                    })
+                    .collect(),
+            },
+            per_route(
+                &series,
+                "idempotency_leases_lost_total",
+                "Executions that finished after their lease was taken over (their answer was not stored; the key's new holder may have executed it again).",
+                |s| &s.leases_lost,
+            ),
+            per_route(
+                &series,
+                "idempotency_answers_not_stored_total",
+                "Answers the store never took after every retry (the key stays in progress until its lease ends, then a retry executes again).",
+                |s| &s.answers_not_stored,
+            ),
+            Family {
+                name: "idempotency_processing_seconds",
+                help: "Time executing covered requests.",
+                kind: FamilyKind::Histogram,
+                series: series
+                    .iter()
+                    .map(|s| Series {
+                        labels: s.labels(None),
+                        value: s.processing.sample(),
+                    })
+                    .collect(),
+            },
+            Family {
+                name: "idempotency_store_seconds",
+                help: "Store latency by operation.",
+                kind: FamilyKind::Histogram,
+                series: series
+                    .iter()
+                    .flat_map(|s| {
+                        StoreOp::ALL.iter().enumerate().map(|(i, op)| Series {
+                            labels: s.labels(Some(("op", op.as_str()))),
+                            value: s.store[i].sample(),
+                        })
+                    })
+                    .collect(),
+            },
+        ];
+        self.passthrough.families(&mut out);
         let values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        let mut named: Vec<&'static str> = Vec::new();
         for v in values.iter() {
-            if !named.contains(&v.name) {
-                named.push(v.name);
-            }
-        }
-        for name in named {
-            let mut first = true;
-            for v in values.iter().filter(|v| v.name == name) {
-                if first {
-                    let kind = match v.kind {
-                        ValueKind::Gauge => "gauge",
-                        ValueKind::Counter => "counter",
-                    };
-                    let _ = writeln!(out, "# HELP {name} {}", v.help);
-                    let _ = writeln!(out, "# TYPE {name} {kind}");
-                    first = false;
-                }
-                let sum: f64 = v.readers.iter().map(|r| r()).sum();
-                if v.labels.is_empty() {
-                    let _ = writeln!(out, "{name} {sum}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{}}} {sum}", v.labels);
-                }
+            let sample = Series {
+                labels: v.labels.clone(),
+                value: Sample::Value(v.readers.iter().map(|r| r()).sum()),
+            };
+            // Values of one name are one family, whatever their order.
+            match out.iter_mut().find(|f| f.name == v.name) {
+                Some(family) => family.series.push(sample),
+                None => out.push(Family {
+                    name: v.name,
+                    help: v.help,
+                    kind: match v.kind {
+                        ValueKind::Gauge => FamilyKind::Gauge,
+                        ValueKind::Counter => FamilyKind::Counter,
+                    },
+                    series: vec![sample],
+                }),
             }
         }
         out
