@@ -57,6 +57,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Inspect, delete, purge and count records in a store.
     Keys(KeysArgs),
+    /// Check any server's Idempotency-Key support from outside (creates real operations on the target; docs/conformance.md).
+    Conformance(Box<crate::conformance::ConformanceArgs>),
     /// Create or upgrade idem's tables in a PostgreSQL store, once, as a role that may create tables (then the gateway's role needs only to read and write them).
     Migrate(MigrateArgs),
 }

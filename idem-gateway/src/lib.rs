@@ -17,6 +17,7 @@
 
 pub mod access_log;
 pub mod cli;
+pub mod conformance;
 pub mod demo;
 pub mod gateway;
 pub mod keygen;

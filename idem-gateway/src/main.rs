@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => runtime(None)?.block_on(demo_cmd(args)),
         Command::Keys(args) => runtime(None)?.block_on(keys_cmd(args)),
         Command::Migrate(args) => runtime(Some(1))?.block_on(migrate_cmd(args)),
+        Command::Conformance(args) => runtime(None)?.block_on(conformance_cmd(*args)),
     }
 }
 
@@ -107,6 +108,33 @@ async fn check_store(config: &GatewayConfig) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     }
+}
+
+async fn conformance_cmd(args: idem_gateway::conformance::ConformanceArgs) -> anyhow::Result<()> {
+    use idem_gateway::conformance::Format;
+    eprintln!(
+        "idem conformance: this sends up to {} real requests to {} and creates real operations there; point it at a test environment",
+        args.max_requests, args.target
+    );
+    let report = match idem_gateway::conformance::run(&args).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("idem conformance: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    match args.format {
+        Format::Text => print!("{}", report.text()),
+        Format::Json => print!("{}", report.json()),
+        Format::Junit => print!("{}", report.junit()),
+    }
+    if args.format != Format::Text {
+        eprintln!("{}", report.tally());
+    }
+    if report.failed() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {

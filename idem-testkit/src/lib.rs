@@ -22,6 +22,7 @@
 //! idem_testkit::store_conformance!(memory);
 //! ```
 
+pub mod broken;
 pub mod faulty;
 pub mod jwt;
 pub mod load;
