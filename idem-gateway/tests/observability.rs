@@ -12,6 +12,21 @@ use idem_testkit::upstream::CountingUpstream;
 
 const BODY: &str = r#"{"amount": 10, "currency": "EUR"}"#;
 
+/// `idem gateway` on a memory store in front of `upstream`, its admin
+/// listener on `admin` (`"none"`: off), with `extra` flags; its log kept.
+fn memory_gateway(admin: &str, upstream: &str, extra: &[&str]) -> (common::Proc, String, Log) {
+    let mut args = vec![
+        "--admin-listen",
+        admin,
+        "--upstream",
+        upstream,
+        "--store",
+        "memory://",
+    ];
+    args.extend_from_slice(extra);
+    gateway_logged(&args)
+}
+
 /// The JSON access lines in `log` (`--log-format json`), by their fields.
 fn access_lines(log: &Log) -> Vec<serde_json::Value> {
     log.text()
@@ -52,16 +67,7 @@ async fn slow_post(c: &HttpClient, url: &str, key: &str) -> common::Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_one_line_per_request_with_its_outcome() {
     let up = CountingUpstream::start().await.expect("upstream");
-    let (_gw, url, log) = gateway_logged(&[
-        "--admin-listen",
-        "none",
-        "--upstream",
-        &up.url(),
-        "--store",
-        "memory://",
-        "--log-format",
-        "json",
-    ]);
+    let (_gw, url, log) = memory_gateway("none", &up.url(), &["--log-format", "json"]);
     let c = client();
     let pay = format!("{url}/payments");
     assert_eq!(post(&c, &pay, Some("access-0001"), BODY).await.status, 201);
@@ -155,24 +161,8 @@ async fn the_access_log_has_one_line_per_request_with_its_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_can_be_turned_off_and_reads_as_text() {
     let up = CountingUpstream::start().await.expect("upstream");
-    let (_off, url, off_log) = gateway_logged(&[
-        "--admin-listen",
-        "none",
-        "--upstream",
-        &up.url(),
-        "--store",
-        "memory://",
-        "--access-log",
-        "off",
-    ]);
-    let (_text, text_url, text_log) = gateway_logged(&[
-        "--admin-listen",
-        "none",
-        "--upstream",
-        &up.url(),
-        "--store",
-        "memory://",
-    ]);
+    let (_off, url, off_log) = memory_gateway("none", &up.url(), &["--access-log", "off"]);
+    let (_text, text_url, text_log) = memory_gateway("none", &up.url(), &[]);
     let c = client();
     for base in [&url, &text_url] {
         let pay = format!("{base}/payments");
@@ -217,14 +207,7 @@ fn metric(text: &str, series: &str) -> f64 {
 async fn requests_passed_through_are_counted_by_status_class_and_timed() {
     let up = CountingUpstream::start().await.expect("upstream");
     let admin = format!("127.0.0.1:{}", free_port());
-    let (_gw, url, _log) = gateway_logged(&[
-        "--admin-listen",
-        &admin,
-        "--upstream",
-        &up.url(),
-        "--store",
-        "memory://",
-    ]);
+    let (_gw, url, _log) = memory_gateway(&admin, &up.url(), &[]);
     let c = client();
     let scrape = || async {
         let m = send(&c, Method::GET, &format!("http://{admin}/metrics"), &[], "").await;
@@ -291,16 +274,7 @@ async fn requests_passed_through_are_counted_by_status_class_and_timed() {
 async fn readyz_asks_the_upstream_when_told_to() {
     let up = CountingUpstream::start().await.expect("upstream");
     let admin = format!("127.0.0.1:{}", free_port());
-    let (_gw, _url, _log) = gateway_logged(&[
-        "--admin-listen",
-        &admin,
-        "--upstream",
-        &up.url(),
-        "--store",
-        "memory://",
-        "--readyz-upstream",
-        "/healthz",
-    ]);
+    let (_gw, _url, _log) = memory_gateway(&admin, &up.url(), &["--readyz-upstream", "/healthz"]);
     let c = client();
     let ready = send(&c, Method::GET, &format!("http://{admin}/readyz"), &[], "").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
@@ -319,16 +293,8 @@ async fn readyz_asks_the_upstream_when_told_to() {
         let _ = axum::serve(sick, app).await;
     });
     let admin2 = format!("127.0.0.1:{}", free_port());
-    let (_gw2, _url2, _log2) = gateway_logged(&[
-        "--admin-listen",
-        &admin2,
-        "--upstream",
-        &sick_url,
-        "--store",
-        "memory://",
-        "--readyz-upstream",
-        "/healthz",
-    ]);
+    let (_gw2, _url2, _log2) =
+        memory_gateway(&admin2, &sick_url, &["--readyz-upstream", "/healthz"]);
     let ready = send(&c, Method::GET, &format!("http://{admin2}/readyz"), &[], "").await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert_eq!(
@@ -347,16 +313,7 @@ async fn readyz_asks_the_upstream_when_told_to() {
     // No upstream at all: not ready, saying it cannot be reached.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let admin3 = format!("127.0.0.1:{}", free_port());
-    let (_gw3, _url3, _log3) = gateway_logged(&[
-        "--admin-listen",
-        &admin3,
-        "--upstream",
-        &dead,
-        "--store",
-        "memory://",
-        "--readyz-upstream",
-        "/healthz",
-    ]);
+    let (_gw3, _url3, _log3) = memory_gateway(&admin3, &dead, &["--readyz-upstream", "/healthz"]);
     let ready = send(&c, Method::GET, &format!("http://{admin3}/readyz"), &[], "").await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert!(
@@ -366,14 +323,7 @@ async fn readyz_asks_the_upstream_when_told_to() {
     );
     // Without the setting the upstream is not asked: ready.
     let admin4 = format!("127.0.0.1:{}", free_port());
-    let (_gw4, _url4, _log4) = gateway_logged(&[
-        "--admin-listen",
-        &admin4,
-        "--upstream",
-        &dead,
-        "--store",
-        "memory://",
-    ]);
+    let (_gw4, _url4, _log4) = memory_gateway(&admin4, &dead, &[]);
     let ready = send(&c, Method::GET, &format!("http://{admin4}/readyz"), &[], "").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
 }
@@ -447,18 +397,16 @@ async fn covered_requests_spans_reach_an_otlp_collector_in_the_clients_trace() {
     let up = CountingUpstream::start().await.expect("upstream");
     let (otlp, got) = collector().await;
     let admin = format!("127.0.0.1:{}", free_port());
-    let (_gw, url, log) = gateway_logged(&[
-        "--admin-listen",
+    let (_gw, url, log) = memory_gateway(
         &admin,
-        "--upstream",
         &up.url(),
-        "--store",
-        "memory://",
-        "--otlp-endpoint",
-        &otlp,
-        "--otlp-service-name",
-        "payments-gw",
-    ]);
+        &[
+            "--otlp-endpoint",
+            &otlp,
+            "--otlp-service-name",
+            "payments-gw",
+        ],
+    );
     let c = client();
     let pay = format!("{url}/payments");
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -8,7 +8,8 @@
 //! key executes, 422 for another payload, 400 without a key or with a
 //! malformed one (empty, over 255 characters, an unterminated quote); keys
 //! are per `Authorization` value; `"k"` and `k` are one key. Refusals are
-//! problem+json.
+//! problem+json. `X-Test-Fail: 1` makes the execution fail with a 500, which
+//! releases the key.
 //!
 //! # Examples
 //!
@@ -50,11 +51,17 @@ pub enum Flaw {
     NoMarker,
     /// Keys are not scoped: one credential gets another's stored answer.
     SharedAcrossCredentials,
+    /// Stores a failed execution's 5xx and replays it.
+    Caches5xx,
 }
 
 enum Entry {
     Running(u64),
-    Done { fingerprint: u64, body: Bytes },
+    Done {
+        fingerprint: u64,
+        status: StatusCode,
+        body: Bytes,
+    },
 }
 
 struct Inner {
@@ -142,7 +149,11 @@ fn fingerprint(body: &[u8]) -> u64 {
 }
 
 fn created(body: Bytes, replayed: bool) -> Response {
-    let mut res = (StatusCode::CREATED, body).into_response();
+    answer(StatusCode::CREATED, body, replayed)
+}
+
+fn answer(status: StatusCode, body: Bytes, replayed: bool) -> Response {
+    let mut res = (status, body).into_response();
     let headers = res.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     if replayed {
@@ -171,11 +182,15 @@ async fn handle(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) ->
     {
         let mut records = s.records.lock().unwrap_or_else(|e| e.into_inner());
         match records.get(&id) {
-            Some(Entry::Done { fingerprint, body }) => {
+            Some(Entry::Done {
+                fingerprint,
+                status,
+                body,
+            }) => {
                 if *fingerprint != fp && s.flaw != Flaw::IgnoresPayload {
                     return problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
                 }
-                return created(body.clone(), s.flaw != Flaw::NoMarker);
+                return answer(*status, body.clone(), s.flaw != Flaw::NoMarker);
             }
             Some(Entry::Running(running)) => {
                 if *running != fp && s.flaw != Flaw::IgnoresPayload {
@@ -194,12 +209,30 @@ async fn handle(State(s): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) ->
     }
     // The operation: takes a moment, as a real one does.
     tokio::time::sleep(Duration::from_millis(20)).await;
+    if headers.contains_key("x-test-fail") {
+        let failure = Bytes::from_static(b"{\"error\":\"the payment processor failed\"}");
+        let mut records = s.records.lock().unwrap_or_else(|e| e.into_inner());
+        if s.flaw == Flaw::Caches5xx {
+            records.insert(
+                id,
+                Entry::Done {
+                    fingerprint: fp,
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    body: failure.clone(),
+                },
+            );
+        } else {
+            records.remove(&id);
+        }
+        return (StatusCode::INTERNAL_SERVER_ERROR, failure).into_response();
+    }
     let n = s.executions.fetch_add(1, Ordering::SeqCst) + 1;
     let answer = Bytes::from(format!("{{\"id\":\"pay_{n}\",\"status\":\"succeeded\"}}"));
     s.records.lock().unwrap_or_else(|e| e.into_inner()).insert(
         id,
         Entry::Done {
             fingerprint: fp,
+            status: StatusCode::CREATED,
             body: answer.clone(),
         },
     );

@@ -63,7 +63,7 @@ pub struct Outcome {
 }
 
 /// The checks, in the order they run.
-pub const CATALOGUE: [Check; 9] = [
+pub const CATALOGUE: [Check; 10] = [
     Check {
         id: "missing-key",
         title: "a request without a key is refused and does not execute",
@@ -88,6 +88,11 @@ pub const CATALOGUE: [Check; 9] = [
         id: "concurrent-duplicates",
         title: "concurrent requests with one new key execute once; the others get 409 or the replay",
         source: "SPEC rules 3 and 5; IETF draft §2.7 (409)",
+    },
+    Check {
+        id: "failure-not-stored",
+        title: "a 5xx answer is not stored: a retry after it executes",
+        source: "SPEC rule 7; IETF draft §2.6 (only a completed operation's answer is returned again)",
     },
     Check {
         id: "payload-mismatch",
@@ -186,6 +191,21 @@ impl Found {
     }
 }
 
+/// Sends a request (the expression before `.await`) and notes it, with
+/// the label formatted from the rest, as evidence; a request that got no
+/// answer ends the check: it could not tell.
+macro_rules! exchange {
+    ($f:ident, $send:expr, $($label:tt)+) => {
+        match $send.await {
+            Ok(a) => {
+                $f.saw(&format!($($label)+), &a);
+                a
+            }
+            Err(e) => return $f.unanswered(e),
+        }
+    };
+}
+
 /// Runs `check`.
 pub(super) async fn run(check: Check, ctx: &Ctx<'_>) -> Outcome {
     let found = Found::new(check);
@@ -195,6 +215,7 @@ pub(super) async fn run(check: Check, ctx: &Ctx<'_>) -> Outcome {
         "retry-replays" => retry_replays(found, ctx).await,
         "replay-marked" => replay_marked(found, ctx),
         "concurrent-duplicates" => concurrent(found, ctx).await,
+        "failure-not-stored" => failure_not_stored(found, ctx).await,
         "payload-mismatch" => payload_mismatch(found, ctx).await,
         "quoted-key" => quoted_key(found, ctx).await,
         "scoped-keys" => scoped(found, ctx).await,
@@ -208,11 +229,12 @@ fn same(a: &Answer, b: &Answer) -> bool {
 
 async fn missing_key(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     let t = ctx.target;
-    let a = match t.send(Key::None, &t.body(), Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(&format!("{} without a key", t.method), &a);
+    let a = exchange!(
+        f,
+        t.send(Key::None, &t.body(), Who::First),
+        "{} without a key",
+        t.method
+    );
     ctx.refused("no key", &a);
     match a.status {
         400 => f.verdict(Verdict::Pass, "refused with 400"),
@@ -243,11 +265,12 @@ async fn malformed_key(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     let mut accepted = Vec::new();
     let mut failed = 0;
     for (what, key) in keys {
-        let a = match t.send(Key::Raw(key), &t.body(), Who::First).await {
-            Ok(a) => a,
-            Err(e) => return f.unanswered(e),
-        };
-        f.saw(&format!("{} with {what}", t.method), &a);
+        let a = exchange!(
+            f,
+            t.send(Key::Raw(key), &t.body(), Who::First),
+            "{} with {what}",
+            t.method
+        );
         ctx.refused(what, &a);
         if a.status < 400 {
             accepted.push(what);
@@ -268,21 +291,20 @@ async fn retry_replays(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     let t = ctx.target;
     let key = new_key();
     let body = t.body();
-    let first = match t.send(Key::Raw(&key), &body, Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(&format!("{} key={key}", t.method), &first);
+    let first = exchange!(
+        f,
+        t.send(Key::Raw(&key), &body, Who::First),
+        "{} key={key}",
+        t.method
+    );
     if !first.is_success() {
         return f.not_accepted(&first);
     }
-    let retry = match t.send(Key::Raw(&key), &body, Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(
-        &format!("{} key={key} (the same request again)", t.method),
-        &retry,
+    let retry = exchange!(
+        f,
+        t.send(Key::Raw(&key), &body, Who::First),
+        "{} key={key} (the same request again)",
+        t.method
     );
     if let Ok(mut r) = ctx.replay.lock() {
         *r = Some((first.clone(), retry.clone()));
@@ -432,26 +454,70 @@ async fn concurrent(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     )
 }
 
+async fn failure_not_stored(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
+    let t = ctx.target;
+    let Some(trigger) = t.fail_header() else {
+        return f.verdict(
+            Verdict::NotApplicable,
+            "give the header that makes the endpoint fail with a 5xx (a test hook), as --fail-header 'X-Fail: 1'",
+        );
+    };
+    let key = new_key();
+    let body = t.body();
+    let failed = exchange!(
+        f,
+        t.send_failing(Key::Raw(&key), &body),
+        "{} key={key} with {trigger}",
+        t.method
+    );
+    if failed.status < 500 {
+        let s = failed.status;
+        return f.verdict(
+            Verdict::CouldNotTell,
+            format!("{trigger} was answered {s}, not a 5xx"),
+        );
+    }
+    let retry = exchange!(
+        f,
+        t.send(Key::Raw(&key), &body, Who::First),
+        "{} key={key} (the retry, without the trigger)",
+        t.method
+    );
+    if retry.headers.contains_key("idempotent-replayed") || same(&failed, &retry) {
+        f.verdict(
+            Verdict::Fail,
+            "the retry got the stored failure: the operation never runs for this key",
+        )
+    } else if retry.is_success() {
+        f.verdict(Verdict::Pass, "the retry executed and succeeded")
+    } else {
+        let s = retry.status;
+        f.verdict(
+            Verdict::CouldNotTell,
+            format!("the retry was answered {s}; the endpoint may still be failing"),
+        )
+    }
+}
+
 async fn payload_mismatch(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     let t = ctx.target;
     let key = new_key();
     let body = t.body();
-    let first = match t.send(Key::Raw(&key), &body, Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(&format!("{} key={key}", t.method), &first);
+    let first = exchange!(
+        f,
+        t.send(Key::Raw(&key), &body, Who::First),
+        "{} key={key}",
+        t.method
+    );
     if !first.is_success() {
         return f.not_accepted(&first);
     }
     let other = t.other_body(&body);
-    let second = match t.send(Key::Raw(&key), &other, Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(
-        &format!("{} key={key} with another payload", t.method),
-        &second,
+    let second = exchange!(
+        f,
+        t.send(Key::Raw(&key), &other, Who::First),
+        "{} key={key} with another payload",
+        t.method
     );
     ctx.refused("a key reused for another payload", &second);
     if second.status == 422 {
@@ -482,11 +548,12 @@ async fn quoted_key(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     let key = new_key();
     let quoted = format!("\"{key}\"");
     let body = t.body();
-    let first = match t.send(Key::Raw(&quoted), &body, Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(&format!("{} key={quoted}", t.method), &first);
+    let first = exchange!(
+        f,
+        t.send(Key::Raw(&quoted), &body, Who::First),
+        "{} key={quoted}",
+        t.method
+    );
     if (400..500).contains(&first.status) {
         ctx.refused("a quoted key", &first);
         let s = first.status;
@@ -498,11 +565,12 @@ async fn quoted_key(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     if !first.is_success() {
         return f.not_accepted(&first);
     }
-    let bare = match t.send(Key::Raw(&key), &body, Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(&format!("{} key={key} (bare)", t.method), &bare);
+    let bare = exchange!(
+        f,
+        t.send(Key::Raw(&key), &body, Who::First),
+        "{} key={key} (bare)",
+        t.method
+    );
     if same(&first, &bare) {
         f.verdict(
             Verdict::Pass,
@@ -533,24 +601,20 @@ async fn scoped(mut f: Found, ctx: &Ctx<'_>) -> Outcome {
     let name = t.credential_name().unwrap_or("credential").to_owned();
     let key = new_key();
     let body = t.body();
-    let first = match t.send(Key::Raw(&key), &body, Who::First).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(
-        &format!("{} key={key} with the first {name}", t.method),
-        &first,
+    let first = exchange!(
+        f,
+        t.send(Key::Raw(&key), &body, Who::First),
+        "{} key={key} with the first {name}",
+        t.method
     );
     if !first.is_success() {
         return f.not_accepted(&first);
     }
-    let second = match t.send(Key::Raw(&key), &body, Who::Second).await {
-        Ok(a) => a,
-        Err(e) => return f.unanswered(e),
-    };
-    f.saw(
-        &format!("{} key={key} with the second {name}", t.method),
-        &second,
+    let second = exchange!(
+        f,
+        t.send(Key::Raw(&key), &body, Who::Second),
+        "{} key={key} with the second {name}",
+        t.method
     );
     if same(&first, &second) || second.headers.contains_key("idempotent-replayed") {
         f.verdict(

@@ -73,6 +73,9 @@ pub struct ConformanceArgs {
     /// A header for every request ('Name: value'); give one header twice (two credentials) to run the scope check.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// A header that makes the endpoint answer a 5xx (a test hook such as 'X-Fail: 1'), for the check that failures are not stored [default: that check does not apply].
+    #[arg(long, value_name = "NAME: VALUE")]
+    pub fail_header: Option<String>,
     /// Requests sent at once with one key by the race check.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -103,6 +106,7 @@ impl Default for ConformanceArgs {
                 .into(),
             body_file: None,
             headers: Vec::new(),
+            fail_header: None,
             concurrency: 32,
             rounds: 5,
             max_requests: 400,
@@ -135,15 +139,7 @@ pub async fn run(args: &ConformanceArgs) -> anyhow::Result<Report> {
     if args.concurrency < 2 {
         anyhow::bail!("--concurrency must be at least 2 (the race check sends duplicates at once)");
     }
-    let target = Target::new(
-        &args.target,
-        &args.path,
-        &args.method,
-        &args.headers,
-        template,
-        args.max_requests,
-        args.ca_file.as_deref(),
-    )?;
+    let target = Target::new(args, template)?;
     let ctx = checks::Ctx::new(&target, args.concurrency, args.rounds);
     let mut outcomes = Vec::new();
     for check in CATALOGUE {

@@ -98,24 +98,25 @@ pub(super) struct Target {
     /// The two credentials of the scope check (a header given twice).
     credentials: Option<(HeaderName, HeaderValue, HeaderValue)>,
     template: String,
+    /// The header that makes the endpoint fail (`--fail-header`).
+    fail: Option<(HeaderName, HeaderValue)>,
     max: usize,
     sent: AtomicUsize,
     timeout: Duration,
 }
 
 impl Target {
-    /// `target` (`http://HOST:PORT`, `https://…`), `path`, `method`, the
-    /// `Name: value` headers (one name given twice: two credentials),
-    /// the body template, at most `max` requests.
-    pub(super) fn new(
-        target: &str,
-        path: &str,
-        method: &str,
-        headers: &[String],
-        template: String,
-        max: usize,
-        ca_file: Option<&std::path::Path>,
-    ) -> anyhow::Result<Self> {
+    /// The target of `args` (`--target`, `--path`, `--method`, the
+    /// `--header`s, one name given twice: two credentials), with the body
+    /// `template` (the `--body` or the `--body-file`'s content).
+    pub(super) fn new(args: &super::ConformanceArgs, template: String) -> anyhow::Result<Self> {
+        let (target, path, method, headers) =
+            (&args.target, &args.path, &args.method, &args.headers);
+        let (fail_header, max, ca_file) = (
+            args.fail_header.as_deref(),
+            args.max_requests,
+            args.ca_file.as_deref(),
+        );
         let base: Uri = target
             .parse()
             .map_err(|e| anyhow!("--target {target:?}: {e}; write it as http://HOST:PORT"))?;
@@ -163,8 +164,23 @@ impl Target {
                 None => parsed.push((name, value)),
             }
         }
+        let fail = match fail_header {
+            None => None,
+            Some(h) => {
+                let (name, value) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("--fail-header {h:?} must be 'Name: value'"))?;
+                Some((
+                    HeaderName::from_bytes(name.trim().as_bytes())
+                        .map_err(|e| anyhow!("--fail-header {h:?}: {e}"))?,
+                    HeaderValue::from_str(value.trim())
+                        .map_err(|e| anyhow!("--fail-header {h:?}: {e}"))?,
+                ))
+            }
+        };
         Ok(Self {
             client: UpstreamClient::new(Duration::from_secs(10), tls, true),
+            fail,
             uri,
             method,
             headers: parsed,
@@ -233,12 +249,38 @@ impl Target {
         }
     }
 
+    /// `X-Fail: 1`, the `--fail-header` given, for reports.
+    pub(super) fn fail_header(&self) -> Option<String> {
+        self.fail
+            .as_ref()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("…")))
+    }
+
+    /// Sends one request with the `--fail-header`.
+    pub(super) async fn send_failing(
+        &self,
+        key: Key<'_>,
+        body: &Bytes,
+    ) -> Result<Answer, SendError> {
+        self.exchange(key, body, Who::First, true).await
+    }
+
     /// Sends one request and reads its whole answer.
     pub(super) async fn send(
         &self,
         key: Key<'_>,
         body: &Bytes,
         who: Who,
+    ) -> Result<Answer, SendError> {
+        self.exchange(key, body, who, false).await
+    }
+
+    async fn exchange(
+        &self,
+        key: Key<'_>,
+        body: &Bytes,
+        who: Who,
+        failing: bool,
     ) -> Result<Answer, SendError> {
         if self.sent.fetch_add(1, Ordering::Relaxed) >= self.max {
             self.sent.fetch_sub(1, Ordering::Relaxed);
@@ -263,6 +305,9 @@ impl Target {
         }
         if let Key::Raw(k) = key {
             req = req.header("idempotency-key", k);
+        }
+        if let (true, Some((name, value))) = (failing, &self.fail) {
+            req = req.header(name, value);
         }
         let req = req
             .body(Full::new(body.clone()))

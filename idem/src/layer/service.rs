@@ -102,26 +102,24 @@ where
                 // instructions per request (a replay costs 38,000 in all),
                 // and every warning inside names its route and key itself.
                 // At `info` when an exporter reads it (`trace_context`).
+                macro_rules! span {
+                    ($level:expr) => {
+                        tracing::span!(
+                            $level,
+                            "idempotency",
+                            route = route.name(),
+                            backend = self.shared.store.backend(),
+                            key = tracing::field::Empty,
+                            outcome = tracing::field::Empty,
+                            traceparent = tracing::field::Empty,
+                            status = tracing::field::Empty,
+                        )
+                    };
+                }
                 let span = if self.shared.trace_context {
-                    tracing::info_span!(
-                        "idempotency",
-                        route = route.name(),
-                        backend = self.shared.store.backend(),
-                        key = tracing::field::Empty,
-                        outcome = tracing::field::Empty,
-                        traceparent = tracing::field::Empty,
-                        status = tracing::field::Empty,
-                    )
+                    span!(tracing::Level::INFO)
                 } else {
-                    tracing::debug_span!(
-                        "idempotency",
-                        route = route.name(),
-                        backend = self.shared.store.backend(),
-                        key = tracing::field::Empty,
-                        outcome = tracing::field::Empty,
-                        traceparent = tracing::field::Empty,
-                        status = tracing::field::Empty,
-                    )
+                    span!(tracing::Level::DEBUG)
                 };
                 if self.shared.trace_context && !span.is_disabled() {
                     if let Some(tp) = req.headers().get("traceparent") {
