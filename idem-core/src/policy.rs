@@ -113,6 +113,50 @@ impl Default for WebhookKeys {
     }
 }
 
+/// Which parts of a JSON body make two requests "the same" (rule 6): the
+/// whole body, only some fields, or all but some. Fields are JSON pointers
+/// (RFC 6901: `/amount`, `/items/0/sku`, `~1` for a `/` in a name). A body
+/// that is not JSON is compared whole.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BodyFields {
+    /// The whole body (the default).
+    #[default]
+    All,
+    /// Only these fields: a retry that changes anything else replays; one
+    /// that changes one of these gets 422.
+    Include(Vec<String>),
+    /// All but these fields (a client's timestamp, a trace id): a retry
+    /// that changes only these replays.
+    Exclude(Vec<String>),
+}
+
+impl BodyFields {
+    /// Checks that each of `pointers` is a JSON pointer (empty, or starting
+    /// with `/`, with `~` only as `~0` or `~1`).
+    pub fn check(pointers: &[String]) -> Result<(), String> {
+        for p in pointers {
+            if !(p.is_empty() || p.starts_with('/')) {
+                return Err(format!(
+                    "{p:?} is not a JSON pointer: write it as /field or /parent/child"
+                ));
+            }
+            let mut rest = p.as_str();
+            while let Some(i) = rest.find('~') {
+                match rest.as_bytes().get(i + 1) {
+                    Some(b'0' | b'1') => rest = &rest[i + 2..],
+                    _ => {
+                        return Err(format!(
+                            "{p:?}: a ~ in a JSON pointer is written ~0, and a / in a name ~1"
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether a replay carries the stored `Set-Cookie` headers.
 ///
 /// A cookie set by the first execution (a session, a CSRF token) belongs to
@@ -214,6 +258,8 @@ pub struct RoutePolicy {
     pub key_rules: KeyRules,
     /// How requests are compared. The default is [`FingerprintMode::Json`].
     pub fingerprint: FingerprintMode,
+    /// Which fields of a JSON body are compared. The default is all.
+    pub fingerprint_fields: BodyFields,
     /// Statuses not stored. The default is 5xx, 408 and 429.
     pub no_store: StatusSet,
     /// Largest request body accepted, in bytes. The default is 1 MiB.
@@ -252,6 +298,7 @@ impl Default for RoutePolicy {
             key_required: true,
             key_rules: KeyRules::default(),
             fingerprint: FingerprintMode::Json,
+            fingerprint_fields: BodyFields::All,
             no_store: StatusSet::default(),
             max_request_body: 1 << 20,
             max_stored_response: 1 << 20,
@@ -299,6 +346,11 @@ impl RoutePolicy {
     setter!(
         /// Sets the fingerprint mode. The default is JSON-canonical.
         fingerprint: FingerprintMode
+    );
+    setter!(
+        /// Sets which fields of a JSON body are compared. The default is
+        /// the whole body.
+        fingerprint_fields: BodyFields
     );
     setter!(
         /// Sets the statuses not stored. The default is 5xx, 408, 429.

@@ -33,10 +33,10 @@ pub use access::{AccessLine, AccessLog};
 pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome};
 pub use idem_core::{
     clock, fingerprint, headers, json, key, memory, policy, problem, record, scope, signed, store,
-    Begin, Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules, ManualClock,
-    MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret, SetCookieReplay,
-    StatusSet, Store, StoreError, StoreKey, StoredResponse, SystemClock, UnknownOutcome,
-    WebhookKeys,
+    Begin, BodyFields, Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules,
+    ManualClock, MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret,
+    SetCookieReplay, StatusSet, Store, StoreError, StoreKey, StoredResponse, SystemClock,
+    UnknownOutcome, WebhookKeys,
 };
 pub use identity::{Identify, ScopeSource, Unverified};
 #[cfg(feature = "jwt")]

@@ -18,6 +18,7 @@
 
 mod begin;
 mod execute;
+mod fields;
 mod finish;
 mod key;
 mod quota;
@@ -224,8 +225,11 @@ where
             };
 
             let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let fingerprint =
-                Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, &bytes);
+            let fingerprint = {
+                let selected = fields::selected(&policy.fingerprint_fields, &bytes);
+                let body = selected.as_deref().unwrap_or(&bytes);
+                Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, body)
+            };
             // In blocks, here and below: a local's room in this future is kept
             // until its scope ends, even after it was moved.
             let store_key = {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use http::{HeaderName, Method};
-use idem::{FingerprintMode, KeyRules, RoutePolicy, StatusSet, WebhookKeys};
+use idem::{BodyFields, FingerprintMode, KeyRules, RoutePolicy, StatusSet, WebhookKeys};
 use serde::Deserialize;
 
 use super::values::{Secs, Size, Wait};
@@ -26,6 +26,8 @@ pub(super) struct RouteSettings {
     key_min_length: Option<Size>,
     key_max_length: Option<Size>,
     fingerprint: Option<String>,
+    fingerprint_include: Option<Vec<String>>,
+    fingerprint_exclude: Option<Vec<String>>,
     no_store: Option<Vec<String>>,
     max_body: Option<Size>,
     max_stored_response: Option<Size>,
@@ -99,6 +101,20 @@ impl RouteSettings {
             p.fingerprint =
                 FingerprintMode::from_str(f).map_err(|e| anyhow!("{at}fingerprint: {e}"))?;
         }
+        p.fingerprint_fields = match (&self.fingerprint_include, &self.fingerprint_exclude) {
+            (Some(_), Some(_)) => {
+                bail!("{at}fingerprint_include and {at}fingerprint_exclude: set one of the two")
+            }
+            (Some(list), None) => {
+                BodyFields::check(list).map_err(|e| anyhow!("{at}fingerprint_include: {e}"))?;
+                BodyFields::Include(list.clone())
+            }
+            (None, Some(list)) => {
+                BodyFields::check(list).map_err(|e| anyhow!("{at}fingerprint_exclude: {e}"))?;
+                BodyFields::Exclude(list.clone())
+            }
+            (None, None) => BodyFields::All,
+        };
         if let Some(list) = &self.no_store {
             p.no_store = StatusSet::parse(list.iter().map(String::as_str))
                 .map_err(|e| anyhow!("{at}no_store: {e}"))?;

@@ -174,6 +174,12 @@ fn route_keys(p: &RoutePolicy) -> toml::Table {
     put("key_min_length", size(p.key_rules.min_len as u64));
     put("key_max_length", size(p.key_rules.max_len as u64));
     put("fingerprint", text(p.fingerprint.as_str()));
+    let pointers = |list: &[String]| Value::Array(list.iter().map(|s| text(s)).collect());
+    match &p.fingerprint_fields {
+        idem::BodyFields::Include(list) => put("fingerprint_include", pointers(list)),
+        idem::BodyFields::Exclude(list) => put("fingerprint_exclude", pointers(list)),
+        _ => {}
+    }
     put(
         "no_store",
         Value::Array(p.no_store.to_strings().iter().map(|s| text(s)).collect()),
