@@ -96,6 +96,10 @@ impl Default for StatusSet {
 pub struct WebhookKeys {
     /// Headers tried in order. The default is `Webhook-Id`, then `Idempotency-Key`.
     pub headers: Vec<HeaderName>,
+    /// A JSON pointer (RFC 6901) of a body field holding the delivery's
+    /// id (Stripe's event `/id`), tried when none of the headers is sent,
+    /// before the body hash. The default is none.
+    pub json: Option<String>,
     /// Whether a delivery with none of the headers is keyed by SHA-256 of its
     /// raw body. The default is true.
     pub body_hash_fallback: bool,
@@ -108,6 +112,7 @@ impl Default for WebhookKeys {
                 HeaderName::from_static("webhook-id"),
                 HeaderName::from_static("idempotency-key"),
             ],
+            json: None,
             body_hash_fallback: true,
         }
     }
@@ -260,6 +265,11 @@ pub struct RoutePolicy {
     pub fingerprint: FingerprintMode,
     /// Which fields of a JSON body are compared. The default is all.
     pub fingerprint_fields: BodyFields,
+    /// A JSON pointer (RFC 6901) of a body field holding the key, for APIs
+    /// that carry it in the body (Square's `/idempotency_key`). The
+    /// `Idempotency-Key` header wins when both are sent. The default is
+    /// none: the header only.
+    pub key_json: Option<String>,
     /// Statuses not stored. The default is 5xx, 408 and 429.
     pub no_store: StatusSet,
     /// Largest request body accepted, in bytes. The default is 1 MiB.
@@ -299,6 +309,7 @@ impl Default for RoutePolicy {
             key_rules: KeyRules::default(),
             fingerprint: FingerprintMode::Json,
             fingerprint_fields: BodyFields::All,
+            key_json: None,
             no_store: StatusSet::default(),
             max_request_body: 1 << 20,
             max_stored_response: 1 << 20,
@@ -351,6 +362,11 @@ impl RoutePolicy {
         /// Sets which fields of a JSON body are compared. The default is
         /// the whole body.
         fingerprint_fields: BodyFields
+    );
+    setter!(
+        /// Takes the key from this JSON pointer of the body when no
+        /// `Idempotency-Key` header is sent. The default is none.
+        key_json: Option<String>
     );
     setter!(
         /// Sets the statuses not stored. The default is 5xx, 408, 429.

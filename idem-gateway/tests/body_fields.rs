@@ -101,3 +101,61 @@ async fn rule_6_over_the_fields_a_route_names() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_body_through_the_gateway() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("idem.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream = \"{}\"\nstore = \"memory://\"\n\n[[routes]]\npath = \"/orders\"\nkey_from = \"json:/idempotency_key\"\n\n[[routes]]\npath = \"/hooks/stripe\"\nwebhook = true\nwebhook_key_json = \"/id\"\n",
+            up.url()
+        ),
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf8");
+    let check = idem_cmd(&["gateway", "--config", config, "--check"]);
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        shown.contains("key_from = \"json:/idempotency_key\""),
+        "{shown}"
+    );
+
+    let (_gw, url) = gateway(&["--config", config]);
+    let c = client();
+    let orders = format!("{url}/orders");
+    let body = r#"{"idempotency_key": "gw-body-key-0001", "amount": 5}"#;
+    let first = post(&c, &orders, None, body).await;
+    assert_eq!(first.status, 201);
+    let again = post(&c, &orders, None, body).await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        post(&c, &orders, None, r#"{"amount": 5}"#).await.status,
+        400
+    );
+
+    let hooks = format!("{url}/hooks/stripe");
+    let event = r#"{"id": "evt_gw_0001", "type": "charge.succeeded"}"#;
+    assert_eq!(post(&c, &hooks, None, event).await.status, 201);
+    assert!(post(&c, &hooks, None, event).await.replayed());
+    assert_eq!(up.executions(), 2);
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "upstream = \"http://127.0.0.1:1\"\n[[routes]]\npath = \"/x\"\nkey_from = \"body\"\n",
+    )
+    .expect("config");
+    let bad = idem_cmd(&[
+        "gateway",
+        "--config",
+        dir.path().join("bad.toml").to_str().expect("utf8"),
+        "--check",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("routes[0].key_from"), "{err}");
+}

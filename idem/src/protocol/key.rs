@@ -55,8 +55,48 @@ pub(super) fn header_key<'a>(
     Ok(None)
 }
 
+/// The key in the body's field at `pointer` (`RoutePolicy::key_json`,
+/// `WebhookKeys::json`), checked like a header's (signed when the route
+/// requires it); `Ok(None)` when the body is not JSON or has no such field.
+pub(super) fn body_key(
+    body: &[u8],
+    pointer: &str,
+    policy: &RoutePolicy,
+    signing: Option<&Secret>,
+    user: Option<&[u8]>,
+) -> Result<Option<Key<'static>>, String> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(None);
+    };
+    let raw = match doc.pointer(pointer) {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(format!(
+                "the body's {pointer} must be a string: the request's idempotency key"
+            ))
+        }
+    };
+    let rules = &policy.key_rules;
+    if !policy.require_signed_keys || policy.webhook.is_some() {
+        return rules
+            .validate(raw)
+            .map(|k| Some(Key::Owned(k)))
+            .map_err(|e| format!("the body's {pointer}: {e}"));
+    }
+    let Some(secret) = signing else {
+        return Err(refusal::NO_SIGNING_SECRET.into());
+    };
+    let key = signed::verify(secret, raw, user.unwrap_or_default())
+        .map_err(|e| format!("the body's {pointer}: {e}"))?;
+    rules
+        .parse(key)
+        .map(|k| Some(Key::Owned(k)))
+        .map_err(|e| format!("the body's {pointer}: {e}"))
+}
+
 /// A request's key: checked in place in its header, or made (signed keys,
-/// body hashes).
+/// body fields, body hashes).
 pub(super) enum Key<'a> {
     Checked(CheckedKey<'a>),
     Owned(IdempotencyKey),

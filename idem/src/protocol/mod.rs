@@ -48,7 +48,7 @@ pub use self::execute::OutcomeUnknown;
 use self::execute::{answer, collect, Answer};
 pub(crate) use self::finish::release;
 use self::finish::{complete_local, finish_remote, release_local};
-use self::key::{header_key, Key};
+use self::key::{body_key, header_key, Key};
 pub(crate) use self::quota::ScopeQuota;
 pub(crate) use self::rate::KeyRate;
 pub(crate) use self::read_body::BodyTimeouts;
@@ -168,11 +168,17 @@ where
                 Ok(k) => k,
                 Err(e) => return refuse(refusal::key_invalid(e)),
             };
-            let body_keyed = key.is_none()
-                && policy
-                    .webhook
-                    .as_ref()
-                    .is_some_and(|w| w.body_hash_fallback);
+            // A key in a body field (`key_json`, a webhook's `json`) is read
+            // with the body; so is a webhook's body hash.
+            let json_key = match &policy.webhook {
+                Some(w) => w.json.as_deref(),
+                None => policy.key_json.as_deref(),
+            };
+            let hash_keyed = policy
+                .webhook
+                .as_ref()
+                .is_some_and(|w| w.body_hash_fallback);
+            let body_keyed = key.is_none() && (hash_keyed || json_key.is_some());
             if key.is_none() && !body_keyed {
                 if policy.key_required {
                     return refuse(refusal::key_missing(&parts.method, parts.uri.path()));
@@ -221,7 +227,41 @@ where
             };
             let key = match key {
                 Some(k) => k,
-                None => Key::Owned(raw_body_key(&bytes)),
+                None => {
+                    let found = match json_key {
+                        Some(pointer) => match body_key(
+                            &bytes,
+                            pointer,
+                            policy,
+                            shared.signing_secret.as_ref(),
+                            scope.as_deref(),
+                        ) {
+                            Ok(k) => k,
+                            Err(e) => return refuse(refusal::key_invalid(e)),
+                        },
+                        None => None,
+                    };
+                    match (found, json_key) {
+                        (Some(k), _) => k,
+                        (None, _) if hash_keyed => Key::Owned(raw_body_key(&bytes)),
+                        (None, Some(pointer)) if policy.key_required => {
+                            return refuse(refusal::key_missing_from_both(
+                                &parts.method,
+                                parts.uri.path(),
+                                pointer,
+                            ))
+                        }
+                        // An optional key sent nowhere: no protection asked for.
+                        (None, _) => {
+                            outcome(&trace, "unprotected");
+                            let req = Request::from_parts(parts, RequestBody::buffered(bytes));
+                            let called = std::time::Instant::now();
+                            let out = inner.call(req).await;
+                            trace.upstream(called.elapsed());
+                            return out.map(|r| r.map(ResponseBody::inner));
+                        }
+                    }
+                }
             };
 
             let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -103,6 +103,16 @@ pub(super) fn key_missing(method: &Method, path: &str) -> Problem {
     )
 }
 
+/// Rule 1 on a route that also takes the key from a body field.
+pub(super) fn key_missing_from_both(method: &Method, path: &str, pointer: &str) -> Problem {
+    Problem::new(
+        ProblemKind::KeyMissing,
+        format!(
+            "{method} {path} requires an idempotency key: send it in the Idempotency-Key header or in the body's {pointer} (a UUID v4, say), and reuse it on every retry of this operation"
+        ),
+    )
+}
+
 /// Rule 2; `why` says what is wrong with the key.
 pub(super) fn key_invalid(why: String) -> Problem {
     Problem::new(ProblemKind::KeyInvalid, why)

@@ -23,6 +23,7 @@ pub(super) struct RouteSettings {
     ttl: Option<Secs>,
     lock_timeout: Option<Secs>,
     key_required: Option<bool>,
+    key_from: Option<String>,
     key_min_length: Option<Size>,
     key_max_length: Option<Size>,
     fingerprint: Option<String>,
@@ -46,6 +47,7 @@ pub(super) struct RouteEntry {
     webhook: Option<bool>,
     webhook_headers: Option<Vec<String>>,
     webhook_body_hash: Option<bool>,
+    webhook_key_json: Option<String>,
 }
 
 pub(super) fn header_name(key: &str, s: &str) -> anyhow::Result<HeaderName> {
@@ -81,6 +83,24 @@ impl RouteSettings {
         }
         if let Some(v) = self.key_required {
             p.key_required = v;
+        }
+        if let Some(from) = &self.key_from {
+            p.key_json = match from.trim() {
+                "header" => None,
+                other => match other.strip_prefix("json:") {
+                    Some(pointer) => {
+                        BodyFields::check(&[pointer.to_owned()])
+                            .map_err(|e| anyhow!("{at}key_from: {e}"))?;
+                        if pointer.is_empty() {
+                            bail!("{at}key_from: name the body field, as json:/idempotency_key");
+                        }
+                        Some(pointer.to_owned())
+                    }
+                    None => bail!(
+                        "{at}key_from: {from:?} is not a key source; write \"header\" or \"json:/idempotency_key\" (a JSON pointer into the body)"
+                    ),
+                },
+            };
         }
         let mut rules = KeyRules::default();
         if let Some(Size(n)) = self.key_min_length {
@@ -149,10 +169,12 @@ impl RouteSettings {
 impl RouteEntry {
     /// Adds the entry's webhook keys to its policy `p`.
     pub(super) fn apply_webhook(&self, at: &str, p: &mut RoutePolicy) -> anyhow::Result<()> {
-        let webhook_keys = self.webhook_headers.is_some() || self.webhook_body_hash.is_some();
+        let webhook_keys = self.webhook_headers.is_some()
+            || self.webhook_body_hash.is_some()
+            || self.webhook_key_json.is_some();
         if !self.webhook.unwrap_or(webhook_keys) {
             if webhook_keys {
-                bail!("{at}webhook_headers/webhook_body_hash: only apply with webhook = true");
+                bail!("{at}webhook_headers/webhook_body_hash/webhook_key_json: only apply with webhook = true");
             }
             return Ok(());
         }
@@ -168,6 +190,14 @@ impl RouteEntry {
         }
         if let Some(b) = self.webhook_body_hash {
             w.body_hash_fallback = b;
+        }
+        if let Some(pointer) = &self.webhook_key_json {
+            BodyFields::check(std::slice::from_ref(pointer))
+                .map_err(|e| anyhow!("{at}webhook_key_json: {e}"))?;
+            if pointer.is_empty() {
+                bail!("{at}webhook_key_json: name the body field, as /id");
+            }
+            w.json = Some(pointer.clone());
         }
         p.webhook = Some(w);
         Ok(())

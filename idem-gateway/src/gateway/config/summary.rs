@@ -171,6 +171,14 @@ fn route_keys(p: &RoutePolicy) -> toml::Table {
     put("ttl", duration(p.ttl));
     put("lock_timeout", duration(p.lease));
     put("key_required", Value::Boolean(p.key_required));
+    put(
+        "key_from",
+        text(
+            &p.key_json
+                .as_ref()
+                .map_or("header".to_owned(), |j| format!("json:{j}")),
+        ),
+    );
     put("key_min_length", size(p.key_rules.min_len as u64));
     put("key_max_length", size(p.key_rules.max_len as u64));
     put("fingerprint", text(p.fingerprint.as_str()));
