@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+mod catalogue;
 mod checks;
 mod report;
 mod target;
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 
-pub use checks::{Check, Outcome, Verdict, CATALOGUE};
+pub use catalogue::{Check, Outcome, Verdict, CATALOGUE};
 pub use report::Report;
 use target::Target;
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::checks::{Outcome, Verdict};
+use super::catalogue::{Outcome, Verdict};
 
 /// What a run found.
 pub struct Report {
