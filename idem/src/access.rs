@@ -186,7 +186,7 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// The answer's status; 0 for an error instead of an answer.
-fn status<B, E>(out: &Result<http::Response<B>, E>) -> u16 {
+pub(crate) fn status<B, E>(out: &Result<http::Response<B>, E>) -> u16 {
     out.as_ref().map_or(0, |r| r.status().as_u16())
 }
 

@@ -95,7 +95,7 @@ impl Seen {
     /// Counts the answer (`idempotency_passthrough_*`) and logs its line.
     fn answered<B, E>(&self, out: &Result<Response<B>, E>) {
         let took = self.started.elapsed();
-        let status = out.as_ref().map_or(0, |r| r.status().as_u16());
+        let status = crate::access::status(out);
         self.shared.metrics.passthrough().observe(status, took);
         if let (Some(access), Some(sink)) = (&self.access, &self.shared.access_log) {
             let (method, uri) = &**access;

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderValue, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use idem_core::{RoutePolicy, StoredResponse, UnknownOutcome};
@@ -19,7 +19,10 @@ use super::refusal;
 use super::replay::{
     storable, storable_headers, storable_headers_in, storable_values_len, IDEMPOTENT_BODY_LOST,
 };
-use crate::layer::{BoxError, ResponseBody, Shared};
+use tower_service::Service;
+
+use crate::access::Trace;
+use crate::layer::{BoxError, RequestBody, ResponseBody, Shared};
 
 /// What an execution produced.
 pub(super) enum Outcome<B> {
@@ -45,6 +48,26 @@ pub(super) enum Outcome<B> {
 /// connection that was never made is not an unknown outcome.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OutcomeUnknown;
+
+/// Executes `req` without protection (an optional key not sent, a
+/// fail-open route whose store failed): nothing is stored, the outcome is
+/// `why`, the time in the inner service noted for the access line. Boxed
+/// by its callers: a cold path.
+pub(super) async fn unprotected<S, ReqBody, ResBody>(
+    trace: &Trace,
+    why: &'static str,
+    mut inner: S,
+    req: Request<RequestBody<ReqBody>>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+{
+    trace.outcome(why);
+    let called = std::time::Instant::now();
+    let out = inner.call(req).await;
+    trace.upstream(called.elapsed());
+    out.map(|r| r.map(ResponseBody::inner))
+}
 
 /// Awaits the inner service's answer (`called`: its future, or the panic of
 /// the call that was to make it) and reads it, within the stored-response

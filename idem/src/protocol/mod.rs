@@ -45,7 +45,7 @@ use tower_service::Service;
 
 use self::begin::Next;
 pub use self::execute::OutcomeUnknown;
-use self::execute::{answer, collect, Answer};
+use self::execute::{answer, collect, unprotected, Answer};
 pub(crate) use self::finish::release;
 use self::finish::{complete_local, finish_remote, release_local};
 use self::key::{body_key, header_key, Key};
@@ -188,12 +188,8 @@ where
                     Ok(p) => p,
                     Err(()) => return refuse(refusal::overloaded()),
                 };
-                outcome(&trace, "unprotected");
                 let req = Request::from_parts(parts, RequestBody::streaming(body));
-                let called = std::time::Instant::now();
-                let out = inner.call(req).await;
-                trace.upstream(called.elapsed());
-                return out.map(|r| r.map(ResponseBody::inner));
+                return Box::pin(unprotected(&trace, "unprotected", inner, req)).await;
             }
 
             // Rule 11: read the body (it is part of the fingerprint), within the limit.
@@ -253,12 +249,8 @@ where
                         }
                         // An optional key sent nowhere: no protection asked for.
                         (None, _) => {
-                            outcome(&trace, "unprotected");
                             let req = Request::from_parts(parts, RequestBody::buffered(bytes));
-                            let called = std::time::Instant::now();
-                            let out = inner.call(req).await;
-                            trace.upstream(called.elapsed());
-                            return out.map(|r| r.map(ResponseBody::inner));
+                            return Box::pin(unprotected(&trace, "unprotected", inner, req)).await;
                         }
                     }
                 }

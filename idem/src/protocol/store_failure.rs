@@ -17,7 +17,7 @@ use crate::layer::{RequestBody, ResponseBody};
 /// covered request's.
 pub(super) async fn store_failure<S, ReqBody, ResBody>(
     route: &Route,
-    mut inner: S,
+    inner: S,
     parts: Parts,
     bytes: Bytes,
     e: StoreError,
@@ -29,13 +29,9 @@ where
 {
     route.count(ProblemKind::StoreUnavailable);
     if route.policy().fail_open {
-        outcome(trace, "fail-open");
         tracing::warn!(route = route.name(), key = %KeyOrDash(key), error = %e, "idempotency store failed; executing unprotected (fail-open)");
         let req = Request::from_parts(parts, RequestBody::buffered(bytes));
-        let called = std::time::Instant::now();
-        let out = inner.call(req).await;
-        trace.upstream(called.elapsed());
-        return out.map(|r| r.map(ResponseBody::inner));
+        return super::execute::unprotected(trace, "fail-open", inner, req).await;
     }
     let kind = match e {
         StoreError::CapacityExceeded { .. } | StoreError::BytesExceeded { .. } => {
