@@ -55,6 +55,14 @@ pub fn is_stored(name: &HeaderName) -> bool {
     name.as_str() != "content-length" && !is_hop_by_hop(name)
 }
 
+/// Whether a message is a gRPC call or answer (`application/grpc`, with or
+/// without a `+proto` or `+json` suffix).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Removes hop-by-hop headers, and those `Connection` lists.
 ///
 /// Most messages carry none, so one pass over the names decides whether

@@ -39,8 +39,8 @@ pub use fingerprint::{Fingerprint, FingerprintMode};
 pub use key::{CheckedKey, IdempotencyKey, KeyError, KeyRules};
 pub use memory::MemoryStore;
 pub use policy::{
-    BodyFields, PathPattern, Policy, RoutePolicy, SetCookieReplay, StatusSet, UnknownOutcome,
-    WebhookKeys,
+    BodyFields, PathPattern, Policy, RoutePolicy, SetCookieReplay, StatusSet, StreamAnswers,
+    UnknownOutcome, WebhookKeys,
 };
 pub use problem::{Problem, ProblemKind};
 pub use record::{Begin, DecodeError, Fence, Record, RecordState, StoredResponse};

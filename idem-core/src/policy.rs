@@ -246,6 +246,71 @@ impl std::str::FromStr for UnknownOutcome {
     }
 }
 
+/// Which covered answers are passed to the client as they are produced and
+/// stored as they stream, instead of being read in full before the first
+/// byte is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StreamAnswers {
+    /// Answers that are streams by nature: server-sent events
+    /// (`text/event-stream`) and newline-delimited JSON
+    /// (`application/x-ndjson`, `application/jsonl`). Buffering them would
+    /// hold every event back until the last. The default.
+    #[default]
+    Auto,
+    /// Every stored answer: its first byte reaches the client as soon as
+    /// the handler sends it.
+    Always,
+    /// None: answers are read in full, then sent.
+    Never,
+}
+
+impl StreamAnswers {
+    /// The name `FromStr` reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+
+    /// Whether an answer with these headers is streamed.
+    pub fn streams(self, headers: &http::HeaderMap) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| {
+                    let media = ct.split(';').next().unwrap_or("").trim();
+                    [
+                        "text/event-stream",
+                        "application/x-ndjson",
+                        "application/jsonl",
+                    ]
+                    .iter()
+                    .any(|m| media.eq_ignore_ascii_case(m))
+                }),
+        }
+    }
+}
+
+impl std::str::FromStr for StreamAnswers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "unknown stream {other:?}; use auto, always or never"
+            )),
+        }
+    }
+}
+
 /// How one route is treated. Every setting has a default; builders name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePolicy {
@@ -297,6 +362,12 @@ pub struct RoutePolicy {
     /// What a key becomes when its execution may have run but nothing of
     /// its answer arrived. The default is [`UnknownOutcome::Release`].
     pub unknown_outcome: UnknownOutcome,
+    /// Which answers stream to the client while they are stored. The
+    /// default is [`StreamAnswers::Auto`] (server-sent events and NDJSON).
+    pub stream: StreamAnswers,
+    /// Whether every answer of the route carries the request's key back
+    /// (`Idempotency-Key`), as Adyen's API does. The default is false.
+    pub echo_key: bool,
 }
 
 impl Default for RoutePolicy {
@@ -319,6 +390,8 @@ impl Default for RoutePolicy {
             require_signed_keys: false,
             replay_set_cookie: SetCookieReplay::Scoped,
             unknown_outcome: UnknownOutcome::Release,
+            stream: StreamAnswers::Auto,
+            echo_key: false,
         }
     }
 }
@@ -404,6 +477,16 @@ impl RoutePolicy {
         /// Sets what a key becomes when nothing of its answer arrived. The
         /// default is release.
         unknown_outcome: UnknownOutcome
+    );
+    setter!(
+        /// Sets which answers stream while they are stored. The default is
+        /// auto (server-sent events and NDJSON).
+        stream: StreamAnswers
+    );
+    setter!(
+        /// Sets whether answers carry the request's key back. The default
+        /// is false.
+        echo_key: bool
     );
 
     /// Whether `method` is covered.

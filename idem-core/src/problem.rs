@@ -64,6 +64,54 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// Every kind.
+    pub const ALL: [ProblemKind; 18] = [
+        Self::KeyMissing,
+        Self::KeyInvalid,
+        Self::KeyInUse,
+        Self::KeyReused,
+        Self::StoreUnavailable,
+        Self::StoreFull,
+        Self::BodyTooLarge,
+        Self::BodyUnreadable,
+        Self::ExecutionFailed,
+        Self::UpstreamUnavailable,
+        Self::UpstreamTimeout,
+        Self::Overloaded,
+        Self::AnswerIncomplete,
+        Self::BodyTimeout,
+        Self::OutcomeUnknown,
+        Self::ScopeFull,
+        Self::ScopeRateLimited,
+        Self::Unauthenticated,
+    ];
+
+    /// The kind whose [`slug`](Self::slug) this is.
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.slug() == slug)
+    }
+
+    /// The gRPC status code a gRPC client is told instead of
+    /// [`status`](Self::status): the key missing or invalid is
+    /// `INVALID_ARGUMENT` (3), in use `ABORTED` (10, retry later), reused
+    /// for another request `FAILED_PRECONDITION` (9), the store or the
+    /// upstream down `UNAVAILABLE` (14), limits `RESOURCE_EXHAUSTED` (8).
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            Self::KeyMissing | Self::KeyInvalid | Self::BodyUnreadable => 3,
+            Self::KeyInUse => 10,
+            Self::KeyReused => 9,
+            Self::StoreUnavailable | Self::UpstreamUnavailable | Self::Overloaded => 14,
+            Self::StoreFull | Self::BodyTooLarge | Self::ScopeFull | Self::ScopeRateLimited => 8,
+            Self::UpstreamTimeout | Self::BodyTimeout => 4,
+            Self::ExecutionFailed => 13,
+            // The operation ran; its answer's body was lost.
+            Self::AnswerIncomplete => 15,
+            Self::OutcomeUnknown => 2,
+            Self::Unauthenticated => 16,
+        }
+    }
+
     /// The last segment of the `type` URI.
     pub fn slug(self) -> &'static str {
         match self {
@@ -242,6 +290,17 @@ fn json_string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_found_by_its_slug_and_has_a_grpc_status() {
+        let mut slugs = std::collections::HashSet::new();
+        for kind in ProblemKind::ALL {
+            assert!(slugs.insert(kind.slug()), "{kind:?} twice");
+            assert_eq!(ProblemKind::from_slug(kind.slug()), Some(kind));
+            assert!((1..=16).contains(&kind.grpc_status()), "{kind:?}");
+        }
+        assert_eq!(ProblemKind::from_slug("no-such-problem"), None);
+    }
 
     #[test]
     fn http1_rendering_is_a_whole_response() {

@@ -24,10 +24,12 @@
 
 pub mod broken;
 pub mod faulty;
+pub mod grpc;
 pub mod jwt;
 pub mod load;
 pub mod model;
 pub mod net;
+pub mod sse;
 pub mod suite;
 pub mod tls;
 pub mod upstream;

@@ -5,7 +5,10 @@
 //! so they do not change which request is "the same"):
 //! - `x-test-delay-ms: N`: answer after N milliseconds;
 //! - `x-test-status: N`: answer with status N;
-//! - `x-test-body-bytes: N`: answer with a body of N bytes.
+//! - `x-test-body-bytes: N`: answer with a body of N bytes;
+//! - `x-test-sse-events: N`: answer 200 with N server-sent events
+//!   (`text/event-stream`), the first at once, then one every
+//!   `x-test-sse-gap-ms` (200 by default), each naming its execution.
 //!
 //! Otherwise it answers 201 with JSON: `{"n": <its count>, "method", "path",
 //! "key", "body_len"}`.
@@ -86,6 +89,19 @@ async fn handle(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> Response 
     let status = header_num(&parts.headers, "x-test-status")
         .and_then(|s| StatusCode::from_u16(s as u16).ok())
         .unwrap_or(StatusCode::CREATED);
+    if let Some(count) = header_num(&parts.headers, "x-test-sse-events") {
+        let gap = header_num(&parts.headers, "x-test-sse-gap-ms").unwrap_or(200);
+        let events =
+            crate::sse::Events::new(n.to_string(), count as u32, Duration::from_millis(gap));
+        return (
+            [
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+            ],
+            axum::body::Body::new(events),
+        )
+            .into_response();
+    }
     if let Some(len) = header_num(&parts.headers, "x-test-body-bytes") {
         return (status, vec![b'x'; len as usize]).into_response();
     }

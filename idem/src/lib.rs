@@ -35,15 +35,15 @@ pub use idem_core::{
     clock, fingerprint, headers, json, key, memory, policy, problem, record, scope, signed, store,
     Begin, BodyFields, Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules,
     ManualClock, MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret,
-    SetCookieReplay, StatusSet, Store, StoreError, StoreKey, StoredResponse, SystemClock,
-    UnknownOutcome, WebhookKeys,
+    SetCookieReplay, StatusSet, Store, StoreError, StoreKey, StoredResponse, StreamAnswers,
+    SystemClock, UnknownOutcome, WebhookKeys,
 };
 pub use identity::{Identify, ScopeSource, Unverified};
 #[cfg(feature = "jwt")]
 pub use identity::{JwtError, JwtScope};
 pub use layer::{
     Idempotency, IdempotencyLayer, OutcomeUnknown, IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED,
-    IDEMPOTENT_REPLAYED,
+    IDEMPOTENT_REPLAYED, TRAILER_PREFIX,
 };
 pub use metrics::{Metrics, ValueKind};
 

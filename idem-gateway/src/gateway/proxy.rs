@@ -331,8 +331,15 @@ where
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
-        // The upstream hop is HTTP/1.1 whatever the client spoke (h2c included).
-        parts.version = Version::HTTP_11;
+        // The upstream hop is HTTP/1.1 whatever the client spoke (h2c
+        // included), but for gRPC calls: gRPC needs HTTP/2 (h2c to a plain
+        // upstream, h2 by ALPN to an https one).
+        let version = if idem::headers::is_grpc(&parts.headers) {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        parts.version = version;
 
         let shared = &self.shared;
         // Kept to send again only if the upstream resets without reading
@@ -359,7 +366,7 @@ where
                             let mut req = Request::new(b);
                             *req.method_mut() = method;
                             *req.uri_mut() = uri;
-                            *req.version_mut() = Version::HTTP_11;
+                            *req.version_mut() = version;
                             req.headers_mut().extend(headers);
                             shared.fresh.request(req).await
                         }

@@ -1,6 +1,7 @@
-//! The proxy's client to the upstream: plain HTTP/1.1, or HTTPS over rustls
-//! (the system's roots or a CA file, SNI from the upstream's host name,
-//! HTTP/2 when the upstream offers it by ALPN, else HTTP/1.1).
+//! The proxy's client to the upstream: plain HTTP/1.1 (HTTP/2 with prior
+//! knowledge, h2c, for gRPC calls), or HTTPS over rustls (the system's
+//! roots or a CA file, SNI from the upstream's host name, HTTP/2 when the
+//! upstream offers it by ALPN, else HTTP/1.1).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +23,13 @@ use rustls::pki_types::CertificateDer;
 /// upstream's scheme: a plain upstream's requests never pass through TLS
 /// code.
 pub(crate) enum UpstreamClient<B> {
-    Http(Client<HttpConnector, B>),
+    Http {
+        http1: Client<HttpConnector, B>,
+        /// For requests the proxy sends as HTTP/2 (gRPC calls, which need
+        /// it): built up front, it opens no connection until one is sent;
+        /// boxed, off the hot path.
+        h2c: Box<Client<HttpConnector, B>>,
+    },
     Https(Client<HttpsConnector<HttpConnector>, B>),
 }
 
@@ -52,7 +59,14 @@ where
             builder.pool_max_idle_per_host(0);
         }
         match tls {
-            None => Self::Http(builder.build(http)),
+            None => {
+                let http1 = builder.build(http.clone());
+                builder.http2_only(true);
+                Self::Http {
+                    http1,
+                    h2c: Box::new(builder.build(http)),
+                }
+            }
             Some(config) => {
                 // The TCP connector carries https:// URIs for the TLS one.
                 http.enforce_http(false);
@@ -67,10 +81,12 @@ where
         }
     }
 
-    /// Sends `req` (its URI absolute, naming the upstream).
+    /// Sends `req` (its URI absolute, naming the upstream), as HTTP/2 when
+    /// its version says so.
     pub(crate) fn request(&self, req: Request<B>) -> ResponseFuture {
         match self {
-            Self::Http(c) => c.request(req),
+            Self::Http { h2c, .. } if req.version() == http::Version::HTTP_2 => h2c.request(req),
+            Self::Http { http1, .. } => http1.request(req),
             Self::Https(c) => c.request(req),
         }
     }

@@ -4,8 +4,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::protocol::Tee;
 
 /// A boxed error, as bodies report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -97,8 +100,9 @@ where
 
 pin_project! {
     /// The body the layer answers with: bytes it built or replayed, the inner
-    /// service's stream, or (for a response too large to store) the part it
-    /// already read followed by the rest of the stream.
+    /// service's stream, (for a response too large to store) the part it
+    /// already read followed by the rest of the stream, or a streamed answer
+    /// stored as it passes.
     pub struct ResponseBody<B> {
         #[pin]
         kind: ResponseKind<B>,
@@ -112,6 +116,10 @@ pin_project! {
         Inner { #[pin] inner: B },
         // Boxed: the body was already polled while unpinned-by-box.
         Prefixed { prefix: Option<Bytes>, inner: Pin<Box<B>> },
+        // Boxed: kept out of every other response's size.
+        Streamed { tee: Box<Tee> },
+        // Boxed for the same reason; only answers with trailers (gRPC).
+        Trailed { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
     }
 }
 
@@ -137,6 +145,32 @@ impl<B> ResponseBody<B> {
     pub fn inner(inner: B) -> Self {
         Self {
             kind: ResponseKind::Inner { inner },
+        }
+    }
+
+    /// `bytes`, then `trailers` (a gRPC answer's status).
+    pub(crate) fn trailed(bytes: Bytes, trailers: Box<HeaderMap>) -> Self {
+        Self {
+            kind: ResponseKind::Trailed {
+                data: (!bytes.is_empty()).then_some(bytes),
+                trailers: Some(trailers),
+            },
+        }
+    }
+
+    /// The whole body, when it is bytes the layer holds (a refusal, a
+    /// replay), to read it again.
+    pub(crate) fn full_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            ResponseKind::Full { data } => data.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// A streamed answer, stored as it passes (see the route's `stream`).
+    pub(crate) fn streamed(tee: Tee) -> Self {
+        Self {
+            kind: ResponseKind::Streamed { tee: Box::new(tee) },
         }
     }
 
@@ -170,6 +204,11 @@ where
                 Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
                 None => inner.as_mut().poll_frame(cx).map_err(Into::into),
             },
+            ResponseBodyProj::Streamed { tee } => Pin::new(&mut **tee).poll_frame(cx),
+            ResponseBodyProj::Trailed { data, trailers } => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
+            }),
         }
     }
 
@@ -178,6 +217,8 @@ where
             ResponseKind::Full { data } => data.is_none(),
             ResponseKind::Inner { inner } => inner.is_end_stream(),
             ResponseKind::Prefixed { prefix, inner } => prefix.is_none() && inner.is_end_stream(),
+            ResponseKind::Streamed { tee } => tee.is_end_stream(),
+            ResponseKind::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -196,6 +237,10 @@ where
                     out.set_upper(u + p);
                 }
                 out
+            }
+            ResponseKind::Streamed { tee } => tee.size_hint(),
+            ResponseKind::Trailed { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
     }

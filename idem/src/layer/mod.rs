@@ -23,9 +23,10 @@ mod service;
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub use layer::IdempotencyLayer;
-pub(crate) use layer::{Admitted, Shared};
+pub(crate) use layer::{Admitted, InFlightGuard, Shared};
 pub use service::Idempotency;
 
 pub use crate::protocol::{
     OutcomeUnknown, IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED,
+    TRAILER_PREFIX,
 };

@@ -10,15 +10,16 @@ use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use idem_core::{RoutePolicy, StoredResponse, UnknownOutcome};
 
-use super::refusal;
 use super::replay::{
     storable, storable_headers, storable_headers_in, storable_values_len, IDEMPOTENT_BODY_LOST,
 };
+use super::stream::Inner;
+use super::{grpc, refusal};
 use tower_service::Service;
 
 use crate::access::Trace;
@@ -31,13 +32,19 @@ pub(super) enum Outcome<B> {
     /// Nothing of the answer arrived, and the route keeps such keys.
     Unknown,
     /// Read in full, within the stored-response limit: one buffer holding
-    /// the storable header values (the first `usize` bytes) then the body.
-    Full(http::response::Parts, Bytes, usize),
+    /// the storable header values (the first `usize` bytes) then the body;
+    /// and the trailers that ended it, if any (gRPC's status).
+    Full(http::response::Parts, Bytes, usize, Option<Box<HeaderMap>>),
+    /// Read in full, and a gRPC failure that releases the key (see `grpc`):
+    /// passed on with its body and trailers, not stored.
+    Released(http::response::Parts, Bytes, Option<Box<HeaderMap>>),
     /// Over the limit: the part read, and the rest of the stream.
     Oversize(http::response::Parts, Bytes, std::pin::Pin<Box<B>>),
     /// The body broke off after the status line and headers arrived (rule
     /// 13): the operation ran. With how many body bytes had arrived.
     BodyFailed(http::response::Parts, u64, BoxError),
+    /// An answer the route streams (see `stream`): its body not read yet.
+    Stream(http::response::Parts, Inner),
 }
 
 /// A response extension an inner service sets on an answer it made itself
@@ -105,7 +112,14 @@ where
             }
             return Ok(Outcome::Unknown);
         }
-        res.into_parts()
+        let (parts, body) = res.into_parts();
+        if policy.stream.streams(&parts.headers) {
+            return Ok(Outcome::Stream(
+                parts,
+                body.map_err(Into::into).boxed_unsync(),
+            ));
+        }
+        (parts, body)
     };
     // Boxed so that, when the body is too large to store, the rest of it can
     // be handed on to the client after part of it was read here.
@@ -127,6 +141,7 @@ where
     for (_, v) in storable(&parts.headers) {
         buf.extend_from_slice(v.as_bytes());
     }
+    let mut trailers = None;
     loop {
         let frame = match body.frame().await {
             None => break,
@@ -136,8 +151,14 @@ where
                 return Ok(Outcome::BodyFailed(parts, received, e.into()));
             }
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(Box::new(t));
+                }
+                continue;
+            }
         };
         buf.extend_from_slice(&data);
         if buf.len() - head > limit {
@@ -145,7 +166,15 @@ where
             return Ok(Outcome::Oversize(parts, prefix, body));
         }
     }
-    Ok(Outcome::Full(parts, buf.freeze(), head))
+    // A gRPC status arrives in trailers, or alone in the headers (with no
+    // body): only such answers are looked at.
+    if (trailers.is_some() || buf.len() == head)
+        && grpc::releases(&parts.headers, trailers.as_deref())
+    {
+        let body = buf.split_off(head).freeze();
+        return Ok(Outcome::Released(parts, body, trailers));
+    }
+    Ok(Outcome::Full(parts, buf.freeze(), head, trailers))
 }
 
 /// What an execution ended with.
@@ -156,14 +185,21 @@ pub(super) enum Answer<B, E> {
     Release(Result<Response<ResponseBody<B>>, E>),
 }
 
+/// What an execution gave: an answer settled now, or one stored as it
+/// streams to the client (see `stream`).
+pub(super) enum Executed<B, E> {
+    Settled(Answer<B, E>),
+    Stream(http::response::Parts, Inner),
+}
+
 pub(super) fn answer<B, E>(
     route: &super::Route,
     key: idem_core::scope::ShortKey,
     executed: std::thread::Result<Result<Outcome<B>, E>>,
-) -> Answer<B, E> {
+) -> Executed<B, E> {
     use Answer::{Release, Store};
     let shared: &Shared = &route.shared;
-    match executed {
+    Executed::Settled(match executed {
         Err(_panic) => Release(Ok(refusal::response(shared, &refusal::handler_panicked()))),
         Ok(Err(e)) => Release(Err(e)),
         Ok(Ok(Outcome::NoStore(res))) => Release(Ok(res.map(ResponseBody::inner))),
@@ -194,19 +230,26 @@ pub(super) fn answer<B, E>(
                 refusal::response(shared, &refusal::answer_incomplete(parts.status)),
             )
         }
-        Ok(Ok(Outcome::Full(parts, all, head))) => {
+        Ok(Ok(Outcome::Full(parts, all, head, trailers))) => {
             let bytes = all.slice(head..);
+            let mut headers = storable_headers_in(&parts.headers, &all);
+            if let Some(t) = &trailers {
+                headers.extend(grpc::stored_trailers(t));
+            }
             let stored = StoredResponse {
                 status: parts.status.as_u16(),
-                headers: storable_headers_in(&parts.headers, &all),
+                headers,
                 body: bytes.clone(),
                 body_omitted: None,
             };
-            Store(
-                stored,
-                Response::from_parts(parts, ResponseBody::full(bytes)),
-            )
+            let body = grpc::with_trailers(bytes, trailers);
+            Store(stored, Response::from_parts(parts, body))
         }
+        Ok(Ok(Outcome::Released(parts, bytes, trailers))) => Release(Ok(Response::from_parts(
+            parts,
+            grpc::with_trailers(bytes, trailers),
+        ))),
+        Ok(Ok(Outcome::Stream(parts, body))) => return Executed::Stream(parts, body),
         Ok(Ok(Outcome::Oversize(parts, prefix, rest))) => {
             let declared = declared_length(&parts.headers);
             let stored = StoredResponse {
@@ -220,11 +263,11 @@ pub(super) fn answer<B, E>(
                 Response::from_parts(parts, ResponseBody::prefixed(prefix, rest)),
             )
         }
-    }
+    })
 }
 
 /// The body length an answer announced (`Content-Length`), if it did.
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -110,6 +110,11 @@ impl Key<'_> {
         }
     }
 
+    /// The key as a header value, for a route that echoes it.
+    pub(super) fn echo(&self) -> Option<http::HeaderValue> {
+        http::HeaderValue::from_str(self.as_str()).ok()
+    }
+
     pub(super) fn into_key(self) -> IdempotencyKey {
         match self {
             Key::Checked(k) => k.to_key(),
@@ -118,4 +123,4 @@ impl Key<'_> {
     }
 }
 
-static IDEMPOTENCY_KEY_HEADER: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
+pub(super) static IDEMPOTENCY_KEY_HEADER: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);

@@ -20,6 +20,7 @@ mod begin;
 mod execute;
 mod fields;
 mod finish;
+mod grpc;
 mod key;
 mod quota;
 mod rate;
@@ -29,6 +30,7 @@ mod renew;
 mod replay;
 mod route;
 mod store_failure;
+mod stream;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -45,9 +47,10 @@ use tower_service::Service;
 
 use self::begin::Next;
 pub use self::execute::OutcomeUnknown;
-use self::execute::{answer, collect, unprotected, Answer};
+use self::execute::{answer, collect, unprotected, Answer, Executed};
 pub(crate) use self::finish::release;
 use self::finish::{complete_local, finish_remote, release_local};
+pub use self::grpc::TRAILER_PREFIX;
 use self::key::{body_key, header_key, Key};
 pub(crate) use self::quota::ScopeQuota;
 pub(crate) use self::rate::KeyRate;
@@ -58,6 +61,8 @@ use self::replay::{replay, replays_cookies};
 pub use self::replay::{IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
 pub(crate) use self::route::Route;
 use self::store_failure::store_failure;
+use self::stream::Recording;
+pub(crate) use self::stream::Tee;
 use crate::context::IdempotencyContext;
 use crate::identity::header_scope;
 use crate::layer::{Admitted, BoxError, RequestBody, ResponseBody};
@@ -133,6 +138,11 @@ where
 {
     async move {
         let trace = Trace::new(span, route.shared.access_log.is_some(), &parts);
+        // The key every answer carries back, on a route that echoes it
+        // (`echo_key`): set by the steps once the key is known and valid.
+        let mut echoed: Option<http::HeaderValue> = None;
+        // A gRPC client is told refusals the gRPC way (see `grpc`).
+        let grpc = grpc::is_grpc(&parts.headers);
         // The steps borrow `trace` and `route`; the access line is written
         // once they have given the answer, whichever step gave it.
         let answered = async {
@@ -168,6 +178,9 @@ where
                 Ok(k) => k,
                 Err(e) => return refuse(refusal::key_invalid(e)),
             };
+            if policy.echo_key {
+                echoed = key.as_ref().and_then(Key::echo);
+            }
             // A key in a body field (`key_json`, a webhook's `json`) is read
             // with the body; so is a webhook's body hash.
             let json_key = match &policy.webhook {
@@ -217,7 +230,7 @@ where
             // never come (or trickle in) would hold every slot until their
             // body read timeout, and refuse everyone else. Bodies being read
             // are bounded by the connection limit and that timeout instead.
-            let _permit = match admit(shared) {
+            let permit = match admit(shared) {
                 Ok(p) => p,
                 Err(()) => return refuse(refusal::overloaded()),
             };
@@ -256,6 +269,9 @@ where
                 }
             };
 
+            if policy.echo_key && echoed.is_none() {
+                echoed = key.echo();
+            }
             let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let fingerprint = {
                 let selected = fields::selected(&policy.fingerprint_fields, &bytes);
@@ -361,7 +377,7 @@ where
                 parts.extensions.insert(context);
             }
             // Counted so that a shutdown waits for the answer to be stored.
-            let _guard = shared.in_flight.enter();
+            let in_flight = shared.in_flight.enter();
             // The lease is renewed every third of it until the answer is stored
             // or the key released (not only while the execution runs: storing
             // can take retries longer than a short lease), so a live request is
@@ -383,7 +399,28 @@ where
             route.metrics().processing(took);
             trace.upstream(took);
             let finishing = {
-                let answer = answer(&route, store_key.short(), executed);
+                let answer = match answer(&route, store_key.short(), executed) {
+                    Executed::Settled(a) => a,
+                    // Stored when its body ends: what keeps the execution
+                    // counted, its slot and its lease go with the body.
+                    Executed::Stream(parts, body) => {
+                        route.metrics().miss();
+                        if let Some((q, tag)) = quota {
+                            q.expire_after(tag, policy.ttl);
+                        }
+                        let recording = Recording::new(
+                            route.clone(),
+                            store_key,
+                            fence,
+                            &parts,
+                            renewed,
+                            in_flight,
+                            permit,
+                        );
+                        let body = ResponseBody::streamed(Tee::new(body, recording));
+                        return Ok(Response::from_parts(parts, body));
+                    }
+                };
                 // Counted once, as what it was: an execution whose answer is
                 // kept (a miss), or one that failed and was released (an
                 // upstream error), never both.
@@ -427,7 +464,14 @@ where
             };
             finishing.await
         };
-        let out = answered.await;
+        let mut out = answered.await;
+        if grpc {
+            out = out.map(grpc::refusal);
+        }
+        if let (Ok(res), Some(key)) = (&mut out, echoed) {
+            res.headers_mut()
+                .insert(key::IDEMPOTENCY_KEY_HEADER.clone(), key);
+        }
         if route.shared.trace_context {
             if let Ok(res) = &out {
                 trace.span.record("status", res.status().as_u16());

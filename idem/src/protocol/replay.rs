@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use idem_core::{headers, SetCookieReplay, StoredResponse};
 
+use super::grpc;
 use crate::layer::ResponseBody;
 
 /// The header a replayed answer carries: `Idempotent-Replayed: true`.
@@ -23,15 +24,25 @@ pub const IDEMPOTENT_BODY_LOST: HeaderName = HeaderName::from_static("idempotent
 
 /// A stored answer, replayed; `Set-Cookie` dropped when `cookies` is false.
 pub(super) fn replay<B>(stored: StoredResponse, cookies: bool) -> Response<ResponseBody<B>> {
-    let mut res = Response::new(ResponseBody::full(stored.body));
+    let mut res = Response::new(ResponseBody::empty());
     *res.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let headers = res.headers_mut();
+    let mut trailers = None;
     for (name, value) in stored.headers {
         if !cookies && name == http::header::SET_COOKIE {
             continue;
         }
+        // Trailers (a gRPC answer's status) are kept among the headers.
+        if let Some(t) = grpc::trailer_name(&name) {
+            trailers
+                .get_or_insert_with(Box::<HeaderMap>::default)
+                .append(t, value);
+            continue;
+        }
         headers.append(name, value);
     }
+    *res.body_mut() = grpc::with_trailers(stored.body, trailers);
+    let headers = res.headers_mut();
     headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     if let Some(len) = stored.body_omitted {
         headers.insert(IDEMPOTENT_BODY_OMITTED, HeaderValue::from(len));

@@ -37,6 +37,8 @@ pub(super) struct RouteSettings {
     require_signed_keys: Option<bool>,
     replay_set_cookie: Option<String>,
     unknown_outcome: Option<String>,
+    stream: Option<String>,
+    echo_key: Option<bool>,
 }
 
 /// The keys of a `[[routes]]` entry beside its route keys.
@@ -161,6 +163,12 @@ impl RouteSettings {
         }
         if let Some(v) = &self.unknown_outcome {
             p.unknown_outcome = v.parse().map_err(|e| anyhow!("{at}unknown_outcome: {e}"))?;
+        }
+        if let Some(v) = &self.stream {
+            p.stream = v.parse().map_err(|e| anyhow!("{at}stream: {e}"))?;
+        }
+        if let Some(v) = self.echo_key {
+            p.echo_key = v;
         }
         Ok(p)
     }

@@ -199,6 +199,8 @@ fn route_keys(p: &RoutePolicy) -> toml::Table {
     put("require_signed_keys", Value::Boolean(p.require_signed_keys));
     put("replay_set_cookie", text(p.replay_set_cookie.as_str()));
     put("unknown_outcome", text(p.unknown_outcome.as_str()));
+    put("stream", text(p.stream.as_str()));
+    put("echo_key", Value::Boolean(p.echo_key));
     t
 }
 

@@ -68,6 +68,10 @@ fn errors_name_the_key() {
             "lock_timeout",
         ),
         (
+            "upstream = \"http://a:1\"\n[[routes]]\npath = \"/x\"\nstream = \"sometimes\"\n",
+            "routes[0].stream",
+        ),
+        (
             "upstream = \"http://a:1\"\nno_store = [\"6xx\"]\n",
             "no_store",
         ),
@@ -431,6 +435,8 @@ methods = ["POST"]
 fingerprint = "exact"
 replay_set_cookie = "never"
 unknown_outcome = "keep"
+stream = "never"
+echo_key = true
 
 [[routes]]
 path = "/webhooks/{provider}"
@@ -452,6 +458,8 @@ key_required = false
         "scope_key_burst = 7",
         "postgres_statements = \"prepared\"",
         "unknown_outcome = \"keep\"",
+        "stream = \"never\"",
+        "echo_key = true",
         "webhook_body_hash = false",
     ] {
         assert!(printed.contains(line), "{line}\n{printed}");
