@@ -1,29 +1,71 @@
 //! The retry decision, as a pure function of one attempt's outcome: SPEC.md
-//! "Keys on the client side". Retry network failures, 409 (the first request
-//! is still executing), 429 and 5xx; never other 4xx; stop on success.
+//! "Keys on the client side". Retry network failures, 408 (the server
+//! released the key), 429, 5xx, and the 409 of `idempotency-key-in-use`
+//! (the first request is still executing); a business 409 is final, and so
+//! is every other 4xx; stop on success. The cases are
+//! `clients/retry-cases.json`, shared with the Python and JavaScript clients.
 //!
 //! # Examples
 //!
 //! ```
 //! use idem_client::classify::{classify, Attempt, Decision};
 //!
-//! assert_eq!(classify(&Attempt::Status(409)), Decision::Retry);
-//! assert_eq!(classify(&Attempt::Status(422)), Decision::Stop);
+//! let in_use = Attempt::Answer { status: 409, problem: Some("idempotency-key-in-use") };
+//! assert_eq!(classify(&in_use), Decision::Retry);
+//! let business = Attempt::Answer { status: 409, problem: None };
+//! assert_eq!(classify(&business), Decision::Stop);
+//! assert_eq!(classify(&Attempt::status(422)), Decision::Stop);
 //! assert_eq!(classify(&Attempt::ConnectError), Decision::Retry);
 //! ```
 
 use std::time::{Duration, SystemTime};
 
+use http::HeaderMap;
+
+/// The problem a server sends while the first request with a key executes.
+pub const KEY_IN_USE: &str = "idempotency-key-in-use";
+
 /// What one attempt ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
+pub enum Attempt<'a> {
     /// No connection, or it broke before an answer came (the answer may have
     /// been lost: the server may have executed).
     ConnectError,
     /// No answer within the attempt's timeout.
     Timeout,
-    /// An answer with this status.
-    Status(u16),
+    /// An answer with this status and, when its body is a problem+json
+    /// document, the problem's slug (the last segment of its `type`).
+    Answer {
+        /// The status.
+        status: u16,
+        /// The problem's slug, if the answer is one.
+        problem: Option<&'a str>,
+    },
+}
+
+impl Attempt<'static> {
+    /// An answer with this status and no problem document.
+    pub fn status(status: u16) -> Self {
+        Self::Answer {
+            status,
+            problem: None,
+        }
+    }
+}
+
+/// The slug of a problem+json answer (`idempotency-key-in-use` of
+/// `urn:idem:problem:idempotency-key-in-use`), if the answer is one.
+pub fn problem_slug(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let is_problem = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if !is_problem {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let slug = v["type"].as_str()?.rsplit([':', '/']).next()?;
+    Some(slug.to_owned())
 }
 
 /// Whether to try again.
@@ -36,12 +78,18 @@ pub enum Decision {
 }
 
 /// Decides whether an attempt's outcome is worth another try.
-pub fn classify(attempt: &Attempt) -> Decision {
+pub fn classify(attempt: &Attempt<'_>) -> Decision {
     match attempt {
         Attempt::ConnectError | Attempt::Timeout => Decision::Retry,
-        Attempt::Status(409 | 429) => Decision::Retry,
-        Attempt::Status(s) if (500..=599).contains(s) => Decision::Retry,
-        Attempt::Status(_) => Decision::Stop,
+        Attempt::Answer {
+            status: 409,
+            problem: Some(KEY_IN_USE),
+        } => Decision::Retry,
+        Attempt::Answer {
+            status: 408 | 429, ..
+        } => Decision::Retry,
+        Attempt::Answer { status, .. } if (500..=599).contains(status) => Decision::Retry,
+        Attempt::Answer { .. } => Decision::Stop,
     }
 }
 
@@ -72,7 +120,10 @@ mod tests {
             let attempt = match &case["outcome"] {
                 serde_json::Value::String(s) if s == "connect_error" => Attempt::ConnectError,
                 serde_json::Value::String(s) if s == "timeout" => Attempt::Timeout,
-                serde_json::Value::Number(n) => Attempt::Status(n.as_u64().expect("status") as u16),
+                serde_json::Value::Number(n) => Attempt::Answer {
+                    status: n.as_u64().expect("status") as u16,
+                    problem: case["problem"].as_str(),
+                },
                 other => panic!("unknown outcome {other}"),
             };
             let want = if case["retry"] == true {

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::classify::{classify, parse_retry_after, Attempt, Decision};
-use crate::Error;
+use crate::classify::{classify, parse_retry_after, problem_slug, Attempt, Decision};
+use crate::{Error, LastAttempt};
 
 /// How a key is chosen for an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +93,22 @@ impl Answer {
     }
 }
 
+/// A retry about to happen, as the client's retry hook sees it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RetryEvent {
+    /// The attempt that just failed (1 for the first).
+    pub attempt: u32,
+    /// How long the client waits before the next one.
+    pub delay: Duration,
+    /// Why: the failed attempt's status and body, or its error.
+    pub reason: String,
+    /// The key, the same on every attempt.
+    pub key: String,
+}
+
+type RetryHook = std::sync::Arc<dyn Fn(&RetryEvent) + Send + Sync>;
+
 /// What one attempt gave, before classification.
 #[derive(Debug)]
 pub(crate) enum Sent {
@@ -123,11 +139,22 @@ pub(crate) enum Sent {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     policy: RetryPolicy,
     strategy: KeyStrategy,
+    on_retry: Option<RetryHook>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("policy", &self.policy)
+            .field("strategy", &self.strategy)
+            .field("on_retry", &self.on_retry.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Client {
@@ -143,7 +170,15 @@ impl Client {
             http: reqwest::Client::new(),
             policy: RetryPolicy::default(),
             strategy: KeyStrategy::Uuid,
+            on_retry: None,
         }
+    }
+
+    /// Calls `hook` before each retry (its attempt, delay and reason): for
+    /// logs and metrics of retries.
+    pub fn on_retry(mut self, hook: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(std::sync::Arc::new(hook));
+        self
     }
 
     /// Sets the retry policy. The default is [`RetryPolicy::default`].
@@ -257,10 +292,11 @@ impl Operation {
         let key_value = HeaderValue::from_str(&key)
             .map_err(|_| Error::Build(format!("the key {key:?} cannot be sent as a header")))?;
         let policy = self.client.policy;
+        let hook = self.client.on_retry.clone();
         let http = self.client.http.clone();
         let (method, url, mut headers, body) = (self.method, self.url, self.headers, self.body);
         headers.insert(HeaderName::from_static("idempotency-key"), key_value);
-        run(&policy, key, |timeout| {
+        run(&policy, key, hook.as_deref(), |timeout| {
             let request = http
                 .request(method.clone(), url.as_str())
                 .headers(headers.clone())
@@ -305,6 +341,7 @@ fn unit_random() -> f64 {
 pub(crate) async fn run<F, Fut>(
     policy: &RetryPolicy,
     key: String,
+    hook: Option<&(dyn Fn(&RetryEvent) + Send + Sync)>,
     mut attempt: F,
 ) -> Result<Answer, Error>
 where
@@ -318,7 +355,7 @@ where
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let sent = attempt(policy.attempt_timeout.min(left)).await;
-        let (outcome, retry_after, last) = match &sent {
+        let (decision, retry_after, last) = match &sent {
             Sent::Answer {
                 status,
                 headers,
@@ -328,8 +365,13 @@ where
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let problem = problem_slug(headers, body);
+                let outcome = Attempt::Answer {
+                    status: status.as_u16(),
+                    problem: problem.as_deref(),
+                };
                 (
-                    Attempt::Status(status.as_u16()),
+                    classify(&outcome),
                     retry_after,
                     format!(
                         "status {status}: {}",
@@ -340,40 +382,65 @@ where
             Sent::Failed {
                 timeout: true,
                 error,
-            } => (Attempt::Timeout, None, format!("timed out: {error}")),
+            } => (
+                classify(&Attempt::Timeout),
+                None,
+                format!("timed out: {error}"),
+            ),
             Sent::Failed {
                 timeout: false,
                 error,
-            } => (Attempt::ConnectError, None, format!("{error}")),
+            } => (classify(&Attempt::ConnectError), None, format!("{error}")),
         };
-        match classify(&outcome) {
-            Decision::Stop => {
-                let Sent::Answer {
+        let sent = match (decision, sent) {
+            (
+                Decision::Stop,
+                Sent::Answer {
                     status,
                     headers,
                     body,
-                } = sent
-                else {
-                    unreachable!("only answers are final")
-                };
-                return finish(status, headers, body, key, attempts);
-            }
-            Decision::Retry => {
-                if attempts >= policy.max_attempts {
-                    return Err(Error::GaveUp { attempts, last });
-                }
-                let wait = policy.delay(attempts, retry_after, unit_random());
-                if Instant::now() + wait >= deadline {
-                    return Err(Error::Deadline {
-                        attempts,
-                        deadline: policy.deadline,
-                        last,
-                    });
-                }
-                tracing::debug!(attempts, ?wait, %last, "retrying with the same key");
-                tokio::time::sleep(wait).await;
-            }
+                },
+            ) => return finish(status, headers, body, key, attempts),
+            (_, sent) => sent,
+        };
+        // The last attempt, for an error that lets the caller retry later
+        // with the same key.
+        let last_attempt = |sent: Sent, key: &str| match sent {
+            Sent::Answer {
+                status,
+                headers,
+                body,
+            } => LastAttempt::Answer(Box::new(answer(status, headers, body, key, attempts))),
+            Sent::Failed { error, .. } => LastAttempt::Failed(error),
+        };
+        if attempts >= policy.max_attempts {
+            let last = last_attempt(sent, &key);
+            return Err(Error::GaveUp {
+                key,
+                attempts,
+                last,
+            });
         }
+        let wait = policy.delay(attempts, retry_after, unit_random());
+        if Instant::now() + wait >= deadline {
+            let last = last_attempt(sent, &key);
+            return Err(Error::Deadline {
+                key,
+                attempts,
+                deadline: policy.deadline,
+                last,
+            });
+        }
+        tracing::debug!(attempts, ?wait, %last, "retrying with the same key");
+        if let Some(hook) = hook {
+            hook(&RetryEvent {
+                attempt: attempts,
+                delay: wait,
+                reason: last,
+                key: key.clone(),
+            });
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -385,38 +452,34 @@ fn finish(
     key: String,
     attempts: u32,
 ) -> Result<Answer, Error> {
-    let is_problem = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/problem+json"));
-    if is_problem && status.is_client_error() {
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let detail = v["detail"].as_str().unwrap_or_default().to_owned();
-        let slug = v["type"]
-            .as_str()
-            .unwrap_or_default()
-            .rsplit([':', '/'])
-            .next()
-            .unwrap_or_default();
-        match slug {
-            "idempotency-key-reused" => return Err(Error::KeyReused { key, detail }),
-            "idempotency-key-invalid" => return Err(Error::KeyInvalid { key, detail }),
-            "idempotency-key-missing" => return Err(Error::KeyMissing { detail }),
-            "request-body-too-large" => return Err(Error::BodyTooLarge { detail }),
-            _ => {}
+    if status.is_client_error() {
+        if let Some(slug) = problem_slug(&headers, &body) {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let detail = v["detail"].as_str().unwrap_or_default().to_owned();
+            match slug.as_str() {
+                "idempotency-key-reused" => return Err(Error::KeyReused { key, detail }),
+                "idempotency-key-invalid" => return Err(Error::KeyInvalid { key, detail }),
+                "idempotency-key-missing" => return Err(Error::KeyMissing { detail }),
+                "request-body-too-large" => return Err(Error::BodyTooLarge { detail }),
+                _ => {}
+            }
         }
     }
+    Ok(answer(status, headers, body, &key, attempts))
+}
+
+fn answer(status: StatusCode, headers: HeaderMap, body: Bytes, key: &str, attempts: u32) -> Answer {
     let replayed = headers
         .get("idempotent-replayed")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    Ok(Answer {
+    Answer {
         status,
         headers,
         body,
         replayed,
-        key,
+        key: key.to_owned(),
         attempts,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -426,6 +489,7 @@ mod tests {
 
     use super::*;
 
+    /// An answer; a 409 is the server's "in progress" problem.
     fn answer(status: u16, retry_after: Option<&str>) -> Sent {
         let mut headers = HeaderMap::new();
         if let Some(r) = retry_after {
@@ -434,10 +498,19 @@ mod tests {
                 HeaderValue::from_str(r).expect("value"),
             );
         }
+        let body = if status == 409 {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            Bytes::from_static(br#"{"type":"urn:idem:problem:idempotency-key-in-use","status":409}"#)
+        } else {
+            Bytes::from_static(b"{}")
+        };
         Sent::Answer {
             status: StatusCode::from_u16(status).expect("status"),
             headers,
-            body: Bytes::from_static(b"{}"),
+            body,
         }
     }
 
@@ -450,7 +523,10 @@ mod tests {
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         let times = Arc::new(Mutex::new(Vec::new()));
         let (s, t) = (script.clone(), times.clone());
-        let result = run(&policy, "key-0000000001".into(), move |_timeout| {
+        let hook = |e: &RetryEvent| {
+            assert_eq!(e.key, "key-0000000001");
+        };
+        let result = run(&policy, "key-0000000001".into(), Some(&hook), move |_timeout| {
             t.lock().expect("lock").push(start.elapsed());
             let next = s
                 .lock()
@@ -506,10 +582,19 @@ mod tests {
             ..RetryPolicy::default()
         };
         let (result, times) = play(policy, vec![]).await;
-        assert!(
-            matches!(result, Err(Error::GaveUp { attempts: 4, .. })),
-            "{result:?}"
-        );
+        // Giving up keeps what a later retry needs: the key, and the last answer.
+        match &result {
+            Err(Error::GaveUp {
+                key,
+                attempts: 4,
+                last: LastAttempt::Answer(last),
+            }) => {
+                assert_eq!(key, "key-0000000001");
+                assert_eq!(last.status, 503);
+                assert_eq!(last.key, "key-0000000001");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(times.len(), 4);
         for (i, pair) in times.windows(2).enumerate() {
             let ceiling = policy.base_delay * (1 << i);
@@ -543,5 +628,41 @@ mod tests {
         assert!(matches!(result, Err(Error::Deadline { .. })), "{result:?}");
         assert!(start.elapsed() <= Duration::from_secs(2));
         assert_eq!(times, [Duration::ZERO, Duration::from_secs(1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_business_409_is_final_and_the_hook_sees_every_retry() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let business = Sent::Answer {
+            status: StatusCode::CONFLICT,
+            headers,
+            body: Bytes::from_static(br#"{"error":"already shipped"}"#),
+        };
+        let (result, times) = play(RetryPolicy::default(), vec![business]).await;
+        assert_eq!(result.expect("an answer").status, 409);
+        assert_eq!(times.len(), 1);
+
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let hook = move |e: &RetryEvent| s.lock().expect("lock").push((e.attempt, e.delay));
+        let script = Arc::new(Mutex::new(VecDeque::from(vec![
+            answer(408, None),
+            answer(409, Some("2")),
+            answer(201, None),
+        ])));
+        let result = run(&RetryPolicy::default(), "key-0000000002".into(), Some(&hook), move |_| {
+            let next = script.lock().expect("lock").pop_front().unwrap_or_else(|| answer(503, None));
+            async move { next }
+        })
+        .await;
+        assert_eq!(result.expect("answer").attempts, 3);
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, 1);
+        assert_eq!(seen[1], (2, Duration::from_secs(2)));
     }
 }

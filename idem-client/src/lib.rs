@@ -1,7 +1,8 @@
 //! idem-client: the client half of the idempotency contract (SPEC.md "Keys
 //! on the client side"). One key per logical operation, chosen before the
-//! first try and sent on every retry; retries of network failures, 409, 429
-//! and 5xx with exponential backoff and full jitter, honouring
+//! first try and sent on every retry; retries of network failures, 408,
+//! 429, 5xx and the 409 of a key in use with exponential backoff and full
+//! jitter, honouring
 //! `Retry-After`; never a retry of another 4xx; bounded by a number of
 //! attempts and an overall deadline. The answer says whether it was a
 //! replay, and problem+json refusals become typed errors.
@@ -30,7 +31,39 @@
 pub mod classify;
 mod client;
 
-pub use client::{Answer, Client, KeyStrategy, Operation, RetryPolicy};
+pub use client::{Answer, Client, KeyStrategy, Operation, RetryEvent, RetryPolicy};
+
+/// How the last attempt of an operation that gave up ended.
+#[derive(Debug)]
+pub enum LastAttempt {
+    /// An answer worth retrying (a 503, an `idempotency-key-in-use` 409...).
+    Answer(Box<Answer>),
+    /// No answer: the connection failed or the attempt timed out.
+    Failed(reqwest::Error),
+}
+
+impl std::fmt::Display for LastAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Answer(a) => write!(
+                f,
+                "status {}: {}",
+                a.status,
+                String::from_utf8_lossy(&a.body[..a.body.len().min(300)])
+            ),
+            Self::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LastAttempt {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Answer(_) => None,
+            Self::Failed(e) => Some(e),
+        }
+    }
+}
 
 /// Why an operation did not get a final answer.
 #[derive(Debug, thiserror::Error)]
@@ -66,23 +99,31 @@ pub enum Error {
         /// The server's explanation.
         detail: String,
     },
-    /// Every attempt allowed failed with a retryable outcome.
-    #[error("gave up after {attempts} attempts; the last: {last}")]
+    /// Every attempt allowed failed with a retryable outcome. The
+    /// operation may have run: retry it later with the same `key`.
+    #[error("gave up after {attempts} attempts with the key {key} (retry later with it); the last: {last}")]
     GaveUp {
+        /// The key sent on every attempt.
+        key: String,
         /// Attempts made.
         attempts: u32,
-        /// The last outcome.
-        last: String,
+        /// The last attempt's answer or error.
+        #[source]
+        last: LastAttempt,
     },
-    /// The next retry would pass the overall deadline.
-    #[error("the deadline of {deadline:?} passed after {attempts} attempts; the last: {last}")]
+    /// The next retry would pass the overall deadline. The operation may
+    /// have run: retry it later with the same `key`.
+    #[error("the deadline of {deadline:?} passed after {attempts} attempts with the key {key} (retry later with it); the last: {last}")]
     Deadline {
+        /// The key sent on every attempt.
+        key: String,
         /// Attempts made.
         attempts: u32,
         /// The deadline.
         deadline: std::time::Duration,
-        /// The last outcome.
-        last: String,
+        /// The last attempt's answer or error.
+        #[source]
+        last: LastAttempt,
     },
     /// The request could not be built.
     #[error("cannot build the request: {0}")]

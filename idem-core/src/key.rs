@@ -278,8 +278,10 @@ pub fn generate_uuid_v4() -> String {
     )
 }
 
-/// A key derived from content: the hex SHA-256 of its canonical JSON form
-/// (so key order and whitespace do not matter), or of the raw bytes when the
+/// A key derived from content: the hex SHA-256 of its RFC 8785 (JCS)
+/// canonical JSON form (so member order, whitespace and how a number is
+/// written do not matter, and the Python and JavaScript clients compute the
+/// same key: `clients/content-keys.json`), or of the raw bytes when the
 /// content is not JSON. The same operation content always gives the same key.
 ///
 /// ```
@@ -290,7 +292,7 @@ pub fn generate_uuid_v4() -> String {
 /// );
 /// ```
 pub fn generate_content_key(content: &[u8]) -> String {
-    let digest = match json::canonicalize(content) {
+    let digest = match json::jcs(content) {
         Some(canonical) => Sha256::digest(&canonical),
         None => Sha256::digest(content),
     };

@@ -39,6 +39,21 @@ fn keygen_strategies() {
     let ka = run(&["keygen", "--content", &a.to_string_lossy()]);
     assert_eq!(ka, run(&["keygen", "--content", &b.to_string_lossy()]));
     assert_eq!(ka.len(), 64);
+    // The content keys every client computes (RFC 8785), from the shared vectors.
+    let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/../clients/content-keys.json");
+    let vectors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vectors).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    for v in vectors["vectors"].as_array().unwrap_or_else(|| panic!("vectors")) {
+        let file = dir.path().join("vector.json");
+        std::fs::write(&file, v["json"].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            run(&["keygen", "--content", &file.to_string_lossy()]),
+            v["key"].as_str().unwrap_or_default(),
+            "{}",
+            v["name"]
+        );
+    }
     let bad = idem()
         .args(["keygen", "--uuid", "--time"])
         .output()

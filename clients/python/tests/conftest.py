@@ -112,8 +112,14 @@ class LossyLink:
             if upstream.recv(65536):
                 with self.lock:
                     self.dropped += 1
-            client.close()
-            upstream.close()
+            # shutdown, not only close: the pump thread blocked in recv holds
+            # the socket open, and the client would wait out its timeout.
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
             return
         pump(upstream, client)
         client.close()
@@ -142,3 +148,41 @@ def cases() -> List[dict]:
     import json
 
     return json.loads((ROOT / "clients" / "retry-cases.json").read_text())["cases"]
+
+
+@pytest.fixture
+def vectors() -> List[dict]:
+    import json
+
+    return json.loads((ROOT / "clients" / "content-keys.json").read_text(encoding="utf-8"))["vectors"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def always_503() -> Iterator[str]:
+    """A server whose every answer is 503 with `Retry-After: 0` (its store is down)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = b'{"type":"urn:idem:problem:idempotency-store-unavailable","status":503}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

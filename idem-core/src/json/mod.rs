@@ -21,7 +21,10 @@
 /// hostile body cannot exhaust the stack.
 pub const MAX_DEPTH: usize = 128;
 
+mod jcs;
 mod tree;
+
+pub use jcs::jcs;
 
 /// The canonical form of `input`, or `None` when it is not valid JSON.
 pub fn canonicalize(input: &[u8]) -> Option<Vec<u8>> {
