@@ -503,7 +503,9 @@ mod tests {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/problem+json"),
             );
-            Bytes::from_static(br#"{"type":"urn:idem:problem:idempotency-key-in-use","status":409}"#)
+            Bytes::from_static(
+                br#"{"type":"urn:idem:problem:idempotency-key-in-use","status":409}"#,
+            )
         } else {
             Bytes::from_static(b"{}")
         };
@@ -526,15 +528,20 @@ mod tests {
         let hook = |e: &RetryEvent| {
             assert_eq!(e.key, "key-0000000001");
         };
-        let result = run(&policy, "key-0000000001".into(), Some(&hook), move |_timeout| {
-            t.lock().expect("lock").push(start.elapsed());
-            let next = s
-                .lock()
-                .expect("lock")
-                .pop_front()
-                .unwrap_or_else(|| answer(503, None));
-            async move { next }
-        })
+        let result = run(
+            &policy,
+            "key-0000000001".into(),
+            Some(&hook),
+            move |_timeout| {
+                t.lock().expect("lock").push(start.elapsed());
+                let next = s
+                    .lock()
+                    .expect("lock")
+                    .pop_front()
+                    .unwrap_or_else(|| answer(503, None));
+                async move { next }
+            },
+        )
         .await;
         let times = times.lock().expect("lock").clone();
         (result, times)
@@ -654,10 +661,19 @@ mod tests {
             answer(409, Some("2")),
             answer(201, None),
         ])));
-        let result = run(&RetryPolicy::default(), "key-0000000002".into(), Some(&hook), move |_| {
-            let next = script.lock().expect("lock").pop_front().unwrap_or_else(|| answer(503, None));
-            async move { next }
-        })
+        let result = run(
+            &RetryPolicy::default(),
+            "key-0000000002".into(),
+            Some(&hook),
+            move |_| {
+                let next = script
+                    .lock()
+                    .expect("lock")
+                    .pop_front()
+                    .unwrap_or_else(|| answer(503, None));
+                async move { next }
+            },
+        )
         .await;
         assert_eq!(result.expect("answer").attempts, 3);
         let seen = seen.lock().expect("lock").clone();

@@ -21,7 +21,11 @@ fn the_shared_content_key_vectors() {
             v["canonical"].as_str().expect("canonical"),
             "{name}"
         );
-        assert_eq!(generate_content_key(input), v["key"].as_str().expect("key"), "{name}");
+        assert_eq!(
+            generate_content_key(input),
+            v["key"].as_str().expect("key"),
+            "{name}"
+        );
     }
 }
 

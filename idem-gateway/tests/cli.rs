@@ -44,9 +44,13 @@ fn keygen_strategies() {
     let vectors: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(vectors).unwrap_or_else(|e| panic!("{e}")))
             .unwrap_or_else(|e| panic!("{e}"));
-    for v in vectors["vectors"].as_array().unwrap_or_else(|| panic!("vectors")) {
+    for v in vectors["vectors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("vectors"))
+    {
         let file = dir.path().join("vector.json");
-        std::fs::write(&file, v["json"].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, v["json"].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             run(&["keygen", "--content", &file.to_string_lossy()]),
             v["key"].as_str().unwrap_or_default(),
