@@ -120,12 +120,7 @@ fn number(x: f64, out: &mut String) -> Option<()> {
             out.push('.');
             out.push_str(&digits[1..]);
         }
-        let _ = write!(
-            out,
-            "e{}{}",
-            if n > 0 { '+' } else { '-' },
-            (n - 1).abs()
-        );
+        let _ = write!(out, "e{}{}", if n > 0 { '+' } else { '-' }, (n - 1).abs());
     }
     Some(())
 }
