@@ -43,6 +43,6 @@ pub use policy::{
     UnknownOutcome, WebhookKeys,
 };
 pub use problem::{Problem, ProblemKind};
-pub use record::{Begin, DecodeError, Fence, Record, RecordState, StoredResponse};
+pub use record::{Begin, DecodeError, Fence, HeldRecord, Record, RecordState, StoredResponse};
 pub use scope::{Secret, StoreKey};
 pub use store::{LocalStore, Store, StoreError, StoreStats};

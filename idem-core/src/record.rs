@@ -86,6 +86,23 @@ pub struct StoredResponse {
     pub body_omitted: Option<u64>,
 }
 
+/// What an execution holds while it runs: its record's key and fence, and
+/// how long the answer is kept once stored. A store that shares a database
+/// with the application completes the record with it inside the
+/// application's own transaction (`SqliteStore::complete_with`,
+/// `PostgresStore::complete_in`), so that the business write and the stored
+/// answer commit together or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldRecord {
+    /// The record's key.
+    pub key: crate::StoreKey,
+    /// This execution's fence: the completion is refused if the record
+    /// carries another one.
+    pub fence: Fence,
+    /// How long the answer is kept.
+    pub ttl: std::time::Duration,
+}
+
 /// The state of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordState {

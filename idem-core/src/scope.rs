@@ -198,6 +198,43 @@ impl StoreKey {
         Self(mac.finalize().into_bytes().into())
     }
 
+    /// A key for a downstream call this execution makes (`label` names
+    /// the call: "charge", "email"), as a UUID: the same on every retry of
+    /// the same request, different per label, per key and per scope, and
+    /// unguessable without the server's secret (the store key is keyed by
+    /// it). Pass it as the downstream API's idempotency key so that the call
+    /// happens once however often this operation is retried.
+    ///
+    /// ```
+    /// use idem_core::scope::{Secret, StoreKey};
+    /// let secret = Secret::from_bytes([7; 32]).expect("a 32-byte secret");
+    /// let k = StoreKey::derive(&secret, None, "order-0000000001");
+    /// assert_eq!(k.derived_key("charge"), k.derived_key("charge"));
+    /// assert_ne!(k.derived_key("charge"), k.derived_key("email"));
+    /// assert_eq!(k.derived_key("charge").len(), 36);
+    /// ```
+    pub fn derived_key(&self, label: &str) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        mac.update(b"idem derived key\0");
+        mac.update(label.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        // RFC 9562: version 8 (custom), variant 10.
+        b[6] = (b[6] & 0x0f) | 0x80;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let h = crate::key::hex(&b);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+
     /// Lower-case hex of the 32 bytes.
     pub fn to_hex(&self) -> String {
         crate::key::hex(&self.0)

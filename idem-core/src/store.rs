@@ -203,6 +203,12 @@ pub enum StoreError {
     /// The store did not answer within the configured time.
     #[error("the idempotency store did not answer within {0:?}")]
     Timeout(Duration),
+    /// A completion inside the caller's transaction found the record no
+    /// longer held by this execution (its lease ended and a retry took it
+    /// over): the transaction must not commit, or the operation would count
+    /// twice.
+    #[error("this execution no longer holds its idempotency key (its lease ended and a retry took it over); roll the transaction back")]
+    LeaseLost,
 }
 
 impl StoreError {

@@ -1,5 +1,6 @@
-//! What a handler behind the layer can learn and do: its key, and the batch
-//! helper.
+//! What a handler behind the layer can learn and do: its key, keys for the
+//! downstream calls it makes, completing its record inside its own database
+//! transaction, and the batch helper.
 //!
 //! # Examples
 //!
@@ -24,9 +25,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::Full;
 use idem_core::{
-    Begin, Fingerprint, FingerprintMode, IdempotencyKey, StoreError, StoreKey, StoredResponse,
+    Begin, Fence, Fingerprint, FingerprintMode, HeldRecord, IdempotencyKey, StoreError, StoreKey,
+    StoredResponse,
 };
 
 use crate::protocol::Route;
@@ -39,6 +42,8 @@ pub struct IdempotencyContext {
     route: Route,
     scope: Option<Arc<[u8]>>,
     key: IdempotencyKey,
+    store_key: StoreKey,
+    fence: Fence,
 }
 
 impl std::fmt::Debug for IdempotencyContext {
@@ -80,13 +85,106 @@ pub struct ItemOutcome {
     pub replayed: bool,
 }
 
+/// An answer the handler stores itself, inside its own database
+/// transaction (see [`IdempotencyContext::answer`]).
+#[derive(Debug)]
+pub struct StoredAnswer {
+    stored: StoredResponse,
+    headers: HeaderMap,
+}
+
+/// Marks a response whose record the handler completed in its own
+/// transaction: the layer stores nothing more.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnsweredInTransaction;
+
+impl StoredAnswer {
+    /// The answer as a store keeps it, for the store's in-transaction
+    /// completion (`SqliteStore::complete_with`, `PostgresStore::complete_in`).
+    pub fn stored(&self) -> &StoredResponse {
+        &self.stored
+    }
+
+    /// The response to return once the transaction committed. The layer
+    /// sees that the record is already completed and stores nothing more.
+    pub fn into_response(self) -> http::Response<Full<Bytes>> {
+        let mut res = http::Response::new(Full::new(self.stored.body));
+        *res.status_mut() = StatusCode::from_u16(self.stored.status).unwrap_or(StatusCode::OK);
+        *res.headers_mut() = self.headers;
+        res.extensions_mut().insert(AnsweredInTransaction);
+        res
+    }
+}
+
 impl IdempotencyContext {
-    pub(crate) fn new(route: Route, scope: Option<Vec<u8>>, key: IdempotencyKey) -> Self {
+    pub(crate) fn new(
+        route: Route,
+        scope: Option<Vec<u8>>,
+        key: IdempotencyKey,
+        store_key: StoreKey,
+        fence: Fence,
+    ) -> Self {
         Self {
             route,
             scope: scope.map(Arc::from),
             key,
+            store_key,
+            fence,
         }
+    }
+
+    /// A key for a downstream call this operation makes (`label` names the
+    /// call: "charge", "receipt-email"), as a UUID: the same on every retry
+    /// of this request, different per label and per key. Pass it as the
+    /// downstream API's idempotency key (Stripe's, an internal service's)
+    /// so that the call happens once however often this operation runs.
+    pub fn derived_key(&self, label: &str) -> String {
+        self.store_key.derived_key(label)
+    }
+
+    /// This execution's hold on its record: what a store needs to complete
+    /// it inside the handler's own transaction.
+    pub fn held(&self) -> HeldRecord {
+        HeldRecord {
+            key: self.store_key,
+            fence: self.fence,
+            ttl: self.route.policy().ttl,
+        }
+    }
+
+    /// The answer `status`, `headers`, `body`, for storing inside the
+    /// handler's own transaction, together with its business writes: a
+    /// crash after the commit then cannot make a retry run the operation
+    /// again. Complete the record with [`StoredAnswer::stored`] and the
+    /// store's in-transaction completion, commit, then return
+    /// [`StoredAnswer::into_response`]:
+    ///
+    /// ```no_run
+    /// # async fn pay(ctx: idem::IdempotencyContext, store: idem_sqlite_store::SqliteStore) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, idem_sqlite_store::SqliteError> {
+    /// let answer = ctx.answer(http::StatusCode::CREATED, http::HeaderMap::new(), r#"{"id": 1}"#);
+    /// let stored = answer.stored().clone();
+    /// store
+    ///     .complete_with(ctx.held(), move |conn| {
+    ///         conn.execute("INSERT INTO payments (amount) VALUES (42)", [])?;
+    ///         Ok(((), stored))
+    ///     })
+    ///     .await?; // the payment and the answer, in one transaction
+    /// Ok(answer.into_response())
+    /// # }
+    /// ```
+    pub fn answer(
+        &self,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: impl Into<Bytes>,
+    ) -> StoredAnswer {
+        let stored = StoredResponse {
+            status: status.as_u16(),
+            headers: crate::protocol::storable_headers(&headers),
+            body: body.into(),
+            body_omitted: None,
+        };
+        StoredAnswer { stored, headers }
     }
 
     /// The request's idempotency key (for webhooks, the delivery id or body hash).

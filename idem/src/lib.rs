@@ -30,12 +30,12 @@ pub mod metrics;
 mod protocol;
 
 pub use access::{AccessLine, AccessLog};
-pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome};
+pub use context::{IdempotencyContext, ItemAnswer, ItemOutcome, StoredAnswer};
 pub use idem_core::{
     clock, fingerprint, headers, json, key, memory, policy, problem, record, scope, signed, store,
-    Begin, BodyFields, Clock, Fence, Fingerprint, FingerprintMode, IdempotencyKey, KeyRules,
-    ManualClock, MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy, Secret,
-    SetCookieReplay, StatusSet, Store, StoreError, StoreKey, StoredResponse, StreamAnswers,
+    Begin, BodyFields, Clock, Fence, Fingerprint, FingerprintMode, HeldRecord, IdempotencyKey,
+    KeyRules, ManualClock, MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy,
+    Secret, SetCookieReplay, StatusSet, Store, StoreError, StoreKey, StoredResponse, StreamAnswers,
     SystemClock, UnknownOutcome, WebhookKeys,
 };
 pub use identity::{Identify, ScopeSource, Unverified};

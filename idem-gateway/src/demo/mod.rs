@@ -94,6 +94,9 @@ fn unix_now() -> u64 {
 struct AppState {
     payments: Payments,
     delay: Duration,
+    /// `IDEM_DEMO_CRASH_AFTER_COMMIT=1`: abort right after a payment's
+    /// commit, before answering (for tests of the window it leaves).
+    crash_after_commit: bool,
 }
 
 /// A handler failure: the store or database failed (a 500, not stored, so a
@@ -147,32 +150,99 @@ fn invalid(detail: impl Into<String>) -> (StatusCode, Value) {
     )
 }
 
-/// Creates one payment: the work that must happen once per key.
-async fn charge(state: &AppState, v: &Value) -> Result<(StatusCode, Value), Failure> {
-    let (amount, currency, recipient) = match validate(v) {
-        Ok(ok) => ok,
-        Err(detail) => return Ok(invalid(detail)),
-    };
+/// Validates and processes a payment request: the payment to record, or
+/// the 400 to answer.
+async fn process(state: &AppState, v: &Value) -> Result<Payment, (StatusCode, Value)> {
+    let (amount, currency, recipient) = validate(v).map_err(invalid)?;
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
-    let id = payment_id();
-    let payment = Payment {
-        id,
+    Ok(Payment {
+        id: payment_id(),
         amount,
         currency,
         recipient,
         status: "succeeded".into(),
         created: unix_now(),
-    };
-    state.payments.insert(payment.clone()).await?;
-    Ok((StatusCode::CREATED, serde_json::to_value(&payment)?))
+    })
 }
 
-async fn create_payment(State(state): State<AppState>, body: Bytes) -> Result<Response, Failure> {
+/// Creates one payment: the work that must happen once per key. The layer
+/// stores the answer after this returns.
+async fn charge(state: &AppState, v: &Value) -> Result<(StatusCode, Value), Failure> {
+    match process(state, v).await {
+        Ok(payment) => record(state, payment).await,
+        Err(refused) => Ok(refused),
+    }
+}
+
+/// Records a payment; the 201 to answer.
+async fn record(state: &AppState, payment: Payment) -> Result<(StatusCode, Value), Failure> {
+    let body = serde_json::to_value(&payment)?;
+    state.payments.insert(payment).await?;
+    crash_if_asked(state);
+    Ok((StatusCode::CREATED, body))
+}
+
+/// Creates one payment and stores its answer in the same transaction, where
+/// the backend is a database the records share: the committed answer, or
+/// `None` (nothing written) where it cannot.
+async fn charge_in_transaction(
+    state: &AppState,
+    ctx: &IdempotencyContext,
+    payment: Payment,
+) -> Result<Option<idem::StoredAnswer>, Failure> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&payment)?;
+    let answer = ctx.answer(StatusCode::CREATED, headers, body);
+    let stored = answer.stored().clone();
+    if !state
+        .payments
+        .insert_answered(payment, ctx.held(), stored)
+        .await?
+    {
+        return Ok(None);
+    }
+    crash_if_asked(state);
+    Ok(Some(answer))
+}
+
+fn crash_if_asked(state: &AppState) {
+    if state.crash_after_commit {
+        tracing::error!(
+            "IDEM_DEMO_CRASH_AFTER_COMMIT=1: aborting after the commit, before answering"
+        );
+        std::process::abort();
+    }
+}
+
+async fn create_payment(
+    State(state): State<AppState>,
+    ctx: Option<Extension<IdempotencyContext>>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let (status, v) = match serde_json::from_slice::<Value>(&body) {
-        Ok(v) => charge(&state, &v).await?,
         Err(e) => invalid(format!("the body is not valid JSON: {e}")),
+        Ok(v) => match ctx {
+            // With the layer: on SQLite and PostgreSQL, the payment and its
+            // answer commit together.
+            Some(Extension(ctx)) => match process(&state, &v).await {
+                Err(refused) => refused,
+                Ok(payment) => {
+                    if let Some(answer) =
+                        charge_in_transaction(&state, &ctx, payment.clone()).await?
+                    {
+                        return Ok(answer.into_response().into_response());
+                    }
+                    record(&state, payment).await?
+                }
+            },
+            None => charge(&state, &v).await?,
+        },
     };
     let mut res = (status, axum::Json(v)).into_response();
     if status.is_client_error() {
@@ -341,6 +411,7 @@ pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
     let state = AppState {
         payments,
         delay: config.processing_delay,
+        crash_after_commit: std::env::var("IDEM_DEMO_CRASH_AFTER_COMMIT").is_ok_and(|v| v == "1"),
     };
     let app = Router::new()
         .route("/payments", post(create_payment).get(list_payments))

@@ -153,6 +153,67 @@ impl Payments {
         Ok(())
     }
 
+    /// Inserts `p` and completes the request's record (`held`) with
+    /// `answer` in one transaction, where the backend is a database the
+    /// records share (SQLite, PostgreSQL): a crash after the commit then
+    /// cannot make a retry pay again. `Ok(false)`, with nothing written,
+    /// where it cannot (memory, Redis): insert as usual then.
+    pub(super) async fn insert_answered(
+        &self,
+        p: Payment,
+        held: idem::HeldRecord,
+        answer: idem::StoredResponse,
+    ) -> anyhow::Result<bool> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => {
+                s.complete_with(held, move |c| {
+                    c.prepare_cached("INSERT INTO demo_payments VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                        .execute(params![
+                            p.id,
+                            p.amount.to_string(),
+                            p.currency,
+                            p.recipient,
+                            p.status,
+                            p.created as i64
+                        ])?;
+                    Ok(((), answer))
+                })
+                .await?;
+                Ok(true)
+            }
+            #[cfg(feature = "postgres")]
+            Self::Postgres(pg, ready) => {
+                let mut c = pg_client(pg, ready).await?;
+                let tx = c.transaction().await?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {}.demo_payments VALUES ($1, $2, $3, $4, $5, $6)",
+                        pg.schema()
+                    ),
+                    &[
+                        &p.id,
+                        &p.amount.to_string(),
+                        &p.currency,
+                        &p.recipient,
+                        &p.status,
+                        &(p.created as i64),
+                    ],
+                )
+                .await?;
+                // Fenced: if a retry took the key over, this fails and the
+                // dropped transaction takes the payment back with it.
+                pg.complete_in(&tx, &held, &answer).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+            _ => {
+                let _ = (p, held, answer);
+                Ok(false)
+            }
+        }
+    }
+
     pub(super) async fn get(&self, id: String) -> anyhow::Result<Option<Payment>> {
         Ok(match self {
             Self::Memory(m) => Self::lock(m).by_id.get(&id).cloned(),

@@ -131,6 +131,13 @@ pub fn demo(args: &[&str]) -> (Proc, String) {
     idem(&["demo"], args)
 }
 
+/// [`demo`] with environment variables `env` set for it.
+pub fn demo_with_env(env: &[(&str, &str)], args: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idem"));
+    cmd.arg("demo").args(args).envs(env.iter().copied());
+    spawn(&mut cmd, &["demo"])
+}
+
 /// Starts `idem gateway` on a free port (admin listener off unless `args`
 /// names one) and returns it with its base URL.
 pub fn gateway(args: &[&str]) -> (Proc, String) {

@@ -20,6 +20,7 @@ use super::replay::{
 };
 use super::stream::Inner;
 use super::{grpc, refusal};
+use crate::context::AnsweredInTransaction;
 use tower_service::Service;
 
 use crate::access::Trace;
@@ -45,6 +46,9 @@ pub(super) enum Outcome<B> {
     BodyFailed(http::response::Parts, u64, BoxError),
     /// An answer the route streams (see `stream`): its body not read yet.
     Stream(http::response::Parts, Inner),
+    /// An answer the handler stored itself, inside its own transaction
+    /// (`IdempotencyContext::answer`): passed on, nothing more stored.
+    Stored(Response<B>),
 }
 
 /// A response extension an inner service sets on an answer it made itself
@@ -105,6 +109,9 @@ where
     let (parts, body) = {
         // In a block: the response's room is not kept while its body is read.
         let res = fut.await?;
+        if res.extensions().get::<AnsweredInTransaction>().is_some() {
+            return Ok(Outcome::Stored(res));
+        }
         if policy.no_store.contains(res.status().as_u16()) {
             let unknown = res.extensions().get::<OutcomeUnknown>().is_some();
             if !(unknown && policy.unknown_outcome == UnknownOutcome::Keep) {
@@ -183,6 +190,8 @@ pub(super) enum Answer<B, E> {
     Store(StoredResponse, Response<ResponseBody<B>>),
     /// A result that is not stored, so the key is released (rule 7).
     Release(Result<Response<ResponseBody<B>>, E>),
+    /// An answer the handler already stored in its own transaction.
+    Stored(Response<ResponseBody<B>>),
 }
 
 /// What an execution gave: an answer settled now, or one stored as it
@@ -250,6 +259,7 @@ pub(super) fn answer<B, E>(
             grpc::with_trailers(bytes, trailers),
         ))),
         Ok(Ok(Outcome::Stream(parts, body))) => return Executed::Stream(parts, body),
+        Ok(Ok(Outcome::Stored(res))) => Answer::Stored(res.map(ResponseBody::inner)),
         Ok(Ok(Outcome::Oversize(parts, prefix, rest))) => {
             let declared = declared_length(&parts.headers);
             let stored = StoredResponse {

@@ -35,6 +35,7 @@ pub(super) async fn finish_remote<B, E>(
             release(&route, &key, fence).await;
             result
         }
+        Answer::Stored(res) => Ok(res),
     }
 }
 

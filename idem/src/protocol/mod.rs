@@ -57,6 +57,7 @@ pub(crate) use self::rate::KeyRate;
 pub(crate) use self::read_body::BodyTimeouts;
 use self::read_body::{read_limited, ReadError};
 pub(crate) use self::renew::Renewals;
+pub(crate) use self::replay::storable_headers;
 use self::replay::{replay, replays_cookies};
 pub use self::replay::{IDEMPOTENT_BODY_LOST, IDEMPOTENT_BODY_OMITTED, IDEMPOTENT_REPLAYED};
 pub(crate) use self::route::Route;
@@ -373,7 +374,8 @@ where
             tracing::debug!("executing");
             outcome(&trace, "executed");
             if shared.request_context {
-                let context = IdempotencyContext::new(route.clone(), scope, key.into_key());
+                let context =
+                    IdempotencyContext::new(route.clone(), scope, key.into_key(), store_key, fence);
                 parts.extensions.insert(context);
             }
             // Counted so that a shutdown waits for the answer to be stored.
@@ -433,7 +435,7 @@ where
                 if let Some((q, tag)) = quota {
                     match answer {
                         Answer::Release(_) => q.give_back(tag),
-                        Answer::Store(..) => q.expire_after(tag, policy.ttl),
+                        Answer::Store(..) | Answer::Stored(_) => q.expire_after(tag, policy.ttl),
                     }
                 }
                 match shared.store.local() {
@@ -447,6 +449,7 @@ where
                                 release_local(&route, local, &store_key, fence);
                                 result
                             }
+                            Answer::Stored(res) => Ok(res),
                         };
                         drop(renewed);
                         return result;

@@ -66,7 +66,7 @@ pub(super) fn replays_cookies(policy: SetCookieReplay, scoped: bool) -> bool {
 /// slice of its connection's whole read buffer, and a record that kept it
 /// would keep kilobytes alive per key (measured: the memory store grew by
 /// a read buffer per request; the throughput cost is in docs/BENCHMARKS.md).
-pub(super) fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+pub(crate) fn storable_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     let mut stored = Vec::with_capacity(storable(headers).count());
     stored.extend(storable(headers).map(|(n, v)| {
         let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());

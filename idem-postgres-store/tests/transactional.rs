@@ -1,0 +1,176 @@
+//! Completing a record inside the application's transaction
+//! (`PostgresStore::complete_in`, `DATABASE_URL`'s server): the business
+//! write and the stored answer commit together, a lost fence fails the
+//! transaction, and a retry arriving during the transaction never starts a
+//! second execution.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use idem_core::{
+    Begin, Fingerprint, FingerprintMode, HeldRecord, ManualClock, Secret, Store, StoreError,
+    StoreKey, StoredResponse,
+};
+use idem_postgres_store::{PostgresOptions, PostgresStore};
+
+const TTL: Duration = Duration::from_secs(3600);
+const LEASE: Duration = Duration::from_secs(5);
+
+fn answer(body: &'static str) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: Vec::new(),
+        body: Bytes::from_static(body.as_bytes()),
+        body_omitted: None,
+    }
+}
+
+/// A store in a schema of its own, with a `payments` table beside idem's.
+async fn setup() -> Option<(PostgresStore, Arc<ManualClock>)> {
+    let url = idem_testkit::server_url("DATABASE_URL")?;
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let schema = format!(
+        "idem_tx_{}",
+        idem_core::key::generate_uuid_v4().replace('-', "_")
+    );
+    let options = PostgresOptions {
+        schema: schema.clone(),
+        clock: Some(clock.clone()),
+        pool_size: 4,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
+    store
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.payments (id bigserial PRIMARY KEY, amount bigint NOT NULL)"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Some((store, clock))
+}
+
+fn key(k: &str) -> StoreKey {
+    let secret = Secret::from_bytes([9u8; 32]).unwrap_or_else(|e| panic!("{e}"));
+    StoreKey::derive(&secret, None, k)
+}
+
+fn fingerprint() -> Fingerprint {
+    Fingerprint::compute(
+        FingerprintMode::Json,
+        &http::Method::POST,
+        "/payments",
+        b"{}",
+    )
+}
+
+async fn begin(store: &PostgresStore, k: &StoreKey) -> HeldRecord {
+    match store
+        .begin(k, &fingerprint(), LEASE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    {
+        Begin::Started(fence) => HeldRecord {
+            key: *k,
+            fence,
+            ttl: TTL,
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn payments(store: &PostgresStore) -> i64 {
+    let client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
+    let sql = format!("SELECT count(*) FROM {}.payments", store.schema());
+    client
+        .query_one(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_business_write_and_the_answer_commit_together_and_a_retry_waits_for_them() {
+    let Some((store, _clock)) = setup().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let k = key("pg-tx-key-0000001");
+    let held = begin(&store, &k).await;
+    let mut client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
+    let tx = client.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+    let insert = format!(
+        "INSERT INTO {}.payments (amount) VALUES (42)",
+        store.schema()
+    );
+    tx.execute(&insert, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .complete_in(&tx, &held, &answer(r#"{"id": 1}"#))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Not committed yet: a retry waits on the record's row, locked by the
+    // transaction, and is then told the key is in progress (its statement
+    // reads the row as it was when it started); it never starts a second
+    // execution. The next retry replays.
+    let retry = {
+        let store = store.clone();
+        tokio::spawn(async move { store.begin(&k, &fingerprint(), LEASE).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !retry.is_finished(),
+        "the retry did not wait for the transaction"
+    );
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    match retry.await.unwrap_or_else(|e| panic!("{e}")) {
+        Ok(Begin::InProgress { .. }) => {}
+        Ok(Begin::Completed(stored)) => assert_eq!(stored, answer(r#"{"id": 1}"#)),
+        other => panic!("{other:?}"),
+    }
+    match store.begin(&k, &fingerprint(), LEASE).await {
+        Ok(Begin::Completed(stored)) => assert_eq!(stored, answer(r#"{"id": 1}"#)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(payments(&store).await, 1);
+}
+
+#[tokio::test]
+async fn a_lost_fence_fails_the_transaction_and_nothing_commits() {
+    let Some((store, clock)) = setup().await else {
+        return;
+    };
+    let k = key("pg-tx-key-0000002");
+    let stale = begin(&store, &k).await;
+    clock.advance(LEASE * 2);
+    let current = begin(&store, &k).await;
+    assert_ne!(stale.fence, current.fence);
+    {
+        let mut client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
+        let tx = client.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+        let insert = format!(
+            "INSERT INTO {}.payments (amount) VALUES (42)",
+            store.schema()
+        );
+        tx.execute(&insert, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let late = store.complete_in(&tx, &stale, &answer("late")).await;
+        assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+        // The handler returns the error: the transaction is dropped, rolled back.
+    }
+    assert_eq!(payments(&store).await, 0);
+    let mut client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
+    let tx = client.transaction().await.unwrap_or_else(|e| panic!("{e}"));
+    store
+        .complete_in(&tx, &current, &answer("current"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+}
