@@ -264,8 +264,13 @@ pub fn is_uuid(s: &str) -> bool {
 /// assert!(idem_core::key::is_uuid(&key));
 /// ```
 pub fn generate_uuid_v4() -> String {
-    let mut b: [u8; 16] = random::bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
+    uuid_text(random::bytes(), 4)
+}
+
+/// `bytes` as a UUID of `version` (RFC 9562: its version nibble and the
+/// `10` variant set), in its 8-4-4-4-12 text form.
+pub(crate) fn uuid_text(mut b: [u8; 16], version: u8) -> String {
+    b[6] = (b[6] & 0x0f) | (version << 4);
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex(&b);
     format!(

@@ -221,18 +221,8 @@ impl StoreKey {
         let digest = mac.finalize().into_bytes();
         let mut b = [0u8; 16];
         b.copy_from_slice(&digest[..16]);
-        // RFC 9562: version 8 (custom), variant 10.
-        b[6] = (b[6] & 0x0f) | 0x80;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let h = crate::key::hex(&b);
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        // Version 8: custom (RFC 9562).
+        crate::key::uuid_text(b, 8)
     }
 
     /// Lower-case hex of the 32 bytes.

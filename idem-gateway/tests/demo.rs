@@ -55,6 +55,13 @@ async fn payments_execute_once_replay_conflict_and_mismatch() {
         let key = "8e03978e-40d5-43e8-bc93-6894a57f9324";
         let body = r#"{"amount": 42.5, "currency": "eur", "recipient": "acct_123"}"#;
 
+        // Warm up (the store's first statements, the secret, the client's
+        // connections) with a request that pays nothing, so that the first
+        // of the two below surely begins before the second arrives: seen
+        // failing once when a cold first begin took over 100 ms.
+        let warm = post(&c, &url, Some("warm-up-key-000001"), r#"{"amount": -1}"#).await;
+        assert_eq!(warm.status, 400, "{store}");
+
         // A duplicate while the first is processing: 409.
         let (first, dup) = tokio::join!(post(&c, &url, Some(key), body), async {
             tokio::time::sleep(Duration::from_millis(100)).await;

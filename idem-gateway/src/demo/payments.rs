@@ -105,18 +105,7 @@ impl Payments {
             }
             #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => {
-                s.call(move |c| {
-                    c.prepare_cached("INSERT INTO demo_payments VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                        .execute(params![
-                            p.id,
-                            p.amount.to_string(),
-                            p.currency,
-                            p.recipient,
-                            p.status,
-                            p.created as i64
-                        ])
-                })
-                .await?;
+                s.call(move |c| sqlite_insert(c, &p)).await?;
             }
             #[cfg(feature = "redis")]
             Self::Redis(r) => {
@@ -133,21 +122,7 @@ impl Payments {
             #[cfg(feature = "postgres")]
             Self::Postgres(pg, ready) => {
                 let c = pg_client(pg, ready).await?;
-                c.execute(
-                    &format!(
-                        "INSERT INTO {}.demo_payments VALUES ($1, $2, $3, $4, $5, $6)",
-                        pg.schema()
-                    ),
-                    &[
-                        &p.id,
-                        &p.amount.to_string(),
-                        &p.currency,
-                        &p.recipient,
-                        &p.status,
-                        &(p.created as i64),
-                    ],
-                )
-                .await?;
+                pg_insert(&**c, pg, &p).await?;
             }
         }
         Ok(())
@@ -168,15 +143,7 @@ impl Payments {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(s) => {
                 s.complete_with(held, move |c| {
-                    c.prepare_cached("INSERT INTO demo_payments VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                        .execute(params![
-                            p.id,
-                            p.amount.to_string(),
-                            p.currency,
-                            p.recipient,
-                            p.status,
-                            p.created as i64
-                        ])?;
+                    sqlite_insert(c, &p)?;
                     Ok(((), answer))
                 })
                 .await?;
@@ -186,21 +153,7 @@ impl Payments {
             Self::Postgres(pg, ready) => {
                 let mut c = pg_client(pg, ready).await?;
                 let tx = c.transaction().await?;
-                tx.execute(
-                    &format!(
-                        "INSERT INTO {}.demo_payments VALUES ($1, $2, $3, $4, $5, $6)",
-                        pg.schema()
-                    ),
-                    &[
-                        &p.id,
-                        &p.amount.to_string(),
-                        &p.currency,
-                        &p.recipient,
-                        &p.status,
-                        &(p.created as i64),
-                    ],
-                )
-                .await?;
+                pg_insert(&*tx, pg, &p).await?;
                 // Fenced: if a retry took the key over, this fails and the
                 // dropped transaction takes the payment back with it.
                 pg.complete_in(&tx, &held, &answer).await?;
@@ -405,6 +358,46 @@ async fn pg_client(
         })
         .await?;
     Ok(c)
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_insert(
+    c: &idem_sqlite_store::rusqlite::Connection,
+    p: &Payment,
+) -> idem_sqlite_store::rusqlite::Result<usize> {
+    c.prepare_cached("INSERT INTO demo_payments VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(params![
+            p.id,
+            p.amount.to_string(),
+            p.currency,
+            p.recipient,
+            p.status,
+            p.created as i64
+        ])
+}
+
+/// Inserts `p` through `c`: a pooled client, or a transaction.
+#[cfg(feature = "postgres")]
+async fn pg_insert(
+    c: &impl idem_postgres_store::tokio_postgres::GenericClient,
+    pg: &PostgresStore,
+    p: &Payment,
+) -> Result<u64, idem_postgres_store::tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "INSERT INTO {}.demo_payments VALUES ($1, $2, $3, $4, $5, $6)",
+            pg.schema()
+        ),
+        &[
+            &p.id,
+            &p.amount.to_string(),
+            &p.currency,
+            &p.recipient,
+            &p.status,
+            &(p.created as i64),
+        ],
+    )
+    .await
 }
 
 #[cfg(feature = "postgres")]
