@@ -142,8 +142,9 @@ where
         // The key every answer carries back, on a route that echoes it
         // (`echo_key`): set by the steps once the key is known and valid.
         let mut echoed: Option<http::HeaderValue> = None;
-        // A gRPC client is told refusals the gRPC way (see `grpc`).
-        let grpc = grpc::is_grpc(&parts.headers);
+        // A gRPC client is told refusals the gRPC way (see `grpc`). gRPC
+        // runs over HTTP/2 only: an HTTP/1.1 request skips the header lookup.
+        let grpc = parts.version == http::Version::HTTP_2 && grpc::is_grpc(&parts.headers);
         // The steps borrow `trace` and `route`; the access line is written
         // once they have given the answer, whichever step gave it.
         let answered = async {
