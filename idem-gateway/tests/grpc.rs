@@ -94,7 +94,14 @@ async fn grpc_unary_calls_are_stored_replayed_and_refused_as_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_cannot_be_reached_is_unavailable_to_grpc_clients() {
-    let port = common::free_port();
+    // A port bound but not listening: connections to it are refused, and no
+    // other test's server can take it meanwhile (a port that was merely
+    // free a moment ago was, once: the other test's gRPC server got it).
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = reserved.local_addr().expect("addr").port();
     let upstream = format!("http://127.0.0.1:{port}");
     let (_gw, url) = gateway(&["--upstream", &upstream, "--store", "memory://"]);
     let refused = charge(
