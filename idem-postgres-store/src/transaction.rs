@@ -1,0 +1,53 @@
+//! Completing a record inside the application's own transaction: the
+//! business write and the stored answer commit together.
+
+use idem_core::{HeldRecord, StoreError, StoredResponse};
+use tokio_postgres::types::ToSql;
+
+use crate::{millis_i64, typed, PostgresStore, PostgresStoreError};
+
+impl PostgresStore {
+    /// Completes the execution's record (`held`) with `answer` inside the
+    /// application's transaction `tx`, on the database and schema this
+    /// store uses: the application's writes and the stored answer commit
+    /// together or not at all (a crash between the two would otherwise run
+    /// the operation again on retry). The record's row stays locked until
+    /// `tx` ends: a retry waits for the commit, is told the key is in
+    /// progress, and the next one replays. Fails
+    /// with [`StoreError::LeaseLost`] when the record is no longer held by
+    /// this execution (its lease ended and a retry took it over): then `tx`
+    /// must be rolled back (dropping it does), or the operation would count
+    /// twice. An unnamed statement: it works behind PgBouncer.
+    ///
+    /// ```no_run
+    /// # async fn example(store: &idem_postgres_store::PostgresStore, client: &mut idem_postgres_store::tokio_postgres::Client, held: idem_core::HeldRecord, answer: idem_core::StoredResponse) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tx = client.transaction().await?;
+    /// tx.execute("INSERT INTO payments (amount) VALUES (42)", &[]).await?;
+    /// store.complete_in(&tx, &held, &answer).await?; // fenced
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn complete_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        held: &HeldRecord,
+        answer: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        let stmt = &self.sql.complete;
+        let encoded = answer.encode();
+        let now = self.now_param();
+        let ttl = millis_i64(held.ttl);
+        let fence = held.fence.0 as i64;
+        let key = &held.key.0[..];
+        let params: [&(dyn ToSql + Sync); 5] = [&key, &fence, &encoded, &ttl, &now];
+        let n = tx
+            .execute_typed(&stmt.text, &typed(stmt, &params))
+            .await
+            .map_err(PostgresStoreError::from)?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost)
+        }
+    }
+}
