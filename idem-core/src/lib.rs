@@ -29,6 +29,7 @@ pub mod policy;
 pub mod problem;
 mod random;
 pub mod record;
+pub mod recovery;
 pub mod scope;
 pub mod signed;
 pub mod store;
@@ -44,5 +45,6 @@ pub use policy::{
 };
 pub use problem::{Problem, ProblemKind};
 pub use record::{Begin, DecodeError, Fence, HeldRecord, Record, RecordState, StoredResponse};
+pub use recovery::{Phases, RecoveryPoint};
 pub use scope::{Secret, StoreKey};
 pub use store::{LocalStore, Store, StoreError, StoreStats};

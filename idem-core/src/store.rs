@@ -209,6 +209,15 @@ pub enum StoreError {
     /// twice.
     #[error("this execution no longer holds its idempotency key (its lease ended and a retry took it over); roll the transaction back")]
     LeaseLost,
+    /// A recovery point names a phase the operation does not list, or an
+    /// operation asked about a phase it does not list.
+    #[error("the recovery point names phase `{phase}`, which this operation does not list ({known}); deploy code that knows it, or delete the key (idem keys delete) to run the operation from its start")]
+    UnknownPhase {
+        /// The phase named.
+        phase: String,
+        /// The phases the operation lists.
+        known: String,
+    },
 }
 
 impl StoreError {

@@ -64,8 +64,8 @@ pub(crate) async fn version(
         // newest version's objects are there.
         Err(e) if sqlstate(&e) == Some("42501") => {
             let probe = format!(
-                "SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n \
-                 ON n.oid = p.pronamespace WHERE n.nspname = '{schema}' AND p.proname = '{NEWEST_OBJECT}'"
+                "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+                 ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relname = '{NEWEST_OBJECT}'"
             );
             match client.simple_query(&probe).await {
                 Ok(m) if first_number(&m) > 0 => Ok(newest()),
@@ -76,8 +76,8 @@ pub(crate) async fn version(
     }
 }
 
-/// An object the newest migration makes (the probe above looks for it).
-const NEWEST_OBJECT: &str = "idem_renew";
+/// A table the newest migration makes (the probe above looks for it).
+const NEWEST_OBJECT: &str = "idem_recovery";
 
 /// At first use: nothing to do when the tables are current (a role that
 /// may only read and write them is enough); otherwise migrate, and when
@@ -231,7 +231,8 @@ pub(crate) async fn grant(
     client
         .batch_execute(&format!(
             "GRANT USAGE ON SCHEMA {schema} TO \"{role}\"; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.idem_records, {schema}.idem_secret TO \"{role}\"; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.idem_records, {schema}.idem_secret, \
+               {schema}.idem_recovery TO \"{role}\"; \
              GRANT SELECT ON {schema}.idem_schema_migrations TO \"{role}\""
         ))
         .await?;

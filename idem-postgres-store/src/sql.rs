@@ -34,10 +34,14 @@ pub(crate) struct Sql {
     pub(crate) purge: Stmt,
     pub(crate) stats: Stmt,
     pub(crate) secret: Stmt,
+    pub(crate) recovery_read: Stmt,
+    pub(crate) recovery_write: Stmt,
+    pub(crate) recovery_purge: Stmt,
 }
 
 const BYTEA: Type = Type::BYTEA;
 const INT8: Type = Type::INT8;
+const TEXT: Type = Type::TEXT;
 
 // The hot path's statements, as templates: `{records}` is the table,
 // `{max}` the deadline cap, `{now:N}` parameter `$N` as the time (the
@@ -73,12 +77,32 @@ const RELEASE: &str = "DELETE FROM {records} WHERE key = $1 AND state = 0 AND fe
 const RENEW: &str = "UPDATE {records} SET expires_at = LEAST({now:4} + $3::bigint, {max}) \
      WHERE key = $1 AND state = 0 AND fence = $2";
 
+/// $1 key, $2 fence, $3 now (or NULL). Locks the held record's row for the
+/// caller's transaction (a takeover waits until it ends) and reads the
+/// recovery point this request's fingerprint left, if any: no row means
+/// the record is no longer held with this fence.
+const RECOVERY_READ: &str = "SELECT p.phase, p.state FROM {records} r \
+     LEFT JOIN {recovery} p ON p.key = r.key AND p.fingerprint = r.fingerprint \
+       AND p.expires_at > {now:3} \
+     WHERE r.key = $1 AND r.state = 0 AND r.fence = $2 FOR UPDATE OF r";
+
+/// $1 key, $2 fence, $3 phase, $4 state, $5 TTL ms, $6 now (or NULL).
+/// Fenced, and locks the held record's row like `RECOVERY_READ`.
+const RECOVERY_WRITE: &str = "WITH held AS ( \
+       SELECT key, fingerprint FROM {records} WHERE key = $1 AND state = 0 AND fence = $2 FOR UPDATE \
+     ) \
+     INSERT INTO {recovery} (key, fingerprint, phase, state, expires_at) \
+     SELECT key, fingerprint, $3, $4, LEAST({now:6} + $5::bigint, {max}) FROM held \
+     ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, phase = EXCLUDED.phase, \
+       state = EXCLUDED.state, expires_at = EXCLUDED.expires_at";
+
 /// `template` for the tables in `schema`.
 fn fill(template: &str, schema: &str) -> String {
     let mut out = template
         .replace("{records}", &format!("{schema}.idem_records"))
+        .replace("{recovery}", &format!("{schema}.idem_recovery"))
         .replace("{max}", &idem_core::clock::MAX_DEADLINE_MS.to_string());
-    for n in 1..=5 {
+    for n in 1..=6 {
         out = out.replace(
             &format!("{{now:{n}}}"),
             &format!(
@@ -161,6 +185,20 @@ impl Sql {
                 )),
                 &[INT8],
             ),
+            recovery_read: stmt(fill(RECOVERY_READ, schema), &[BYTEA, INT8, INT8]),
+            recovery_write: stmt(
+                fill(RECOVERY_WRITE, schema),
+                &[BYTEA, INT8, TEXT, BYTEA, INT8, INT8],
+            ),
+            // $1 now (or NULL), $2 limit.
+            recovery_purge: stmt(
+                now(&format!(
+                    "DELETE FROM {schema}.idem_recovery WHERE key IN \
+                     (SELECT key FROM {schema}.idem_recovery WHERE expires_at <= {{now:1}} \
+                      LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                )),
+                &[INT8, INT8],
+            ),
             // $1 a candidate secret. The first instance's secret wins; every
             // instance reads it.
             secret: stmt(
@@ -177,7 +215,7 @@ impl Sql {
 }
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(crate) fn migrations(schema: &str) -> [String; 3] {
+pub(crate) fn migrations(schema: &str) -> [String; 4] {
     // A function changing rows answers how many.
     let counting = |name: &str, args: &str, template: &str| {
         format!(
@@ -225,6 +263,21 @@ pub(crate) fn migrations(schema: &str) -> [String; 3] {
             counting("idem_renew", "bytea, bigint, bigint, bigint", RENEW),
         ]
         .join("\n"),
+        // 4: recovery points (`idem_core::recovery`): the last committed
+        // phase of an operation and its state, per key, for the request
+        // whose fingerprint is given. Apart from the records, so the hot
+        // path's statements and rows stay as they were; expired with the
+        // TTL the application gives.
+        format!(
+            "CREATE TABLE {schema}.idem_recovery (
+                key         bytea PRIMARY KEY,
+                fingerprint bytea NOT NULL,
+                phase       text NOT NULL,
+                state       bytea NOT NULL,
+                expires_at  bigint NOT NULL
+            );
+            CREATE INDEX idem_recovery_expires_at ON {schema}.idem_recovery (expires_at);"
+        ),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! `SqliteStore` phases: one at a time (latency through the writer thread)
-//! and 64 concurrent callers (where group commit pays). Run with
-//! `cargo bench -p idem-sqlite-store`.
+//! and 64 concurrent callers (where group commit pays); and a payment with
+//! its answer, written apart (`call` then `complete`) or together
+//! (`complete_with`). Run with `cargo bench -p idem-sqlite-store`.
 
 // criterion_group! defines an undocumented public fn.
 #![allow(missing_docs)]
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use idem_core::{Begin, Fingerprint, Secret, Store, StoreKey, StoredResponse};
+use idem_core::{Begin, Fingerprint, HeldRecord, Secret, Store, StoreKey, StoredResponse};
 use idem_sqlite_store::SqliteStore;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -29,6 +30,34 @@ fn response() -> StoredResponse {
 async fn first_execution(store: &SqliteStore, key: StoreKey, r: &StoredResponse) {
     if let Ok(Begin::Started(f)) = store.begin(&key, &Fingerprint([1; 32]), LEASE).await {
         let _ = store.complete(&key, f, r, TTL).await;
+    }
+}
+
+/// A payment, then its answer, as two writes (the window between them open).
+async fn payment_then_answer(store: &SqliteStore, key: StoreKey, r: &StoredResponse) {
+    if let Ok(Begin::Started(f)) = store.begin(&key, &Fingerprint([1; 32]), LEASE).await {
+        let _ = store
+            .call(|c| c.execute("INSERT INTO payments (amount) VALUES (42)", []))
+            .await;
+        let _ = store.complete(&key, f, r, TTL).await;
+    }
+}
+
+/// A payment and its answer in one transaction.
+async fn payment_with_answer(store: &SqliteStore, key: StoreKey, r: &StoredResponse) {
+    if let Ok(Begin::Started(fence)) = store.begin(&key, &Fingerprint([1; 32]), LEASE).await {
+        let held = HeldRecord {
+            key,
+            fence,
+            ttl: TTL,
+        };
+        let answer = r.clone();
+        let _ = store
+            .complete_with(held, move |c| {
+                c.execute("INSERT INTO payments (amount) VALUES (42)", [])?;
+                Ok(((), answer))
+            })
+            .await;
     }
 }
 
@@ -85,6 +114,31 @@ fn sqlite(c: &mut Criterion) {
                 })
             }
             start.elapsed()
+        })
+    });
+    rt.block_on(store.call(|c| {
+        c.execute_batch("CREATE TABLE payments (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL)")
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("payment_then_answer", |b| {
+        b.iter(|| {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            rt.block_on(payment_then_answer(
+                &store,
+                StoreKey::derive(&secret, None, &n.to_string()),
+                &r,
+            ))
+        })
+    });
+    g.bench_function("payment_with_answer_in_one_transaction", |b| {
+        b.iter(|| {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            rt.block_on(payment_with_answer(
+                &store,
+                StoreKey::derive(&secret, None, &n.to_string()),
+                &r,
+            ))
         })
     });
     g.finish();

@@ -33,6 +33,7 @@
 
 mod migrations;
 mod rows;
+mod transaction;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -44,8 +45,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem_core::clock::deadline_ms;
 use idem_core::{
-    Begin, Fence, Fingerprint, HeldRecord, Record, Secret, SharedClock, Store, StoreError,
-    StoreKey, StoreStats, StoredResponse, SystemClock,
+    Begin, Fence, Fingerprint, Record, Secret, SharedClock, Store, StoreError, StoreKey,
+    StoreStats, StoredResponse, SystemClock,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -261,77 +262,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Runs `f` and completes the execution's record (`held`) with the
-    /// answer `f` gives, in one transaction on the writer's connection: the
-    /// application's writes and the stored answer commit together or not
-    /// at all (issue: a crash between the two would run the operation again
-    /// on retry). If the record is no longer held by this execution (its
-    /// lease ended and a retry took it over), or `f` fails, nothing `f`
-    /// wrote is kept and the error says so ([`SqliteError::LeaseLost`]).
-    /// Returns once the transaction committed.
-    ///
-    /// ```no_run
-    /// # async fn example(store: idem_sqlite_store::SqliteStore, held: idem_core::HeldRecord, answer: idem_core::StoredResponse) -> Result<(), idem_sqlite_store::SqliteError> {
-    /// let id: i64 = store
-    ///     .complete_with(held, move |conn| {
-    ///         conn.execute("INSERT INTO payments (amount) VALUES (42)", [])?;
-    ///         Ok((conn.last_insert_rowid(), answer))
-    ///     })
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn complete_with<R, F>(&self, held: HeldRecord, f: F) -> Result<R, SqliteError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<(R, StoredResponse)> + Send + 'static,
-    {
-        self.job(move |w| {
-            // A savepoint inside the writer's group transaction: undone
-            // alone, whatever the other operations of the batch do.
-            w.conn.execute_batch("SAVEPOINT idem_complete_with")?;
-            let done = (|| {
-                let (r, answer) = f(&w.conn)?;
-                let encoded = answer.encode();
-                let len = encoded.len() as u64;
-                let expires = deadline_ms(w.clock.now_ms(), held.ttl);
-                let n = w
-                    .conn
-                    .prepare_cached(
-                        "UPDATE idem_records SET state = 1, response = ?1, expires_at = ?2 \
-                         WHERE key = ?3 AND state = 0 AND fence = ?4",
-                    )?
-                    .execute(params![
-                        encoded,
-                        expires as i64,
-                        &held.key.0[..],
-                        held.fence.0 as i64
-                    ])?;
-                Ok::<_, rusqlite::Error>((r, n == 1, len))
-            })();
-            match done {
-                Ok((r, true, len)) => {
-                    w.conn.execute_batch("RELEASE idem_complete_with")?;
-                    w.bytes += len;
-                    Ok(r)
-                }
-                Ok((_, false, _)) => {
-                    w.conn.execute_batch(
-                        "ROLLBACK TO idem_complete_with; RELEASE idem_complete_with",
-                    )?;
-                    Err(SqliteError::LeaseLost)
-                }
-                Err(e) => {
-                    w.conn.execute_batch(
-                        "ROLLBACK TO idem_complete_with; RELEASE idem_complete_with",
-                    )?;
-                    Err(SqliteError::Sql(e))
-                }
-            }
-        })
-        .await
-    }
-
-    async fn job<R, F>(&self, f: F) -> Result<R, SqliteError>
+    pub(crate) async fn job<R, F>(&self, f: F) -> Result<R, SqliteError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Writer) -> Result<R, SqliteError> + Send + 'static,

@@ -39,6 +39,19 @@ const MIGRATIONS: &[&str] = &[
         id     INTEGER PRIMARY KEY CHECK (id = 1),
         secret TEXT NOT NULL
     );",
+    // 3: recovery points (`idem_core::recovery`): the last committed phase
+    // of an operation and its state, per key, for the request whose
+    // fingerprint is given. Apart from the records, so their rows and the
+    // hot path stay as they were; expired with the TTL the application
+    // gives.
+    "CREATE TABLE idem_recovery (
+        key         BLOB PRIMARY KEY,
+        fingerprint BLOB NOT NULL,
+        phase       TEXT NOT NULL,
+        state       BLOB NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX idem_recovery_expires_at ON idem_recovery (expires_at);",
 ];
 
 pub(crate) fn run(conn: &Connection, path: &Path) -> Result<(), SqliteError> {

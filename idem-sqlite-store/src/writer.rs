@@ -225,6 +225,13 @@ fn run_batch(w: &mut Writer, batch: &mut Vec<Box<dyn Job>>) {
 }
 
 pub(crate) fn sweep(w: &mut Writer, now: u64, limit: usize) -> Result<u64, rusqlite::Error> {
+    // Recovery points past their TTL (not counted: they are not records).
+    w.conn
+        .prepare_cached(
+            "DELETE FROM idem_recovery WHERE key IN \
+             (SELECT key FROM idem_recovery WHERE expires_at <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now as i64, limit as i64])?;
     let (n, freed) = {
         let mut stmt = w.conn.prepare_cached(
             "DELETE FROM idem_records WHERE id IN \

@@ -9,6 +9,9 @@
 //!   sub-key `{key}:item:{index}`.
 //! - `POST /webhooks/payment-status` `{"payment_id": "...", "status": "..."}`:
 //!   keyed by `Webhook-Id`, then `Idempotency-Key`, then SHA-256 of the body.
+//! - `POST /transfers` `{"from": "acct_a", "to": "acct_b", "amount": 500}`
+//!   (minor units): debit, credit, record, as phases with recovery points
+//!   on SQLite and PostgreSQL (`transfers.rs`); `GET /accounts/{id}`.
 //!
 //! Payments live in the same SQLite file as the idempotency records (or in
 //! memory with `--store memory://`).
@@ -24,6 +27,7 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use idem::{IdempotencyContext, IdempotencyLayer, ItemAnswer, Policy, RoutePolicy, WebhookKeys};
 mod payments;
+mod transfers;
 
 pub use payments::Payment;
 use payments::Payments;
@@ -97,6 +101,15 @@ struct AppState {
     /// `IDEM_DEMO_CRASH_AFTER_COMMIT=1`: abort right after a payment's
     /// commit, before answering (for tests of the window it leaves).
     crash_after_commit: bool,
+    /// `IDEM_DEMO_CRASH_AFTER_PHASE=<name>`: abort right after a
+    /// transfer's phase `name` committed.
+    crash_after_phase: Option<String>,
+    /// `IDEM_DEMO_TRANSACTIONAL=0`: store a payment, then let the layer
+    /// store its answer (two writes, the window open), as the baseline of
+    /// bench/transactional.sh.
+    transactional: bool,
+    /// Accounts and transfers.
+    ledger: transfers::Ledger,
 }
 
 /// A handler failure: the store or database failed (a 500, not stored, so a
@@ -230,7 +243,7 @@ async fn create_payment(
         Ok(v) => match ctx {
             // With the layer: on SQLite and PostgreSQL, the payment and its
             // answer commit together.
-            Some(Extension(ctx)) => match process(&state, &v).await {
+            Some(Extension(ctx)) if state.transactional => match process(&state, &v).await {
                 Err(refused) => refused,
                 Ok(payment) => {
                     if let Some(answer) =
@@ -241,7 +254,7 @@ async fn create_payment(
                     record(&state, payment).await?
                 }
             },
-            None => charge(&state, &v).await?,
+            _ => charge(&state, &v).await?,
         },
     };
     let mut res = (status, axum::Json(v)).into_response();
@@ -393,6 +406,7 @@ pub fn policy(config: &DemoConfig) -> Policy {
     Policy::default()
         .route("/payments", base.clone())
         .route("/batch/payments", base.clone())
+        .route("/transfers", base.clone())
         .route(
             "/webhooks/**",
             base.clone().webhook(Some(WebhookKeys::default())),
@@ -408,8 +422,14 @@ pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
         config.local_cache,
     )?;
     let payments = Payments::open(&opened.backend).await?;
+    let ledger = transfers::Ledger::open(&opened.backend).await?;
     let state = AppState {
         payments,
+        ledger,
+        transactional: std::env::var("IDEM_DEMO_TRANSACTIONAL").map_or(true, |v| v != "0"),
+        crash_after_phase: std::env::var("IDEM_DEMO_CRASH_AFTER_PHASE")
+            .ok()
+            .filter(|v| !v.is_empty()),
         delay: config.processing_delay,
         crash_after_commit: std::env::var("IDEM_DEMO_CRASH_AFTER_COMMIT").is_ok_and(|v| v == "1"),
     };
@@ -418,6 +438,8 @@ pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
         .route("/payments/{id}", get(get_payment))
         .route("/batch/payments", post(batch_payments))
         .route("/webhooks/payment-status", post(payment_status_webhook))
+        .route("/transfers", post(transfers::create_transfer))
+        .route("/accounts/{id}", get(transfers::get_account))
         .with_state(state);
     let metrics = idem::Metrics::new();
     crate::telemetry::register(&metrics);

@@ -325,7 +325,7 @@ fn redis_keys(r: &RedisStore) -> (String, String) {
 #[cfg(feature = "postgres")]
 /// The advisory lock the demo's table is created under (any fixed number
 /// no other code of idem's takes).
-const DEMO_TABLE_LOCK: i64 = 0x1de3_de30;
+pub(super) const DEMO_TABLE_LOCK: i64 = 0x1de3_de30;
 
 #[cfg(feature = "postgres")]
 /// A pooled client, with the demo's table created on first use.

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# What closing the crash window costs: `idem demo` paying with the payment
+# and its answer in one transaction (the default on SQLite and PostgreSQL)
+# vs. the payment then the layer's own completion (IDEM_DEMO_TRANSACTIONAL=0,
+# two writes, the window open), and transfers run as two phases with
+# recovery points plus the final commit. The demo pinned to core 0, wrk to
+# core 1 with one thread, alternating runs, medians; requests/s, p99 and the
+# demo's CPU time per request. PostgreSQL (DATABASE_URL's server, a fresh
+# database) runs wherever the system puts it. See docs/BENCHMARKS.md.
+#
+# Usage: bench/transactional.sh [runs=3] [seconds=8] [connections=16] [stores="sqlite postgres"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}; SECS=${2:-8}; CONNS=${3:-16}; STORES=${4:-sqlite postgres}
+SERVER_CPU=${SERVER_CPU:-0}; WRK_CPU=${WRK_CPU:-1}
+PG=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+cargo build --release -q -p idem-gateway --bin idem
+BIN=${IDEM_BIN:-target/release/idem}
+WORK=$(mktemp -d)
+DB="idem_bench_tx_$$"
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  if [[ " $STORES " == *" postgres "* ]]; then
+    for v in ordinary transactional; do psql "$PG" -qc "DROP DATABASE IF EXISTS ${DB}_$v" >/dev/null 2>&1 || true; done
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+OUT="$WORK/results.tsv"
+TICK=$(getconf CLK_TCK)
+
+store_url() { # store variant
+  case $1 in
+    sqlite) echo "sqlite://$WORK/$2.db" ;;
+    postgres) echo "${PG%/*}/${DB}_$2" ;;
+  esac
+}
+
+declare -A PID PORT
+port=18600
+if [[ " $STORES " == *" postgres "* ]]; then
+  for v in ordinary transactional; do psql "$PG" -qc "CREATE DATABASE ${DB}_$v" >/dev/null; done
+fi
+for store in $STORES; do
+  for v in ordinary transactional; do
+    port=$((port + 1))
+    url=$(store_url "$store" "$v")
+    env IDEM_DEMO_TRANSACTIONAL=$([[ $v == ordinary ]] && echo 0 || echo 1) \
+      taskset -c "$SERVER_CPU" "$BIN" demo --listen "127.0.0.1:$port" --log warn --store "$url" \
+      >"$WORK/$store-$v.log" 2>&1 &
+    PID[$store/$v]=$!; PORT[$store/$v]=$port
+    for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
+    taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d2s -s bench/new-keys.lua "http://127.0.0.1:$port/payments" >/dev/null
+  done
+done
+
+run() { # scenario variant pid port path script
+  local before after res rps p99 reqs non2xx us
+  before=$(awk '{print $14 + $15}' "/proc/$3/stat")
+  res=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "bench/$6" "http://127.0.0.1:$4$5")
+  after=$(awk '{print $14 + $15}' "/proc/$3/stat")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$res")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$res")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$res"); non2xx=${non2xx:-0}
+  us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/max($reqs,1):.2f}')")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p99" "$us" "$non2xx" | tee -a "$OUT"
+}
+
+printf 'scenario\tvariant\treq/s\tp99\tcpu-us/req\tnon-2xx\n'
+for i in $(seq "$RUNS"); do
+  for store in $STORES; do
+    for v in ordinary transactional; do
+      run "$store/payments" "$v" "${PID[$store/$v]}" "${PORT[$store/$v]}" /payments new-keys.lua
+    done
+    run "$store/transfers" phases "${PID[$store/transactional]}" "${PORT[$store/transactional]}" /transfers transfers.lua
+  done
+done
+
+python3 - "$OUT" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+def num(s):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if s.endswith(unit):
+            return float(s[: -len(unit)]) * f
+    return float(s)
+groups = {}
+for scen, var, rps, p99, us, non2xx in rows:
+    groups.setdefault((scen, var), []).append((float(rps), num(p99), float(us), int(non2xx)))
+print("\nmedians\nscenario\tvariant\treq/s\tp99(ms)\tcpu-us/req\tnon-2xx\tvs ordinary (req/s, cpu)")
+for (scen, var), v in sorted(groups.items()):
+    rps = statistics.median(x[0] for x in v)
+    p99 = statistics.median(x[1] for x in v)
+    us = statistics.median(x[2] for x in v)
+    base = groups.get((scen.split("/")[0] + "/payments", "ordinary"))
+    ratio = ""
+    if base and var != "ordinary":
+        ratio = f"{rps / statistics.median(x[0] for x in base):.2f}x, {us / statistics.median(x[2] for x in base):.2f}x"
+    print(f"{scen}\t{var}\t{rps:.0f}\t{p99:.2f}\t{us:.2f}\t{sum(x[3] for x in v)}\t{ratio}")
+PY
