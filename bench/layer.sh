@@ -17,29 +17,15 @@ cargo build --release -q -p idem-layer --example bench_axum
 EX=${BENCH_AXUM:-target/release/examples/bench_axum}  # BENCH_AXUM: measure another build
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 OUT="$WORK/results.tsv"
-TICK=$(getconf CLK_TCK)
+source bench/pinned-lib.sh
 
 wait_port() { # port
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done
   echo "port $1 did not open" >&2; exit 1
 }
 
-cpu_ticks() { # pid: user + system clock ticks, all threads
-  awk '{print $14 + $15}' "/proc/$1/stat"
-}
-
 run() { # scenario variant runtime port pid script
-  local before after res rps p99 reqs non2xx
-  before=$(cpu_ticks "$5")
-  res=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "bench/$6" "http://127.0.0.1:$4/payments")
-  after=$(cpu_ticks "$5")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$res")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$res")
-  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$res"); non2xx=${non2xx:-0}
-  local us
-  us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/max($reqs,1):.2f}')")
-  printf '%s\t%s/%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$rps" "$p99" "$us" "$non2xx" | tee -a "$OUT"
+  pinned_run "$1" "$2/$3" "$5" "http://127.0.0.1:$4/payments" "$6"
 }
 
 port=18500

@@ -14,7 +14,8 @@ end
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"amount": 42.5, "currency": "EUR", "recipient": "acct_123"}'
+-- WRK_BODY replaces the payment (bench/transactional.sh sends transfers).
+wrk.body = os.getenv("WRK_BODY") or '{"amount": 42.5, "currency": "EUR", "recipient": "acct_123"}'
 
 function request()
   counter = counter + 1

@@ -28,7 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 OUT="$WORK/results.tsv"
-TICK=$(getconf CLK_TCK)
+source bench/pinned-lib.sh
 
 store_url() { # store variant
   case $1 in
@@ -56,16 +56,7 @@ for store in $STORES; do
 done
 
 run() { # scenario variant pid port path script
-  local before after res rps p99 reqs non2xx us
-  before=$(awk '{print $14 + $15}' "/proc/$3/stat")
-  res=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "bench/$6" "http://127.0.0.1:$4$5")
-  after=$(awk '{print $14 + $15}' "/proc/$3/stat")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$res")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$res")
-  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$res"); non2xx=${non2xx:-0}
-  us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/max($reqs,1):.2f}')")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p99" "$us" "$non2xx" | tee -a "$OUT"
+  pinned_run "$1" "$2" "$3" "http://127.0.0.1:$4$5" "$6"
 }
 
 printf 'scenario\tvariant\treq/s\tp99\tcpu-us/req\tnon-2xx\n'
@@ -74,7 +65,8 @@ for i in $(seq "$RUNS"); do
     for v in ordinary transactional; do
       run "$store/payments" "$v" "${PID[$store/$v]}" "${PORT[$store/$v]}" /payments new-keys.lua
     done
-    run "$store/transfers" phases "${PID[$store/transactional]}" "${PORT[$store/transactional]}" /transfers transfers.lua
+    WRK_BODY='{"from": "acct_a", "to": "acct_b", "amount": 500, "currency": "EUR"}' \
+      run "$store/transfers" phases "${PID[$store/transactional]}" "${PORT[$store/transactional]}" /transfers new-keys.lua
   done
 done
 

@@ -40,15 +40,7 @@ impl PostgresStore {
         let fence = held.fence.0 as i64;
         let key = &held.key.0[..];
         let params: [&(dyn ToSql + Sync); 5] = [&key, &fence, &encoded, &ttl, &now];
-        let n = tx
-            .execute_typed(&stmt.text, &typed(stmt, &params))
-            .await
-            .map_err(PostgresStoreError::from)?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost)
-        }
+        fenced(tx, stmt, &params).await
     }
 }
 
@@ -117,14 +109,24 @@ impl PostgresStore {
         let key = &held.key.0[..];
         let params: [&(dyn ToSql + Sync); 6] =
             [&key, &fence, &point.phase, &point.state, &ttl, &now];
-        let n = tx
-            .execute_typed(&stmt.text, &typed(stmt, &params))
-            .await
-            .map_err(PostgresStoreError::from)?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost)
-        }
+        fenced(tx, stmt, &params).await
+    }
+}
+
+/// Runs `stmt`, a fenced change of one row, inside `tx`: no row changed
+/// means this execution no longer holds the record.
+async fn fenced(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmt: &crate::sql::Stmt,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(), StoreError> {
+    let n = tx
+        .execute_typed(&stmt.text, &typed(stmt, params))
+        .await
+        .map_err(PostgresStoreError::from)?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost)
     }
 }

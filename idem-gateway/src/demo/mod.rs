@@ -133,6 +133,18 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// The request's `currency`: an ISO 4217 code, upper case, `USD` when
+/// absent; the error is the 400 body's detail.
+fn currency(obj: &serde_json::Map<String, Value>) -> Result<String, String> {
+    match obj.get("currency") {
+        None | Some(Value::Null) => Ok("USD".to_owned()),
+        Some(Value::String(c)) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
+            Ok(c.to_ascii_uppercase())
+        }
+        Some(_) => Err("currency must be a 3-letter ISO 4217 code such as USD".into()),
+    }
+}
+
 /// Validates a payment request; the error is the 400 body's detail.
 fn validate(v: &Value) -> Result<(serde_json::Number, String, String), String> {
     let obj = v.as_object().ok_or("the body must be a JSON object")?;
@@ -141,13 +153,7 @@ fn validate(v: &Value) -> Result<(serde_json::Number, String, String), String> {
         Some(_) => return Err("amount must be a number greater than 0".into()),
         None => return Err("amount is required".into()),
     };
-    let currency = match obj.get("currency") {
-        None | Some(Value::Null) => "USD".to_owned(),
-        Some(Value::String(c)) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
-            c.to_ascii_uppercase()
-        }
-        Some(_) => return Err("currency must be a 3-letter ISO 4217 code such as USD".into()),
-    };
+    let currency = currency(obj)?;
     let recipient = match obj.get("recipient") {
         Some(Value::String(r)) if !r.trim().is_empty() => r.clone(),
         Some(_) => return Err("recipient must be a non-empty string".into()),

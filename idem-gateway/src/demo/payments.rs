@@ -325,13 +325,34 @@ fn redis_keys(r: &RedisStore) -> (String, String) {
 #[cfg(feature = "postgres")]
 /// The advisory lock the demo's table is created under (any fixed number
 /// no other code of idem's takes).
-pub(super) const DEMO_TABLE_LOCK: i64 = 0x1de3_de30;
+const DEMO_TABLE_LOCK: i64 = 0x1de3_de30;
 
 #[cfg(feature = "postgres")]
 /// A pooled client, with the demo's table created on first use.
 async fn pg_client(
     pg: &PostgresStore,
     ready: &OnceCell<()>,
+) -> anyhow::Result<idem_postgres_store::deadpool_postgres::Object> {
+    pg_client_with(
+        pg,
+        ready,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {}.demo_payments (
+                id text PRIMARY KEY, amount text NOT NULL, currency text NOT NULL,
+                recipient text NOT NULL, status text NOT NULL, created bigint NOT NULL);",
+            pg.schema()
+        ),
+    )
+    .await
+}
+
+#[cfg(feature = "postgres")]
+/// A pooled client, with the tables `ddl` makes created on first use
+/// (`ready` remembers it was done).
+pub(super) async fn pg_client_with(
+    pg: &PostgresStore,
+    ready: &OnceCell<()>,
+    ddl: &str,
 ) -> anyhow::Result<idem_postgres_store::deadpool_postgres::Object> {
     let c = pg.pool().get().await?;
     ready
@@ -342,12 +363,7 @@ async fn pg_client(
             // catalog (seen as a 500 in the three-instance storm test).
             let created = c
                 .batch_execute(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({DEMO_TABLE_LOCK});
-                     CREATE TABLE IF NOT EXISTS {}.demo_payments (
-                        id text PRIMARY KEY, amount text NOT NULL, currency text NOT NULL,
-                        recipient text NOT NULL, status text NOT NULL, created bigint NOT NULL);
-                     COMMIT;",
-                    pg.schema()
+                    "BEGIN; SELECT pg_advisory_xact_lock({DEMO_TABLE_LOCK}); {ddl} COMMIT;"
                 ))
                 .await;
             if created.is_err() {

@@ -120,13 +120,7 @@ fn validate(v: &Value) -> Result<Request, String> {
         Some(_) => return Err("amount must be a whole number of minor units (cents)".into()),
         None => return Err("amount is required".into()),
     };
-    let currency = match obj.get("currency") {
-        None | Some(Value::Null) => "USD".to_owned(),
-        Some(Value::String(c)) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
-            c.to_ascii_uppercase()
-        }
-        Some(_) => return Err("currency must be a 3-letter ISO 4217 code such as USD".into()),
-    };
+    let currency = super::currency(obj)?;
     Ok(Request {
         from,
         to,
@@ -280,6 +274,15 @@ fn finished(r: Request, p: Progress) -> anyhow::Result<Transfer> {
     })
 }
 
+/// A transfer made in one step, without the layer (a benchmark baseline).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn one_shot(r: Request) -> anyhow::Result<Transfer> {
+    let mut p = progress(None)?;
+    p.debit_id = Some(new_id("led"));
+    p.credit_id = Some(new_id("led"));
+    finished(r, p)
+}
+
 #[cfg(feature = "sqlite")]
 async fn sqlite_transfer(
     state: &AppState,
@@ -289,10 +292,7 @@ async fn sqlite_transfer(
 ) -> Result<Response, Failure> {
     let Some(ctx) = ctx else {
         // Without the layer (a benchmark baseline): one transaction.
-        let mut p = progress(None)?;
-        p.debit_id = Some(new_id("led"));
-        p.credit_id = Some(new_id("led"));
-        let t = finished(r, p)?;
+        let t = one_shot(r)?;
         let body = t.clone();
         store
             .call(move |c| {
@@ -378,34 +378,22 @@ async fn pg_client(
     pg: &PostgresStore,
     ready: &OnceCell<()>,
 ) -> anyhow::Result<idem_postgres_store::deadpool_postgres::Object> {
-    let c = pg.pool().get().await?;
-    ready
-        .get_or_try_init(|| async {
-            let s = pg.schema();
-            // Under the lock the payments' table is made under (instances
-            // starting at once would race in CREATE TABLE IF NOT EXISTS).
-            let created = c
-                .batch_execute(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({});
-                     CREATE TABLE IF NOT EXISTS {s}.demo_ledger (
-                        id text PRIMARY KEY, transfer_id text NOT NULL,
-                        account text NOT NULL, amount bigint NOT NULL, seq bigserial);
-                     CREATE INDEX IF NOT EXISTS demo_ledger_account ON {s}.demo_ledger (account);
-                     CREATE TABLE IF NOT EXISTS {s}.demo_transfers (
-                        id text PRIMARY KEY, source text NOT NULL, destination text NOT NULL,
-                        amount bigint NOT NULL, currency text NOT NULL,
-                        debit_id text NOT NULL, credit_id text NOT NULL, created bigint NOT NULL);
-                     COMMIT;",
-                    super::payments::DEMO_TABLE_LOCK
-                ))
-                .await;
-            if created.is_err() {
-                let _ = c.batch_execute("ROLLBACK").await;
-            }
-            created
-        })
-        .await?;
-    Ok(c)
+    let s = pg.schema();
+    super::payments::pg_client_with(
+        pg,
+        ready,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {s}.demo_ledger (
+                id text PRIMARY KEY, transfer_id text NOT NULL,
+                account text NOT NULL, amount bigint NOT NULL, seq bigserial);
+             CREATE INDEX IF NOT EXISTS demo_ledger_account ON {s}.demo_ledger (account);
+             CREATE TABLE IF NOT EXISTS {s}.demo_transfers (
+                id text PRIMARY KEY, source text NOT NULL, destination text NOT NULL,
+                amount bigint NOT NULL, currency text NOT NULL,
+                debit_id text NOT NULL, credit_id text NOT NULL, created bigint NOT NULL);"
+        ),
+    )
+    .await
 }
 
 #[cfg(feature = "postgres")]
@@ -417,10 +405,7 @@ async fn pg_transfer(
     r: Request,
 ) -> Result<Response, Failure> {
     let Some(ctx) = ctx else {
-        let mut p = progress(None)?;
-        p.debit_id = Some(new_id("led"));
-        p.credit_id = Some(new_id("led"));
-        let t = finished(r, p)?;
+        let t = one_shot(r)?;
         let tx = client.transaction().await?;
         pg_entry(&*tx, pg, &t.debit_id, &t.id, &t.from, -t.amount).await?;
         pg_entry(&*tx, pg, &t.credit_id, &t.id, &t.to, t.amount).await?;
