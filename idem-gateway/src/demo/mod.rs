@@ -103,6 +103,7 @@ struct AppState {
     crash_after_commit: bool,
     /// `IDEM_DEMO_CRASH_AFTER_PHASE=<name>`: abort right after a
     /// transfer's phase `name` committed.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     crash_after_phase: Option<String>,
     /// `IDEM_DEMO_TRANSACTIONAL=0`: store a payment, then let the layer
     /// store its answer (two writes, the window open), as the baseline of

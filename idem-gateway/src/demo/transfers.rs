@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
 use idem::IdempotencyContext;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use idem_core::Phases;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use idem_core::RecoveryPoint;
@@ -29,7 +30,9 @@ use idem_postgres_store::PostgresStore;
 use idem_sqlite_store::rusqlite::params;
 #[cfg(feature = "sqlite")]
 use idem_sqlite_store::SqliteStore;
-use serde::{Deserialize, Serialize};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{json, Value};
 #[cfg(feature = "postgres")]
 use tokio::sync::OnceCell;
@@ -37,6 +40,7 @@ use tokio::sync::OnceCell;
 use super::{invalid, unix_now, AppState, Failure};
 use crate::stores::Backend;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// The phases of a transfer, in order. The transfer's record and answer
 /// commit after the last, with the completion itself.
 pub(super) const TRANSFER: Phases = Phases::new(&["debited", "credited"]);
@@ -159,6 +163,7 @@ impl Ledger {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Aborts the process right after phase `phase` committed when
 /// `IDEM_DEMO_CRASH_AFTER_PHASE` names it (for tests of recovery points).
 fn crash_after(state: &AppState, phase: &str) {
@@ -168,6 +173,7 @@ fn crash_after(state: &AppState, phase: &str) {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn json_headers() -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
     headers.insert(
@@ -200,6 +206,8 @@ pub(super) async fn create_transfer(
     let ctx = ctx.map(|Extension(c)| c);
     match &state.ledger {
         Ledger::Memory(m) => {
+            // In memory the layer stores the answer as for any handler.
+            drop(ctx);
             let transfer = memory_transfer(m, request);
             Ok((StatusCode::CREATED, axum::Json(transfer)).into_response())
         }

@@ -15,6 +15,8 @@
 //! # }
 //! ```
 
+pub mod command;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
