@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use idem_client::{Client, Error, RetryPolicy};
-use idem_gateway::demo::{run, DemoConfig};
-use idem_gateway::stores::StoreUrl;
+use idem_demo::{run, DemoConfig};
+use idem_stores::StoreUrl;
 use idem_testkit::net::LossyLink;
 use serde_json::{json, Value};
 

@@ -287,6 +287,43 @@ fn json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A service's own error (the admin API's, the demo's: `validation_failed`,
+/// `not_found`, …) as a problem document: `type` is the default base and
+/// `code` in kebab case, `title` the status's reason, and `error` the code
+/// as it is (the member these services answered with before, kept so that
+/// clients reading it keep working).
+pub fn service_document(
+    status: http::StatusCode,
+    code: &str,
+    detail: impl Into<String>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "type": format!("{DEFAULT_PROBLEM_BASE}{}", code.replace('_', "-")),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail.into(),
+        "error": code,
+    })
+}
+
+/// [`service_document`] as a response with its `Content-Type`, its body
+/// made by `body` from the document (`axum::body::Body::from`, say).
+pub fn service_response<B>(
+    status: http::StatusCode,
+    code: &str,
+    detail: impl Into<String>,
+    body: impl FnOnce(Vec<u8>) -> B,
+) -> http::Response<B> {
+    let doc = service_document(status, code, detail).to_string();
+    let mut res = http::Response::new(body(doc.into_bytes()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(PROBLEM_JSON),
+    );
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +367,48 @@ mod tests {
         assert_eq!(
             s,
             r#"{"type":"x:idempotency-key-invalid","title":"Idempotency-Key header is invalid","status":400,"detail":"bad \"key\"\n\u0001"}"#
+        );
+    }
+
+    #[test]
+    fn a_service_error_is_a_problem_that_keeps_its_code() {
+        let doc = service_document(
+            http::StatusCode::BAD_REQUEST,
+            "validation_failed",
+            "amount is required",
+        );
+        assert_eq!(doc["type"], "urn:idem:problem:validation-failed");
+        assert_eq!(doc["title"], "Bad Request");
+        assert_eq!(doc["status"], 400);
+        assert_eq!(doc["detail"], "amount is required");
+        assert_eq!(doc["error"], "validation_failed");
+        let res = service_response(
+            http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no payment x",
+            |b| b,
+        );
+        assert_eq!(res.status(), http::StatusCode::NOT_FOUND);
+        assert_eq!(
+            res.headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some(PROBLEM_JSON)
+        );
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap_or_default();
+        assert_eq!(
+            body,
+            doc.as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("detail".into(), "no payment x".into());
+                    o.insert("type".into(), "urn:idem:problem:not-found".into());
+                    o.insert("title".into(), "Not Found".into());
+                    o.insert("status".into(), 404.into());
+                    o.insert("error".into(), "not_found".into());
+                    serde_json::Value::Object(o)
+                })
+                .unwrap_or_default()
         );
     }
 }

@@ -1,5 +1,6 @@
-//! The `idem` binary's library: the gateway, the demo payments service, key generation,
-//! store URLs, and the command line. `main.rs` only parses flags and calls in.
+//! The `idem` binary's library: the gateway, key generation, key administration,
+//! the conformance tool and the command line; the demo payments service
+//! (`idem-demo`) and store URLs (`idem-stores`) are re-exported. `main.rs` only parses flags and calls in.
 //!
 //! # Examples
 //!
@@ -15,18 +16,19 @@
 //! # }
 //! ```
 
+/// The demo payments service (`idem demo`): the `idem-demo` crate.
+pub use idem_demo as demo;
+/// Opening a store from its URL: the `idem-stores` crate.
+pub use idem_stores as stores;
+
 pub mod access_log;
 pub mod cli;
 pub mod conformance;
-pub mod demo;
 pub mod gateway;
 pub mod keygen;
 pub mod keys;
 #[cfg(feature = "otlp")]
 pub mod otlp;
-pub mod problem;
-pub mod stores;
-pub mod telemetry;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use idem_client::{Client, RetryPolicy};
-use idem_gateway::demo::{run, DemoConfig};
-use idem_gateway::stores::StoreUrl;
+use idem_demo::{run, DemoConfig};
+use idem_stores::StoreUrl;
 use idem_testkit::net::LossyLink;
 
 #[tokio::main]

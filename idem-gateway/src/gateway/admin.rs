@@ -106,7 +106,7 @@ pub(crate) fn router(state: AdminState) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    crate::problem::response(status, code, detail)
+    idem_core::problem::service_response(status, code, detail, axum::body::Body::from)
 }
 
 /// Equal in time whatever the position of the first difference, so the

@@ -74,7 +74,7 @@ pub async fn run(
         tracing::error!(store = %config.store, error = %format!("{e:#}"), "the store cannot be used yet; covered requests get 503 until it can");
     }
     let metrics = Metrics::new();
-    crate::telemetry::register(&metrics);
+    metrics.register_process(&crate::stores::BUILT_WITH.join(","));
     publish_store_metrics(&metrics, &opened);
     let layer = IdempotencyLayer::new(opened.store.clone())
         .scope_share(config.scope_share)

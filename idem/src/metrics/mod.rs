@@ -30,6 +30,7 @@ use std::time::Duration;
 mod family;
 mod histogram;
 mod kinds;
+mod process;
 #[cfg(feature = "prometheus-client")]
 mod prometheus_client;
 
@@ -232,6 +233,14 @@ impl Metrics {
                 readers: vec![Box::new(read)],
             }),
         }
+    }
+
+    /// Registers the process's own series beside idem's: `idem_build_info`
+    /// (its `version`, and `stores`: what this build can open, as given)
+    /// and the standard `process_*` metrics (CPU, memory, file descriptors,
+    /// start time) read from `/proc/self` at each scrape (none off Linux).
+    pub fn register_process(&self, stores: &str) {
+        process::register(self, stores);
     }
 
     /// The Prometheus text exposition format (version 0.0.4).

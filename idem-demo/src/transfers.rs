@@ -38,7 +38,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use super::{invalid, unix_now, AppState, Failure};
-use crate::stores::Backend;
+use idem_stores::Backend;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// The phases of a transfer, in order. The transfer's record and answer

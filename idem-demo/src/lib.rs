@@ -29,12 +29,24 @@ use idem::{IdempotencyContext, IdempotencyLayer, ItemAnswer, Policy, RoutePolicy
 mod payments;
 mod transfers;
 
+/// Errors as `application/problem+json`, in the shape of the layer's.
+mod problem {
+    use axum::http::StatusCode;
+    use axum::response::Response;
+    pub(crate) use idem_core::problem::service_document as document;
+
+    /// [`document`] as a response.
+    pub(crate) fn response(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+        idem_core::problem::service_response(status, code, detail, axum::body::Body::from)
+    }
+}
+
 pub use payments::Payment;
 use payments::Payments;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::stores::{self, StoreUrl};
+use idem_stores::{self as stores, StoreUrl};
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
@@ -449,7 +461,7 @@ pub async fn router(config: &DemoConfig) -> anyhow::Result<Router> {
         .route("/accounts/{id}", get(transfers::get_account))
         .with_state(state);
     let metrics = idem::Metrics::new();
-    crate::telemetry::register(&metrics);
+    metrics.register_process(&stores::BUILT_WITH.join(","));
     let app = if config.without_layer {
         app
     } else {

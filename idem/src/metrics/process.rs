@@ -2,22 +2,22 @@
 //! standard `process_*` metrics (CPU, memory, file descriptors, start time),
 //! read from `/proc/self` at each scrape, as the Prometheus client libraries
 //! do. Registered in a [`Metrics`] registry, so the gateway's and the demo's
-//! `/metrics` both carry them.
+//! `/metrics` both carry them, and any service's can.
 
-use idem::{Metrics, ValueKind};
+use super::{Metrics, ValueKind};
 
 /// The clock ticks per second `/proc` counts CPU time in (`USER_HZ`: 100 on
 /// every Linux architecture, whatever the kernel's own tick rate).
 const USER_HZ: f64 = 100.0;
 
-/// Registers `idem_build_info` and the `process_*` series in `metrics`.
-pub fn register(metrics: &Metrics) {
-    let stores = crate::stores::BUILT_WITH.join(",");
+/// Registers `idem_build_info` (with `stores`, the stores this build can
+/// open, comma-separated) and the `process_*` series in `metrics`.
+pub(super) fn register(metrics: &Metrics, stores: &str) {
     metrics.register(
         ValueKind::Gauge,
         "idem_build_info",
         "The running idem: its version and the stores it was built with (always 1).",
-        &[("version", env!("CARGO_PKG_VERSION")), ("stores", &stores)],
+        &[("version", env!("CARGO_PKG_VERSION")), ("stores", stores)],
         || 1.0,
     );
     if std::fs::metadata("/proc/self/stat").is_err() {
@@ -127,9 +127,10 @@ mod tests {
     #[test]
     fn process_series_are_read_from_proc() {
         let m = Metrics::new();
-        register(&m);
+        register(&m, "memory,sqlite");
         let text = m.render();
         assert!(text.contains("idem_build_info{version=\""), "{text}");
+        assert!(text.contains("stores=\"memory,sqlite\""), "{text}");
         let value = |name: &str| -> f64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{name} ")))

@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 
 #[cfg(feature = "sqlite")]
 use super::unix_now;
-use crate::stores::Backend;
+use idem_stores::Backend;
 
 /// A payment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
