@@ -51,7 +51,9 @@ use idem_core::{
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::rows::{begin, read_row, to_record};
-use crate::writer::{checkpointer_loop, count_rows, sweep, writer_loop, Job, Op, Writer};
+use crate::writer::{
+    checkpointer_loop, count_rows, sweep, writer_loop, Checkpoints, Job, Op, Writer,
+};
 use tokio::sync::oneshot;
 
 pub use rusqlite;
@@ -226,15 +228,17 @@ impl SqliteStore {
         // The writer holds this sender; when the writer ends, the
         // checkpointer sees the channel close and ends too.
         let (alive_tx, alive_rx) = mpsc::channel::<()>();
+        let checkpoints = Arc::new(Checkpoints::default());
+        let ckpt = checkpoints.clone();
         thread::Builder::new()
             .name("idem-sqlite-ckpt".into())
-            .spawn(move || checkpointer_loop(checkpoint_conn, alive_rx))
+            .spawn(move || checkpointer_loop(checkpoint_conn, alive_rx, ckpt))
             .map_err(SqliteError::Thread)?;
         thread::Builder::new()
             .name("idem-sqlite-writer".into())
             .spawn(move || {
                 let _alive = alive_tx;
-                writer_loop(writer, rx, options.sweep_interval)
+                writer_loop(writer, rx, options.sweep_interval, checkpoints)
             })
             .map_err(SqliteError::Thread)?;
         Ok(Self {

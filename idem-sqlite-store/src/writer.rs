@@ -16,6 +16,22 @@ const MAX_BATCH: usize = 256;
 /// Expired rows deleted per sweep statement.
 pub(crate) const SWEEP_BATCH: usize = 1000;
 
+/// What the writer and the checkpointer share: a lock that lets one
+/// checkpoint run at a time (so the writer's reset never waits on SQLite's
+/// busy handler, which sleeps in steps of milliseconds), and the
+/// checkpointer's request that the writer reset the WAL.
+#[derive(Default)]
+pub(crate) struct Checkpoints {
+    running: std::sync::Mutex<()>,
+    reset_due: std::sync::atomic::AtomicBool,
+}
+
+impl Checkpoints {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What the writer thread holds.
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
@@ -106,7 +122,12 @@ where
     }
 }
 
-pub(crate) fn writer_loop(mut w: Writer, rx: mpsc::Receiver<Box<dyn Job>>, sweep_every: Duration) {
+pub(crate) fn writer_loop(
+    mut w: Writer,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    sweep_every: Duration,
+    checkpoints: Arc<Checkpoints>,
+) {
     let mut next_sweep = Instant::now() + sweep_every;
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -125,6 +146,12 @@ pub(crate) fn writer_loop(mut w: Writer, rx: mpsc::Receiver<Box<dyn Job>>, sweep
         if !batch.is_empty() {
             run_batch(&mut w, &mut batch);
         }
+        if checkpoints
+            .reset_due
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            reset_wal(&w.conn, &checkpoints);
+        }
         if Instant::now() >= next_sweep {
             let now = w.clock.now_ms();
             match sweep(&mut w, now, SWEEP_BATCH) {
@@ -142,21 +169,18 @@ pub(crate) fn writer_loop(mut w: Writer, rx: mpsc::Receiver<Box<dyn Job>>, sweep
 }
 
 /// How often the checkpointer copies the WAL back into the database while
-/// the writer is writing. Small bites: each pass copies what 5 ms of
-/// commits wrote, so the restart that follows the cap has little left to
-/// copy (measured with bench/sqlite-p99.sh: 20 ms gave a p99 of 16–19 ms at
-/// 10k first executions/s, 5 ms with the larger cap below 9.6–10.6 ms).
+/// the writer is writing. Small bites: each pass copies what a few
+/// milliseconds of commits wrote, so a reset has little left to copy
+/// (docs/BENCHMARKS.md, "SQLite's tail at a fixed rate").
 const CHECKPOINT_BUSY: Duration = Duration::from_millis(5);
 /// The longest pause between passes while nothing is written: an idle store
 /// does not wake 200 times a second.
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(100);
-/// WAL frames (pages) beyond which a checkpoint briefly blocks the writer to
-/// reset the WAL: 256 MiB with 4 KiB pages. Each reset stalls the writer
-/// (5–14 ms measured: the last frames' copy and the database file's fsync);
-/// a larger WAL makes them four times rarer than the 64 MiB cap did, which
-/// took the p99 above from 16–19 ms to about 10. The file keeps that size
-/// on disk once reached; the WAL index in shared memory grows by about
-/// 32 KiB per 4,096 frames.
+/// WAL frames (pages) beyond which the writer stops to reset the WAL: 256
+/// MiB with 4 KiB pages. Each reset stalls the writer (the last frames' copy
+/// and the database file's fsync); a larger WAL makes them four times rarer
+/// than the 64 MiB cap did. The file keeps that size on disk once reached;
+/// the WAL index in shared memory grows by about 32 KiB per 4,096 frames.
 const WAL_CAP_FRAMES: i64 = 65_536;
 
 /// Copies the WAL into the database file, off the writer thread.
@@ -167,11 +191,14 @@ const WAL_CAP_FRAMES: i64 = 65_536;
 /// behind them (measured: it halves first-execution throughput). PASSIVE
 /// checkpoints from this second connection run concurrently with the writer.
 /// A writer that never lets a checkpoint catch up would grow the WAL without
-/// end (the WAL starts over only when a checkpoint has copied all of it and
-/// the writer has not written since), so past a cap a RESTART checkpoint
-/// waits for the writer's current transaction, briefly blocks the next one,
-/// and lets the WAL start over.
-pub(crate) fn checkpointer_loop(conn: Connection, alive: mpsc::Receiver<()>) {
+/// end (it starts over only when a checkpoint has copied all of it and the
+/// writer has not written since), so past a cap this thread asks the writer
+/// to reset it between two batches ([`reset_wal`]).
+pub(crate) fn checkpointer_loop(
+    conn: Connection,
+    alive: mpsc::Receiver<()>,
+    checkpoints: Arc<Checkpoints>,
+) {
     let mut pause = CHECKPOINT_BUSY;
     let mut last = (-1, -1);
     loop {
@@ -183,9 +210,12 @@ pub(crate) fn checkpointer_loop(conn: Connection, alive: mpsc::Receiver<()>) {
                 return;
             }
         }
-        let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
+        let passive = {
+            let _one_at_a_time = checkpoints.lock();
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+        };
         // Back off while the WAL stands still; come back soon once it moves.
         pause = match passive {
             Ok(now) if now == last => (pause * 2).min(CHECKPOINT_IDLE),
@@ -193,14 +223,27 @@ pub(crate) fn checkpointer_loop(conn: Connection, alive: mpsc::Receiver<()>) {
         };
         match passive {
             Ok((log, _)) if log > WAL_CAP_FRAMES => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "sqlite WAL restart checkpoint failed");
-                }
+                checkpoints
+                    .reset_due
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 last = (-1, -1);
             }
             Ok(now) => last = now,
             Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed; retrying"),
         }
+    }
+}
+
+/// Resets the WAL from the writer's own connection, between two batches:
+/// no transaction of the writer is open, so the RESTART checkpoint neither
+/// waits for one nor makes the next wait on SQLite's busy handler (which
+/// sleeps 1, 2, 5, 10 ms and more between tries: that waiting was most of
+/// each reset's stall when the checkpointer's connection ran it).
+/// The checkpointer's pass, if one is running, finishes first.
+fn reset_wal(conn: &Connection, checkpoints: &Checkpoints) {
+    let _one_at_a_time = checkpoints.lock();
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "sqlite WAL restart checkpoint failed");
     }
 }
 
