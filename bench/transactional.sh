@@ -70,25 +70,4 @@ for i in $(seq "$RUNS"); do
   done
 done
 
-python3 - "$OUT" <<'PY'
-import statistics, sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-def num(s):
-    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
-        if s.endswith(unit):
-            return float(s[: -len(unit)]) * f
-    return float(s)
-groups = {}
-for scen, var, rps, p99, us, non2xx in rows:
-    groups.setdefault((scen, var), []).append((float(rps), num(p99), float(us), int(non2xx)))
-print("\nmedians\nscenario\tvariant\treq/s\tp99(ms)\tcpu-us/req\tnon-2xx\tvs ordinary (req/s, cpu)")
-for (scen, var), v in sorted(groups.items()):
-    rps = statistics.median(x[0] for x in v)
-    p99 = statistics.median(x[1] for x in v)
-    us = statistics.median(x[2] for x in v)
-    base = groups.get((scen.split("/")[0] + "/payments", "ordinary"))
-    ratio = ""
-    if base and var != "ordinary":
-        ratio = f"{rps / statistics.median(x[0] for x in base):.2f}x, {us / statistics.median(x[2] for x in base):.2f}x"
-    print(f"{scen}\t{var}\t{rps:.0f}\t{p99:.2f}\t{us:.2f}\t{sum(x[3] for x in v)}\t{ratio}")
-PY
+python3 bench/pinned_summary.py "$OUT" '{s0}/payments:ordinary'

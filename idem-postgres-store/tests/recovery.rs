@@ -6,75 +6,29 @@
 //! idem-sqlite-store/tests/recovery.rs, and one of PostgreSQL's own: a
 //! takeover waits for a phase in progress.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::{
-    Begin, Fingerprint, FingerprintMode, HeldRecord, ManualClock, Phases, RecoveryPoint, Secret,
-    Store, StoreError, StoreKey,
-};
-use idem_postgres_store::{PostgresOptions, PostgresStore};
+use common::{key, LEASE, TTL};
+use idem_core::{HeldRecord, ManualClock, Phases, RecoveryPoint, Store, StoreError, StoreKey};
+use idem_postgres_store::PostgresStore;
 
-const TTL: Duration = Duration::from_secs(3600);
-const LEASE: Duration = Duration::from_secs(5);
 const TRANSFER: Phases = Phases::new(&["debited", "credited"]);
 
 /// A store in a schema of its own, with a `ledger` table beside idem's.
 async fn setup() -> Option<(Arc<PostgresStore>, Arc<ManualClock>)> {
-    let url = idem_testkit::server_url("DATABASE_URL")?;
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let schema = format!(
-        "idem_phase_{}",
-        idem_core::key::generate_uuid_v4().replace('-', "_")
-    );
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        clock: Some(clock.clone()),
-        pool_size: 12,
-        ..PostgresOptions::default()
-    };
-    let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
-    store
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.ledger (id bigserial PRIMARY KEY, account text NOT NULL, amount bigint NOT NULL)"
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (store, clock) = common::setup(
+        "CREATE TABLE {schema}.ledger (id bigserial PRIMARY KEY, account text NOT NULL, amount bigint NOT NULL)",
+        12,
+    )
+    .await?;
     Some((Arc::new(store), clock))
 }
 
-fn key(k: &str) -> StoreKey {
-    let secret = Secret::from_bytes([9u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-    StoreKey::derive(&secret, None, k)
-}
-
-fn fingerprint(body: &[u8]) -> Fingerprint {
-    Fingerprint::compute(
-        FingerprintMode::Json,
-        &http::Method::POST,
-        "/transfers",
-        body,
-    )
-}
-
 async fn try_begin(store: &PostgresStore, k: &StoreKey, body: &[u8]) -> Option<HeldRecord> {
-    match store
-        .begin(k, &fingerprint(body), LEASE)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
-        Begin::Started(fence) => Some(HeldRecord {
-            key: *k,
-            fence,
-            ttl: TTL,
-        }),
-        _ => None,
-    }
+    common::try_begin(store, k, &common::fingerprint("/transfers", body)).await
 }
 
 async fn begin(store: &PostgresStore, k: &StoreKey) -> HeldRecord {

@@ -4,18 +4,15 @@
 //! transaction, and a retry arriving during the transaction never starts a
 //! second execution.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use idem_core::{
-    Begin, Fingerprint, FingerprintMode, HeldRecord, ManualClock, Secret, Store, StoreError,
-    StoreKey, StoredResponse,
-};
-use idem_postgres_store::{PostgresOptions, PostgresStore};
-
-const TTL: Duration = Duration::from_secs(3600);
-const LEASE: Duration = Duration::from_secs(5);
+use common::{key, LEASE};
+use idem_core::{Begin, Fingerprint, HeldRecord, ManualClock, Store, StoreError, StoredResponse};
+use idem_postgres_store::PostgresStore;
 
 fn answer(body: &'static str) -> StoredResponse {
     StoredResponse {
@@ -28,60 +25,21 @@ fn answer(body: &'static str) -> StoredResponse {
 
 /// A store in a schema of its own, with a `payments` table beside idem's.
 async fn setup() -> Option<(PostgresStore, Arc<ManualClock>)> {
-    let url = idem_testkit::server_url("DATABASE_URL")?;
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let schema = format!(
-        "idem_tx_{}",
-        idem_core::key::generate_uuid_v4().replace('-', "_")
-    );
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        clock: Some(clock.clone()),
-        pool_size: 4,
-        ..PostgresOptions::default()
-    };
-    let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
-    store
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.payments (id bigserial PRIMARY KEY, amount bigint NOT NULL)"
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    Some((store, clock))
-}
-
-fn key(k: &str) -> StoreKey {
-    let secret = Secret::from_bytes([9u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-    StoreKey::derive(&secret, None, k)
+    common::setup(
+        "CREATE TABLE {schema}.payments (id bigserial PRIMARY KEY, amount bigint NOT NULL)",
+        4,
+    )
+    .await
 }
 
 fn fingerprint() -> Fingerprint {
-    Fingerprint::compute(
-        FingerprintMode::Json,
-        &http::Method::POST,
-        "/payments",
-        b"{}",
-    )
+    common::fingerprint("/payments", b"{}")
 }
 
-async fn begin(store: &PostgresStore, k: &StoreKey) -> HeldRecord {
-    match store
-        .begin(k, &fingerprint(), LEASE)
+async fn begin(store: &PostgresStore, k: &idem_core::StoreKey) -> HeldRecord {
+    common::try_begin(store, k, &fingerprint())
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
-        Begin::Started(fence) => HeldRecord {
-            key: *k,
-            fence,
-            ttl: TTL,
-        },
-        other => panic!("{other:?}"),
-    }
+        .unwrap_or_else(|| panic!("the key was not free"))
 }
 
 async fn payments(store: &PostgresStore) -> i64 {

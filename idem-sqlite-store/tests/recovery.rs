@@ -4,67 +4,26 @@
 //! retries after a crash resume it once. The same cases as
 //! idem-postgres-store/tests/recovery.rs.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use idem_core::{
-    Begin, Fingerprint, FingerprintMode, HeldRecord, ManualClock, Phases, RecoveryPoint, Secret,
-    Store, StoreKey,
-};
+use common::{key, LEASE, TTL};
+use idem_core::{HeldRecord, ManualClock, Phases, RecoveryPoint, Store, StoreKey};
 use idem_sqlite_store::rusqlite::params;
-use idem_sqlite_store::{SqliteError, SqliteOptions, SqliteStore};
+use idem_sqlite_store::{SqliteError, SqliteStore};
 
-const TTL: Duration = Duration::from_secs(3600);
-const LEASE: Duration = Duration::from_secs(5);
 const TRANSFER: Phases = Phases::new(&["debited", "credited"]);
 
 async fn setup() -> (SqliteStore, Arc<ManualClock>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let options = SqliteOptions {
-        clock: clock.clone(),
-        ..SqliteOptions::default()
-    };
-    let store = SqliteStore::open_with(dir.path().join("phases.db"), options)
-        .unwrap_or_else(|e| panic!("{e}"));
-    store
-        .call(|c| {
-            c.execute_batch(
-                "CREATE TABLE ledger (id INTEGER PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL)",
-            )
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    (store, clock, dir)
-}
-
-fn key(k: &str) -> StoreKey {
-    let secret = Secret::from_bytes([9u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-    StoreKey::derive(&secret, None, k)
-}
-
-fn fingerprint(body: &[u8]) -> Fingerprint {
-    Fingerprint::compute(
-        FingerprintMode::Json,
-        &http::Method::POST,
-        "/transfers",
-        body,
+    common::setup(
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL)",
     )
+    .await
 }
 
 async fn try_begin(store: &SqliteStore, k: &StoreKey, body: &[u8]) -> Option<HeldRecord> {
-    match store
-        .begin(k, &fingerprint(body), LEASE)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
-        Begin::Started(fence) => Some(HeldRecord {
-            key: *k,
-            fence,
-            ttl: TTL,
-        }),
-        _ => None,
-    }
+    common::try_begin(store, k, &common::fingerprint("/transfers", body)).await
 }
 
 async fn begin(store: &SqliteStore, k: &StoreKey) -> HeldRecord {

@@ -2,18 +2,13 @@
 //! (`SqliteStore::complete_with`): the business write and the stored answer
 //! commit together, and a lost fence keeps neither.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
 use bytes::Bytes;
-use idem_core::{
-    Begin, Fingerprint, FingerprintMode, HeldRecord, ManualClock, RecordState, Secret, Store,
-    StoreKey, StoredResponse,
-};
-use idem_sqlite_store::{SqliteError, SqliteOptions, SqliteStore};
-
-const TTL: Duration = Duration::from_secs(3600);
-const LEASE: Duration = Duration::from_secs(5);
+use common::{fingerprint, key, try_begin, LEASE};
+use idem_core::{HeldRecord, ManualClock, RecordState, Store, StoredResponse};
+use idem_sqlite_store::{SqliteError, SqliteStore};
+use std::sync::Arc;
 
 fn answer(body: &'static str) -> StoredResponse {
     StoredResponse {
@@ -25,49 +20,13 @@ fn answer(body: &'static str) -> StoredResponse {
 }
 
 async fn setup() -> (SqliteStore, Arc<ManualClock>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let options = SqliteOptions {
-        clock: clock.clone(),
-        ..SqliteOptions::default()
-    };
-    let store =
-        SqliteStore::open_with(dir.path().join("tx.db"), options).unwrap_or_else(|e| panic!("{e}"));
-    store
-        .call(|c| {
-            c.execute_batch(
-                "CREATE TABLE payments (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL)",
-            )
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    (store, clock, dir)
+    common::setup("CREATE TABLE payments (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL)").await
 }
 
-fn key(k: &str) -> StoreKey {
-    let secret = Secret::from_bytes([9u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-    StoreKey::derive(&secret, None, k)
-}
-
-async fn begin(store: &SqliteStore, k: &StoreKey) -> HeldRecord {
-    let fp = Fingerprint::compute(
-        FingerprintMode::Json,
-        &http::Method::POST,
-        "/payments",
-        b"{}",
-    );
-    match store
-        .begin(k, &fp, LEASE)
+async fn begin(store: &SqliteStore, k: &idem_core::StoreKey) -> HeldRecord {
+    try_begin(store, k, &fingerprint("/payments", b"{}"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
-        Begin::Started(fence) => HeldRecord {
-            key: *k,
-            fence,
-            ttl: TTL,
-        },
-        other => panic!("{other:?}"),
-    }
+        .unwrap_or_else(|| panic!("the key was not free"))
 }
 
 async fn payments(store: &SqliteStore) -> i64 {
