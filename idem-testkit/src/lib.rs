@@ -25,6 +25,7 @@
 pub mod broken;
 pub mod faulty;
 pub mod grpc;
+pub mod held;
 pub mod jwt;
 pub mod load;
 pub mod model;

@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::{
-    Begin, Fingerprint, FingerprintMode, HeldRecord, ManualClock, Secret, Store, StoreKey,
-};
+use idem_core::{Fingerprint, HeldRecord, ManualClock, StoreKey};
 use idem_sqlite_store::{SqliteOptions, SqliteStore};
 
 pub(crate) const TTL: Duration = Duration::from_secs(3600);
@@ -33,14 +31,7 @@ pub(crate) async fn setup(ddl: &'static str) -> (SqliteStore, Arc<ManualClock>, 
     (store, clock, dir)
 }
 
-pub(crate) fn key(k: &str) -> StoreKey {
-    let secret = Secret::from_bytes([9u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-    StoreKey::derive(&secret, None, k)
-}
-
-pub(crate) fn fingerprint(path: &str, body: &[u8]) -> Fingerprint {
-    Fingerprint::compute(FingerprintMode::Json, &http::Method::POST, path, body)
-}
+pub(crate) use idem_testkit::held::{fingerprint, key};
 
 /// The record `k` as this execution holds it, when `begin` started one.
 pub(crate) async fn try_begin(
@@ -48,16 +39,5 @@ pub(crate) async fn try_begin(
     k: &StoreKey,
     fp: &Fingerprint,
 ) -> Option<HeldRecord> {
-    match store
-        .begin(k, fp, LEASE)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
-        Begin::Started(fence) => Some(HeldRecord {
-            key: *k,
-            fence,
-            ttl: TTL,
-        }),
-        _ => None,
-    }
+    idem_testkit::held::try_begin(store, k, fp, LEASE, TTL).await
 }
