@@ -6,22 +6,14 @@
 
 mod common;
 
+use idem_testkit::held::answer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::{key, LEASE};
-use idem_core::{Begin, Fingerprint, HeldRecord, ManualClock, Store, StoreError, StoredResponse};
+use idem_core::{Begin, Fingerprint, HeldRecord, ManualClock, Store, StoreError};
 use idem_postgres_store::PostgresStore;
-
-fn answer(body: &'static str) -> StoredResponse {
-    StoredResponse {
-        status: 201,
-        headers: Vec::new(),
-        body: Bytes::from_static(body.as_bytes()),
-        body_omitted: None,
-    }
-}
 
 /// A store in a schema of its own, with a `payments` table beside idem's.
 async fn setup() -> Option<(PostgresStore, Arc<ManualClock>)> {
@@ -40,6 +32,17 @@ async fn begin(store: &PostgresStore, k: &idem_core::StoreKey) -> HeldRecord {
     common::try_begin(store, k, &fingerprint())
         .await
         .unwrap_or_else(|| panic!("the key was not free"))
+}
+
+/// The business write: one payment, inside `tx`.
+async fn pay(tx: &idem_postgres_store::tokio_postgres::Transaction<'_>, store: &PostgresStore) {
+    let insert = format!(
+        "INSERT INTO {}.payments (amount) VALUES (42)",
+        store.schema()
+    );
+    tx.execute(&insert, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 async fn payments(store: &PostgresStore) -> i64 {
@@ -62,13 +65,7 @@ async fn the_business_write_and_the_answer_commit_together_and_a_retry_waits_for
     let held = begin(&store, &k).await;
     let mut client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
     let tx = client.transaction().await.unwrap_or_else(|e| panic!("{e}"));
-    let insert = format!(
-        "INSERT INTO {}.payments (amount) VALUES (42)",
-        store.schema()
-    );
-    tx.execute(&insert, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    pay(&tx, &store).await;
     store
         .complete_in(&tx, &held, &answer(r#"{"id": 1}"#))
         .await
@@ -112,13 +109,7 @@ async fn a_lost_fence_fails_the_transaction_and_nothing_commits() {
     {
         let mut client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
         let tx = client.transaction().await.unwrap_or_else(|e| panic!("{e}"));
-        let insert = format!(
-            "INSERT INTO {}.payments (amount) VALUES (42)",
-            store.schema()
-        );
-        tx.execute(&insert, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        pay(&tx, &store).await;
         let late = store.complete_in(&tx, &stale, &answer("late")).await;
         assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
         // The handler returns the error: the transaction is dropped, rolled back.

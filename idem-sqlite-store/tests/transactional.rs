@@ -4,20 +4,12 @@
 
 mod common;
 
-use bytes::Bytes;
+use idem_testkit::held::answer;
+
 use common::{fingerprint, key, try_begin, LEASE};
-use idem_core::{HeldRecord, ManualClock, RecordState, Store, StoredResponse};
+use idem_core::{HeldRecord, ManualClock, RecordState, Store};
 use idem_sqlite_store::{SqliteError, SqliteStore};
 use std::sync::Arc;
-
-fn answer(body: &'static str) -> StoredResponse {
-    StoredResponse {
-        status: 201,
-        headers: Vec::new(),
-        body: Bytes::from_static(body.as_bytes()),
-        body_omitted: None,
-    }
-}
 
 async fn setup() -> (SqliteStore, Arc<ManualClock>, tempfile::TempDir) {
     common::setup("CREATE TABLE payments (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL)").await

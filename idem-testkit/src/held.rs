@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use idem_core::{Begin, Fingerprint, FingerprintMode, HeldRecord, Secret, Store, StoreKey};
+use bytes::Bytes;
+use idem_core::{
+    Begin, Fingerprint, FingerprintMode, HeldRecord, Secret, Store, StoreKey, StoredResponse,
+};
 
 /// The store key of `k` in the anonymous scope, under a fixed secret.
 pub fn key(k: &str) -> StoreKey {
@@ -37,5 +40,15 @@ pub async fn try_begin(
             ttl,
         }),
         _ => None,
+    }
+}
+
+/// A 201 answer with `body`, as a handler stores it.
+pub fn answer(body: &'static str) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: Vec::new(),
+        body: Bytes::from_static(body.as_bytes()),
+        body_omitted: None,
     }
 }
