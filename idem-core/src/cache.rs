@@ -34,7 +34,7 @@ use crate::fingerprint::Fingerprint;
 use crate::memory::KeyHasher;
 use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
 use crate::scope::{Secret, StoreKey};
-use crate::store::{Store, StoreError, StoreStats};
+use crate::store::{Store, StoreAdmin, StoreError, StoreStats};
 
 const SHARDS: usize = 64;
 
@@ -254,6 +254,21 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.renew(key, fence, lease).await
     }
 
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn capacity(&self) -> Option<u64> {
+        self.inner.capacity()
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        self.inner.shared_secret().await
+    }
+}
+
+#[async_trait]
+impl<S: StoreAdmin> StoreAdmin for CachedStore<S> {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         self.inner.get(key).await
     }
@@ -280,17 +295,5 @@ impl<S: Store> Store for CachedStore<S> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    fn capacity(&self) -> Option<u64> {
-        self.inner.capacity()
-    }
-
-    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        self.inner.shared_secret().await
     }
 }

@@ -1,4 +1,7 @@
-//! The `Store` trait: the atomic phases every backend implements.
+//! The store contract, in two traits as tower-sessions splits its own:
+//! [`Store`], the atomic phases a request runs (begin, complete, release,
+//! renew), which is all the layer needs; and [`StoreAdmin`], what operators
+//! and the conformance suite use besides (read, delete, count, purge, ping).
 //!
 //! # A store of your own
 //!
@@ -18,8 +21,8 @@
 //! use async_trait::async_trait;
 //! use idem_core::clock::deadline_ms;
 //! use idem_core::{
-//!     Begin, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreError,
-//!     StoreKey, StoreStats, StoredResponse,
+//!     Begin, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreAdmin,
+//!     StoreError, StoreKey, StoreStats, StoredResponse,
 //! };
 //!
 //! struct MapStore {
@@ -83,6 +86,14 @@
 //!             .is_some())
 //!     }
 //!
+//!     fn backend(&self) -> &'static str {
+//!         "map"
+//!     }
+//! }
+//!
+//! // What operators and the conformance suite use besides the hot path.
+//! #[async_trait]
+//! impl StoreAdmin for MapStore {
 //!     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
 //!         let now = self.clock.now_ms();
 //!         Ok(self.map().get(key).filter(|r| r.is_live(now)).cloned())
@@ -115,19 +126,15 @@
 //!     async fn ping(&self) -> Result<(), StoreError> {
 //!         Ok(())
 //!     }
-//!
-//!     fn backend(&self) -> &'static str {
-//!         "map"
-//!     }
 //! }
 //!
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
 //! use idem_testkit::{suite, StoreConfig};
-//! type Made = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Arc<dyn Store>>> + Send>>;
+//! type Made = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>;
 //! let factory = |c: StoreConfig| -> Made {
 //!     Box::pin(async move {
 //!         let store = MapStore { clock: c.clock, records: Mutex::default() };
-//!         Some(Arc::new(store) as Arc<dyn Store>)
+//!         Some(Arc::new(store) as Arc<dyn StoreAdmin>)
 //!     })
 //! };
 //! suite::replay_after_complete(factory).await;
@@ -283,25 +290,17 @@ pub trait Store: Send + Sync + 'static {
     /// when it reports one `Completed`: what a cache in front of the store
     /// needs so that its entry never outlives the record.
     ///
-    /// The default asks [`get`](Self::get) once more, and a failed read
-    /// gives no expiry, never an error: the store said completed, so that
-    /// answer is replayed and nothing executes again. A store that reads the
-    /// record's deadline in `begin` anyway returns it from that one read.
+    /// The default gives no expiry: a [`CachedStore`](crate::cache::CachedStore)
+    /// in front replays such an answer all the same and just does not keep
+    /// it. A store that reads the record's deadline in `begin` returns it
+    /// from that one read.
     async fn begin_expiring(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
-        let begun = self.begin(key, fingerprint, lease).await?;
-        let expiry = match begun {
-            Begin::Completed(_) => match self.get(key).await {
-                Ok(Some(record)) => Some(record.deadline_ms()),
-                Ok(None) | Err(_) => None,
-            },
-            _ => None,
-        };
-        Ok((begun, expiry))
+        Ok((self.begin(key, fingerprint, lease).await?, None))
     }
 
     /// Stores the response of the holder of `fence`, kept for `ttl` from now.
@@ -326,21 +325,6 @@ pub trait Store: Send + Sync + 'static {
         fence: Fence,
         lease: Duration,
     ) -> Result<bool, StoreError>;
-
-    /// The live record for `key`, if any.
-    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
-
-    /// Removes the record for `key` whatever its state (admin use).
-    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError>;
-
-    /// Removes up to `limit` expired records; returns how many were removed.
-    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError>;
-
-    /// Counts records by state.
-    async fn stats(&self) -> Result<StoreStats, StoreError>;
-
-    /// Checks that the store answers (readiness).
-    async fn ping(&self) -> Result<(), StoreError>;
 
     /// The backend's name for metrics and logs: `memory`, `sqlite`, ….
     fn backend(&self) -> &'static str;
@@ -375,6 +359,32 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// What operators and tests do to a store besides the hot path: read a
+/// record, delete one, count them, purge the expired, check the store
+/// answers. The gateway's admin API, `idem keys`, the sweeper and the
+/// readiness probe use it; the layer never does.
+///
+/// A `StoreAdmin` is a [`Store`], so one `Arc<dyn StoreAdmin>` serves both:
+/// `Arc<dyn StoreAdmin>` coerces to `Arc<dyn Store>` where the layer wants
+/// one.
+#[async_trait]
+pub trait StoreAdmin: Store {
+    /// The live record for `key`, if any.
+    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
+
+    /// Removes the record for `key` whatever its state (admin use).
+    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError>;
+
+    /// Removes up to `limit` expired records; returns how many were removed.
+    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError>;
+
+    /// Counts records by state.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Checks that the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
 /// [`Store::begin`], [`Store::complete`] and [`Store::release`] for a store
 /// that answers at once (see [`Store::local`]). Each must behave exactly as
 /// its `async` counterpart: the conformance suite runs against the latter,
@@ -405,7 +415,7 @@ pub trait LocalStore: Send + Sync {
 /// A shared store is a store, so wrappers such as
 /// [`CachedStore`](crate::cache::CachedStore) take one.
 #[async_trait]
-impl Store for std::sync::Arc<dyn Store> {
+impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
     async fn begin(
         &self,
         key: &StoreKey,
@@ -442,6 +452,22 @@ impl Store for std::sync::Arc<dyn Store> {
     ) -> Result<bool, StoreError> {
         (**self).renew(key, fence, lease).await
     }
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    fn capacity(&self) -> Option<u64> {
+        (**self).capacity()
+    }
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        (**self).shared_secret().await
+    }
+    fn local(&self) -> Option<&dyn LocalStore> {
+        (**self).local()
+    }
+}
+
+#[async_trait]
+impl<T: StoreAdmin + ?Sized> StoreAdmin for std::sync::Arc<T> {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         (**self).get(key).await
     }
@@ -456,17 +482,5 @@ impl Store for std::sync::Arc<dyn Store> {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         (**self).ping().await
-    }
-    fn backend(&self) -> &'static str {
-        (**self).backend()
-    }
-    fn capacity(&self) -> Option<u64> {
-        (**self).capacity()
-    }
-    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        (**self).shared_secret().await
-    }
-    fn local(&self) -> Option<&dyn LocalStore> {
-        (**self).local()
     }
 }

@@ -13,7 +13,7 @@ use idem_core::memory::RECORD_OVERHEAD;
 use idem_core::record::{Begin, Fence, StoredResponse};
 use idem_core::scope::StoreKey;
 use idem_core::store::StoreError;
-use idem_core::{MemoryStore, Store};
+use idem_core::{MemoryStore, Store, StoreAdmin};
 
 const LEASE: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(60);

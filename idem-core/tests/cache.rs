@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use idem_core::{
-    Begin, CachedStore, Fingerprint, ManualClock, MemoryStore, Secret, Store, StoreKey,
+    Begin, CachedStore, Fingerprint, ManualClock, MemoryStore, Secret, Store, StoreAdmin, StoreKey,
     StoredResponse,
 };
 use idem_testkit::faulty::Faulty;
@@ -37,7 +37,7 @@ async fn completed(store: &dyn Store, key: &StoreKey, ttl: Duration) {
 async fn replays_come_from_the_cache_until_the_record_expires() {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let inner = Arc::new(MemoryStore::new().with_clock(clock.clone()));
-    let inner_dyn: Arc<dyn Store> = inner.clone();
+    let inner_dyn: Arc<dyn StoreAdmin> = inner.clone();
     let cached = CachedStore::new(inner_dyn, clock.clone());
     let key = StoreKey::derive(&Secret::generate(), None, "hot-key-000001");
     completed(&cached, &key, Duration::from_secs(10)).await;
@@ -77,7 +77,7 @@ async fn replays_come_from_the_cache_until_the_record_expires() {
 #[tokio::test]
 async fn entries_never_outlive_max_age_and_capacity_holds() {
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let inner: Arc<dyn Store> = Arc::new(MemoryStore::new().with_clock(clock.clone()));
+    let inner: Arc<dyn StoreAdmin> = Arc::new(MemoryStore::new().with_clock(clock.clone()));
     let cached = CachedStore::new(inner.clone(), clock.clone())
         .capacity(32)
         .max_age(Duration::from_secs(5));
@@ -104,7 +104,9 @@ async fn entries_never_outlive_max_age_and_capacity_holds() {
 
 /// Issue: when `begin` said Completed and the cache's follow-up read of the
 /// record failed, the cache answered an error (503, or with fail-open a
-/// second execution). A record the store reported completed is replayed.
+/// second execution). A record the store reported completed is replayed,
+/// also when the store cannot say when it expires (here a store that keeps
+/// `begin_expiring`'s default, whose reads fail besides).
 #[tokio::test]
 async fn rule_4_a_completed_record_replays_when_the_follow_up_read_fails() {
     let clock = Arc::new(ManualClock::new(1_000_000));

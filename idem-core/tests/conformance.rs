@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use idem_core::{MemoryStore, Store};
+use idem_core::{MemoryStore, StoreAdmin};
 use idem_testkit::StoreConfig;
 
-async fn memory(config: StoreConfig) -> Option<Arc<dyn Store>> {
+async fn memory(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
     let mut store = MemoryStore::new().with_clock(config.clock);
     if let Some(c) = config.capacity {
         store = store.with_capacity(c);
@@ -20,7 +20,7 @@ mod cached {
     use super::*;
     use idem_core::CachedStore;
 
-    async fn cached_memory(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn cached_memory(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         let mut inner = MemoryStore::new().with_clock(config.clock.clone());
         if let Some(c) = config.capacity {
             inner = inner.with_capacity(c);
@@ -36,7 +36,7 @@ mod cached {
 mod byte_budget {
     use super::*;
 
-    async fn memory_with_budget(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn memory_with_budget(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         let mut store = MemoryStore::new()
             .with_clock(config.clock)
             .with_max_bytes(1 << 30);

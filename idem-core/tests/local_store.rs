@@ -8,7 +8,7 @@ use bytes::Bytes;
 use idem_core::fingerprint::Fingerprint;
 use idem_core::record::{Begin, StoredResponse};
 use idem_core::scope::StoreKey;
-use idem_core::{MemoryStore, Store};
+use idem_core::{MemoryStore, Store, StoreAdmin};
 
 const LEASE: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(60);
@@ -27,7 +27,7 @@ fn answer() -> StoredResponse {
 
 #[tokio::test]
 async fn a_memory_stores_local_calls_are_its_async_calls() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let store: Arc<dyn StoreAdmin> = Arc::new(MemoryStore::new());
     let local = store.local().expect("a shared MemoryStore answers at once");
     let (k1, k2) = (StoreKey([1; 32]), StoreKey([2; 32]));
     let fp = Fingerprint([7; 32]);

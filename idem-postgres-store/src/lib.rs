@@ -69,7 +69,7 @@ use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use idem_core::clock::millis;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
-    StoreError, StoreKey, StoreStats, StoredResponse,
+    StoreAdmin, StoreError, StoreKey, StoreStats, StoredResponse,
 };
 use tokio::sync::OnceCell;
 pub use tokio_postgres;
@@ -481,6 +481,29 @@ impl Store for PostgresStore {
         Ok(n == 1)
     }
 
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        let client = self.client().await?;
+        let candidate = idem_core::key::hex(Secret::generate().as_bytes()).into_bytes();
+        // A racer's row committed after this statement's snapshot shows as
+        // no row: ask again.
+        for _ in 0..5 {
+            let rows = self.query(&client, &self.sql.secret, &[&candidate]).await?;
+            if let Some(row) = rows.first() {
+                return Secret::from_bytes(row.get::<_, Vec<u8>>(0))
+                    .map(Some)
+                    .map_err(|e| StoreError::backend(BACKEND, e));
+            }
+        }
+        Err(PostgresStoreError::Unsettled(5).into())
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for PostgresStore {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let client = self.client().await?;
         let rows = self
@@ -544,26 +567,6 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         schema::check_grants(&client, &self.schema).await?;
         Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        let client = self.client().await?;
-        let candidate = idem_core::key::hex(Secret::generate().as_bytes()).into_bytes();
-        // A racer's row committed after this statement's snapshot shows as
-        // no row: ask again.
-        for _ in 0..5 {
-            let rows = self.query(&client, &self.sql.secret, &[&candidate]).await?;
-            if let Some(row) = rows.first() {
-                return Secret::from_bytes(row.get::<_, Vec<u8>>(0))
-                    .map(Some)
-                    .map_err(|e| StoreError::backend(BACKEND, e));
-            }
-        }
-        Err(PostgresStoreError::Unsettled(5).into())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use idem_core::Store;
+use idem_core::StoreAdmin;
 use idem_postgres_store::{PostgresOptions, PostgresStore};
 use idem_testkit::StoreConfig;
 
@@ -17,7 +17,7 @@ fn schema() -> String {
 
 /// A store of its own schema at the server `var` names, with the suite's
 /// clock and the default options otherwise.
-async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn Store>> {
+async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
     let url = idem_testkit::server_url(var)?;
     let options = PostgresOptions {
         schema: schema(),
@@ -33,7 +33,7 @@ async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn Store>> {
     Some(Arc::new(store))
 }
 
-async fn postgres(config: StoreConfig) -> Option<Arc<dyn Store>> {
+async fn postgres(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
     store_at("DATABASE_URL", config).await
 }
 
@@ -46,7 +46,7 @@ idem_testkit::store_conformance!(postgres, no_capacity);
 mod behind_pgbouncer_in_transaction_mode {
     use super::*;
 
-    async fn pgbouncer(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn pgbouncer(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         store_at("PGBOUNCER_URL", config).await
     }
 
@@ -73,7 +73,7 @@ async fn the_servers_clock_times_leases_and_ttls() {
 mod over_tls_verify_full {
     use super::*;
 
-    async fn tls(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn tls(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         let url = idem_testkit::server_url("DATABASE_TLS_URL")?;
         let ca = idem_testkit::server_url("IDEM_TEST_CA")?;
         let options = PostgresOptions {

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{key, LEASE, TTL};
-use idem_core::{HeldRecord, ManualClock, Phases, RecoveryPoint, Store, StoreError, StoreKey};
+use idem_core::{
+    HeldRecord, ManualClock, Phases, RecoveryPoint, Store, StoreAdmin, StoreError, StoreKey,
+};
 use idem_postgres_store::PostgresStore;
 
 const TRANSFER: Phases = Phases::new(&["debited", "credited"]);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use idem_core::{Begin, Fingerprint, Store, StoreKey, StoredResponse};
+use idem_core::{Begin, Fingerprint, Store, StoreAdmin, StoreKey, StoredResponse};
 use idem_postgres_store::tokio_postgres::{self, NoTls};
 use idem_postgres_store::{Migration, PostgresOptions, PostgresStore};
 

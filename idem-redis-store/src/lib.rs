@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use idem_core::clock::millis;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
-    StoreError, StoreKey, StoreStats, StoredResponse,
+    StoreAdmin, StoreError, StoreKey, StoreStats, StoredResponse,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -515,6 +515,35 @@ impl Store for RedisStore {
         Ok(done == 1)
     }
 
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        let mut key = self.prefix.to_vec();
+        key.extend_from_slice(b"secret");
+        let candidate = idem_core::key::hex(Secret::generate().as_bytes());
+        // SET NX: the first instance's secret wins; every instance reads it.
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(&candidate).arg("NX");
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        let mut conn = self.conn().await?;
+        set.query_async::<()>(&mut conn)
+            .await
+            .map_err(RedisStoreError::from)?;
+        let value: Vec<u8> = get
+            .query_async(&mut conn)
+            .await
+            .map_err(RedisStoreError::from)?;
+        Secret::from_bytes(value)
+            .map(Some)
+            .map_err(|e| StoreError::backend(BACKEND, e))
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for RedisStore {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         match self.get_at(&self.key(key)).await? {
             (None, _) => Ok(None),
@@ -567,31 +596,5 @@ impl Store for RedisStore {
         let conn = self.conn().await?;
         server::check_eviction(&conn, false, self.options.allow_eviction).await?;
         Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        let mut key = self.prefix.to_vec();
-        key.extend_from_slice(b"secret");
-        let candidate = idem_core::key::hex(Secret::generate().as_bytes());
-        // SET NX: the first instance's secret wins; every instance reads it.
-        let mut set = redis::cmd("SET");
-        set.arg(&key).arg(&candidate).arg("NX");
-        let mut get = redis::cmd("GET");
-        get.arg(&key);
-        let mut conn = self.conn().await?;
-        set.query_async::<()>(&mut conn)
-            .await
-            .map_err(RedisStoreError::from)?;
-        let value: Vec<u8> = get
-            .query_async(&mut conn)
-            .await
-            .map_err(RedisStoreError::from)?;
-        Secret::from_bytes(value)
-            .map(Some)
-            .map_err(|e| StoreError::backend(BACKEND, e))
     }
 }

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use idem_core::Store;
+use idem_core::StoreAdmin;
 use idem_redis_store::{RedisOptions, RedisStore};
 use idem_testkit::StoreConfig;
 
-async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn Store>> {
+async fn store_at(var: &str, config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
     store_with_ca(var, None, config).await
 }
 
@@ -19,7 +19,7 @@ async fn store_with_ca(
     var: &str,
     ca_file: Option<String>,
     config: StoreConfig,
-) -> Option<Arc<dyn Store>> {
+) -> Option<Arc<dyn StoreAdmin>> {
     let url = idem_testkit::server_url(var)?;
     let options = RedisOptions {
         prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
@@ -39,7 +39,7 @@ async fn store_with_ca(
 mod standalone {
     use super::*;
 
-    async fn redis(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn redis(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         store_at("REDIS_URL", config).await
     }
 
@@ -49,7 +49,7 @@ mod standalone {
 mod cluster {
     use super::*;
 
-    async fn redis_cluster(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn redis_cluster(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         store_at("REDIS_CLUSTER_URL", config).await
     }
 
@@ -61,7 +61,7 @@ mod cluster {
 mod over_tls {
     use super::*;
 
-    async fn redis_tls(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn redis_tls(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         let ca = idem_testkit::server_url("IDEM_TEST_CA")?;
         store_with_ca("REDIS_TLS_URL", Some(ca), config).await
     }
@@ -74,7 +74,7 @@ mod over_tls {
 mod cluster_over_tls {
     use super::*;
 
-    async fn redis_tls_cluster(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn redis_tls_cluster(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         let ca = idem_testkit::server_url("IDEM_TEST_CA")?;
         store_with_ca("REDIS_TLS_CLUSTER_URL", Some(ca), config).await
     }
@@ -85,7 +85,7 @@ mod cluster_over_tls {
 mod en_us_locale {
     use super::*;
 
-    async fn redis_en_us(config: StoreConfig) -> Option<Arc<dyn Store>> {
+    async fn redis_en_us(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
         let store = store_at("REDIS_LOCALE_URL", config).await?;
         assert_collates_by_locale().await;
         Some(store)

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use idem_core::{Begin, Fingerprint, Store, StoreKey};
+use idem_core::{Begin, Fingerprint, Store, StoreAdmin, StoreKey};
 use idem_redis_store::{RedisOptions, RedisStore, RedisStoreError};
 
 fn store(url: &str, allow_eviction: bool) -> RedisStore {

@@ -45,8 +45,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem_core::clock::deadline_ms;
 use idem_core::{
-    Begin, Fence, Fingerprint, Record, Secret, SharedClock, Store, StoreError, StoreKey,
-    StoreStats, StoredResponse, SystemClock,
+    Begin, Fence, Fingerprint, Record, Secret, SharedClock, Store, StoreAdmin, StoreError,
+    StoreKey, StoreStats, StoredResponse, SystemClock,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -419,6 +419,39 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    fn capacity(&self) -> Option<u64> {
+        self.capacity
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        let candidate = idem_core::key::hex(Secret::generate().as_bytes());
+        // The first writer's secret wins (every job runs on the one writer,
+        // inside `BEGIN IMMEDIATE`, so two processes on one file agree too).
+        let value: String = self
+            .job(move |w| {
+                w.conn.execute(
+                    "INSERT INTO idem_secret (id, secret) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+                    [&candidate],
+                )?;
+                Ok(w
+                    .conn
+                    .query_row("SELECT secret FROM idem_secret WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })?)
+            })
+            .await?;
+        Secret::from_bytes(value.into_bytes())
+            .map(Some)
+            .map_err(|e| StoreError::backend(BACKEND, e))
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for SqliteStore {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let key = *key;
         Ok(self
@@ -464,10 +497,6 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    fn capacity(&self) -> Option<u64> {
-        self.capacity
-    }
-
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         Ok(self
             .job(move |w| {
@@ -490,31 +519,5 @@ impl Store for SqliteStore {
         Ok(self
             .job(|w| Ok(w.conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await?)
-    }
-
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        let candidate = idem_core::key::hex(Secret::generate().as_bytes());
-        // The first writer's secret wins (every job runs on the one writer,
-        // inside `BEGIN IMMEDIATE`, so two processes on one file agree too).
-        let value: String = self
-            .job(move |w| {
-                w.conn.execute(
-                    "INSERT INTO idem_secret (id, secret) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
-                    [&candidate],
-                )?;
-                Ok(w
-                    .conn
-                    .query_row("SELECT secret FROM idem_secret WHERE id = 1", [], |r| {
-                        r.get(0)
-                    })?)
-            })
-            .await?;
-        Secret::from_bytes(value.into_bytes())
-            .map(Some)
-            .map_err(|e| StoreError::backend(BACKEND, e))
     }
 }

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use idem_core::clock::ManualClock;
 use idem_core::{
-    Begin, Fence, Fingerprint, FingerprintMode, Store, StoreError, StoreKey, StoredResponse,
+    Begin, Fence, Fingerprint, FingerprintMode, Store, StoreAdmin, StoreError, StoreKey,
+    StoredResponse,
 };
 use idem_sqlite_store::{SqliteOptions, SqliteStore, ROW_OVERHEAD};
 

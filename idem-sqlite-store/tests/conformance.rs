@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use idem_core::Store;
+use idem_core::{Store, StoreAdmin};
 use idem_sqlite_store::{SqliteOptions, SqliteStore};
 use idem_testkit::StoreConfig;
 
-async fn sqlite(config: StoreConfig) -> Option<Arc<dyn Store>> {
+async fn sqlite(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let path = dir.path().join("conformance.db");
     // Keep the directory for the test's lifetime: the store outlives this fn.

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{key, LEASE, TTL};
-use idem_core::{HeldRecord, ManualClock, Phases, RecoveryPoint, Store, StoreKey};
+use idem_core::{HeldRecord, ManualClock, Phases, RecoveryPoint, Store, StoreAdmin, StoreKey};
 use idem_sqlite_store::rusqlite::params;
 use idem_sqlite_store::{SqliteError, SqliteStore};
 

@@ -7,7 +7,7 @@ mod common;
 use idem_testkit::held::answer;
 
 use common::{fingerprint, key, try_begin, LEASE};
-use idem_core::{HeldRecord, ManualClock, RecordState, Store};
+use idem_core::{HeldRecord, ManualClock, RecordState, StoreAdmin};
 use idem_sqlite_store::{SqliteError, SqliteStore};
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use idem_core::{CachedStore, MemoryStore, Secret, Store, SystemClock};
+use idem_core::{CachedStore, MemoryStore, Secret, StoreAdmin, SystemClock};
 
 mod url;
 pub use self::url::{redact, StoreUrl};
@@ -58,7 +58,7 @@ impl std::str::FromStr for Statements {
 /// the same place).
 pub struct OpenedStore {
     /// The store.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn StoreAdmin>,
     /// Which backend, for the application's own data.
     pub backend: Backend,
     /// The secret behind store keys; `None`: the one the shared store keeps
@@ -66,7 +66,7 @@ pub struct OpenedStore {
     pub secret: Option<Secret>,
     /// The local cache in front of the store, if one was asked for (its
     /// entries and hits are published as metrics).
-    pub cache: Option<Arc<CachedStore<Arc<dyn Store>>>>,
+    pub cache: Option<Arc<CachedStore<Arc<dyn StoreAdmin>>>>,
 }
 
 /// The concrete store behind an [`OpenedStore`].
@@ -430,7 +430,7 @@ async fn postgres_migrate(
 /// Purges expired records every minute, in batches (SQLite's writer thread
 /// sweeps on its own; Redis expires records itself). Several instances may
 /// sweep one PostgreSQL at once: its purge skips rows another one holds.
-fn spawn_sweeper(store: Arc<dyn Store>) {
+fn spawn_sweeper(store: Arc<dyn StoreAdmin>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {

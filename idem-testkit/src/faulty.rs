@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem_core::{
-    Begin, Fence, Fingerprint, Record, Secret, Store, StoreError, StoreKey, StoreStats,
+    Begin, Fence, Fingerprint, Record, Secret, Store, StoreAdmin, StoreError, StoreKey, StoreStats,
     StoredResponse,
 };
 
@@ -97,6 +97,20 @@ impl<S: Store> Store for Faulty<S> {
         self.inner.renew(key, fence, lease).await
     }
 
+    fn backend(&self) -> &'static str {
+        "faulty"
+    }
+
+    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
+        if self.silent {
+            std::future::pending::<()>().await;
+        }
+        self.inner.shared_secret().await
+    }
+}
+
+#[async_trait]
+impl<S: StoreAdmin> StoreAdmin for Faulty<S> {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         if self.get_fails {
             return Err(StoreError::Timeout(Duration::from_secs(2)));
@@ -122,15 +136,45 @@ impl<S: Store> Store for Faulty<S> {
         }
         self.inner.ping().await
     }
+}
 
-    fn backend(&self) -> &'static str {
-        "faulty"
+/// A store whose every call fails as an unreachable server's would
+/// (connection refused): what rule 10 is about. It keeps no shared secret,
+/// so a layer over it falls back to its own and the failure shows where
+/// requests meet the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unreachable;
+
+impl Unreachable {
+    fn refused<T>() -> Result<T, StoreError> {
+        Err(StoreError::backend(
+            "unreachable",
+            std::io::Error::other("connection refused"),
+        ))
     }
+}
 
-    async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        if self.silent {
-            std::future::pending::<()>().await;
-        }
-        self.inner.shared_secret().await
+#[async_trait]
+impl Store for Unreachable {
+    async fn begin(&self, _: &StoreKey, _: &Fingerprint, _: Duration) -> Result<Begin, StoreError> {
+        Self::refused()
+    }
+    async fn complete(
+        &self,
+        _: &StoreKey,
+        _: Fence,
+        _: &StoredResponse,
+        _: Duration,
+    ) -> Result<bool, StoreError> {
+        Self::refused()
+    }
+    async fn release(&self, _: &StoreKey, _: Fence) -> Result<bool, StoreError> {
+        Self::refused()
+    }
+    async fn renew(&self, _: &StoreKey, _: Fence, _: Duration) -> Result<bool, StoreError> {
+        Self::refused()
+    }
+    fn backend(&self) -> &'static str {
+        "unreachable"
     }
 }

@@ -11,7 +11,7 @@
 //! use idem_core::{MemoryStore, Store};
 //! use idem_testkit::StoreConfig;
 //!
-//! async fn memory(config: StoreConfig) -> Option<Arc<dyn Store>> {
+//! async fn memory(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
 //!     let mut store = MemoryStore::new().with_clock(config.clock);
 //!     if let Some(c) = config.capacity {
 //!         store = store.with_capacity(c);
@@ -26,10 +26,12 @@ pub mod broken;
 pub mod faulty;
 pub mod grpc;
 pub mod held;
+pub mod http;
 pub mod jwt;
 pub mod load;
 pub mod model;
 pub mod net;
+pub mod spec_suite;
 pub mod sse;
 pub mod suite;
 pub mod tls;
@@ -78,7 +80,7 @@ impl StoreConfig {
 
 /// Expands to one `#[tokio::test]` per rule of the store contract, each
 /// building its store with `$factory`, an `async fn(StoreConfig) ->
-/// Option<Arc<dyn Store>>`. A factory returning `None` (its server is not
+/// Option<Arc<dyn StoreAdmin>>`. A factory returning `None` (its server is not
 /// configured) makes each test print why and pass; the project's test command
 /// always configures servers, so there they run.
 ///

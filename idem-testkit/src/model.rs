@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use idem_core::{Begin, Fence, Fingerprint, Store, StoreKey, StoredResponse};
+use idem_core::{Begin, Fence, Fingerprint, StoreAdmin, StoreKey, StoredResponse};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -90,7 +90,7 @@ fn response(body: Bytes) -> StoredResponse {
 }
 
 /// Runs `ops` on fresh keys of `store`, checking each answer.
-async fn check(store: &dyn Store, config: &StoreConfig, ops: &[Op]) -> Result<(), String> {
+async fn check(store: &dyn StoreAdmin, config: &StoreConfig, ops: &[Op]) -> Result<(), String> {
     let keys: Vec<StoreKey> = (0..KEYS).map(|_| key()).collect();
     let mut model: Vec<State> = vec![State::Absent; KEYS as usize];
     // Each actor's last fence per key.
@@ -289,7 +289,7 @@ fn fp_of(state: &State) -> u8 {
 
 /// Generates `IDEM_MODEL_CASES` sequences of up to 40 steps and checks each
 /// against the model; a failure is shrunk to a short sequence and reported.
-pub async fn model_interleavings(store: std::sync::Arc<dyn Store>, config: StoreConfig) {
+pub async fn model_interleavings(store: std::sync::Arc<dyn StoreAdmin>, config: StoreConfig) {
     let cases = std::env::var("IDEM_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

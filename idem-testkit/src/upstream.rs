@@ -11,7 +11,8 @@
 //!   `x-test-sse-gap-ms` (200 by default), each naming its execution.
 //!
 //! Otherwise it answers 201 with JSON: `{"n": <its count>, "method", "path",
-//! "key", "body_len"}`.
+//! "key", "body_len"}`, with `X-Upstream-N: <its count>` and `X-Trace`
+//! twice (`a`, then `b`: a repeated header, whose order a replay keeps).
 //!
 //! # Examples
 //!
@@ -118,6 +119,7 @@ async fn handle(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> Response 
             ("content-type", "application/json"),
             ("x-upstream-n", &n.to_string()),
         ],
+        axum::response::AppendHeaders([("x-trace", "a"), ("x-trace", "b")]),
         json,
     )
         .into_response()
@@ -131,10 +133,22 @@ impl CountingUpstream {
 
     /// Starts on `addr` (to bring an upstream back on the port it had).
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::serve(addr, |app| app).await
+    }
+
+    /// Starts on a free loopback port with its handler wrapped by `wrap`:
+    /// `|app| app.layer(IdempotencyLayer::new(store))` serves the same
+    /// handler behind idem's layer, in process, as the gateway serves it
+    /// behind a proxy.
+    pub async fn start_wrapped(wrap: impl FnOnce(Router) -> Router) -> std::io::Result<Self> {
+        Self::serve("127.0.0.1:0".parse().map_err(std::io::Error::other)?, wrap).await
+    }
+
+    async fn serve(addr: SocketAddr, wrap: impl FnOnce(Router) -> Router) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let app = Router::new().fallback(handle).with_state(seen.clone());
+        let app = wrap(Router::new().fallback(handle).with_state(seen.clone()));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -187,6 +201,20 @@ impl CountingUpstream {
     /// Requests received, of any kind.
     pub fn executions(&self) -> usize {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    /// Returns once `n` requests have arrived (panics after 5 s): a test
+    /// that needs an execution under way waits for it, not for a guess.
+    pub async fn wait_for_executions(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.executions() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the upstream got {} requests, not {n}, within 5 s",
+                self.executions()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Requests received with `Idempotency-Key: key`.

@@ -35,8 +35,8 @@ pub use idem_core::{
     clock, fingerprint, headers, json, key, memory, policy, problem, record, scope, signed, store,
     Begin, BodyFields, Clock, Fence, Fingerprint, FingerprintMode, HeldRecord, IdempotencyKey,
     KeyRules, ManualClock, MemoryStore, PathPattern, Policy, Problem, ProblemKind, RoutePolicy,
-    Secret, SetCookieReplay, StatusSet, Store, StoreError, StoreKey, StoredResponse, StreamAnswers,
-    SystemClock, UnknownOutcome, WebhookKeys,
+    Secret, SetCookieReplay, StatusSet, Store, StoreAdmin, StoreError, StoreKey, StoredResponse,
+    StreamAnswers, SystemClock, UnknownOutcome, WebhookKeys,
 };
 pub use identity::{Identify, ScopeSource, Unverified};
 #[cfg(feature = "jwt")]

@@ -16,6 +16,9 @@ use idem::{
     IdempotencyContext, IdempotencyLayer, ItemAnswer, ManualClock, MemoryStore, Policy,
     RoutePolicy, Store, WebhookKeys,
 };
+use idem_testkit::faulty::Unreachable;
+use idem_testkit::spec_suite::{Served, Settings};
+use idem_testkit::upstream::CountingUpstream;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -236,16 +239,6 @@ fn calls(a: &App) -> usize {
 }
 
 #[tokio::test]
-async fn rule_1_missing_key_is_400_and_nothing_executes() {
-    let a = app();
-    let r = send(&a.router, post_req("/payments", None, "{}")).await;
-    assert_eq!(r.status, 400);
-    assert_eq!(r.problem_type(), "urn:idem:problem:idempotency-key-missing");
-    assert_eq!(r.headers["content-type"], "application/problem+json");
-    assert_eq!(calls(&a), 0);
-}
-
-#[tokio::test]
 async fn optional_key_passes_through_unprotected() {
     let a = app_with(
         Policy::default().default_policy(RoutePolicy::default().key_required(false)),
@@ -263,87 +256,6 @@ async fn optional_key_passes_through_unprotected() {
             .status,
         201
     );
-    assert_eq!(calls(&a), 2);
-}
-
-#[tokio::test]
-async fn rule_2_malformed_keys_are_400_and_nothing_executes() {
-    let a = app();
-    for bad in [
-        "",
-        "short",
-        "has space in it",
-        "bad!chars-here",
-        "\"unterminated-key",
-        &"x".repeat(256),
-    ] {
-        let r = send(&a.router, post_req("/payments", Some(bad), "{}")).await;
-        assert_eq!(r.status, 400, "{bad:?}");
-        assert_eq!(
-            r.problem_type(),
-            "urn:idem:problem:idempotency-key-invalid",
-            "{bad:?}"
-        );
-    }
-    let non_ascii = Request::post("/payments")
-        .header(
-            "idempotency-key",
-            http::HeaderValue::from_bytes(b"key-\xff\xfe-0000001")
-                .unwrap_or(http::HeaderValue::from_static("x")),
-        )
-        .body(Body::empty())
-        .unwrap_or_default();
-    assert_eq!(send(&a.router, non_ascii).await.status, 400);
-    let twice = Request::post("/payments")
-        .header("idempotency-key", KEY)
-        .header("idempotency-key", "key-0000000002")
-        .body(Body::empty())
-        .unwrap_or_default();
-    assert_eq!(send(&a.router, twice).await.status, 400);
-    assert_eq!(calls(&a), 0);
-}
-
-#[tokio::test]
-async fn rules_3_4_execute_once_then_replay_byte_for_byte() {
-    let a = app();
-    let first = send(
-        &a.router,
-        post_req("/payments", Some(KEY), r#"{"amount":10,"currency":"EUR"}"#),
-    )
-    .await;
-    assert_eq!(first.status, 201);
-    assert!(!first.replayed());
-    // Same key, quoted as a Structured-Field string, and the JSON keys reordered.
-    let again = send(
-        &a.router,
-        post_req(
-            "/payments",
-            Some("\"key-0000000001\""),
-            r#"{ "currency": "EUR", "amount": 10 }"#,
-        ),
-    )
-    .await;
-    assert_eq!(again.status, 201);
-    assert!(again.replayed());
-    assert_eq!(again.body, first.body);
-    let traces: Vec<_> = again.headers.get_all("x-trace").iter().collect();
-    assert_eq!(traces, ["a", "b"]);
-    let mut h = again.headers.clone();
-    h.remove("idempotent-replayed");
-    h.remove("content-length");
-    let mut f = first.headers.clone();
-    f.remove("content-length");
-    assert_eq!(h, f);
-    assert_eq!(calls(&a), 1);
-    // Uncovered methods pass through untouched, with no key.
-    let list = send(
-        &a.router,
-        Request::get("/payments")
-            .body(Body::empty())
-            .unwrap_or_default(),
-    )
-    .await;
-    assert_eq!(list.status, 200);
     assert_eq!(calls(&a), 2);
 }
 
@@ -395,37 +307,6 @@ async fn rule_5_wait_mode_holds_the_duplicate_then_replays() {
 }
 
 #[tokio::test]
-async fn rule_6_same_key_different_request_is_422() {
-    let a = app();
-    assert_eq!(
-        send(
-            &a.router,
-            post_req("/payments", Some(KEY), r#"{"amount":10}"#)
-        )
-        .await
-        .status,
-        201
-    );
-    let other_body = send(
-        &a.router,
-        post_req("/payments", Some(KEY), r#"{"amount":11}"#),
-    )
-    .await;
-    assert_eq!(other_body.status, 422);
-    assert_eq!(
-        other_body.problem_type(),
-        "urn:idem:problem:idempotency-key-reused"
-    );
-    let other_path = send(
-        &a.router,
-        post_req("/status/201", Some(KEY), r#"{"amount":10}"#),
-    )
-    .await;
-    assert_eq!(other_path.status, 422);
-    assert_eq!(calls(&a), 1);
-}
-
-#[tokio::test]
 async fn rule_6_mismatch_while_in_progress_is_422() {
     let a = app();
     let router = a.router.clone();
@@ -437,41 +318,6 @@ async fn rule_6_mismatch_while_in_progress_is_422() {
     a.c.gate.add_permits(1);
     let _ = first.await;
     assert_eq!(calls(&a), 1);
-}
-
-#[tokio::test]
-async fn rule_7_failures_are_not_stored_and_retry_executes() {
-    let a = app();
-    for (i, code) in [500u16, 503, 408, 429].into_iter().enumerate() {
-        let key = format!("key-rule7-{code}-0");
-        let path: &'static str = Box::leak(format!("/status/{code}").into_boxed_str());
-        a.c.fail_next.store(true, Ordering::SeqCst);
-        let r = send(&a.router, post_req(path, Some(&key), "{}")).await;
-        assert_eq!(r.status.as_u16(), code, "the client gets the failure");
-        let retry = send(&a.router, post_req(path, Some(&key), "{}")).await;
-        assert_eq!(retry.status, 201, "the retry executes again");
-        assert!(!retry.replayed());
-        assert_eq!(calls(&a), 2 * (i + 1));
-        // And the success is stored.
-        assert!(send(&a.router, post_req(path, Some(&key), "{}"))
-            .await
-            .replayed());
-    }
-    // A 4xx other than 408/429 is an answer: stored and replayed.
-    a.c.fail_next.store(true, Ordering::SeqCst);
-    let r = send(
-        &a.router,
-        post_req("/status/400", Some("key-rule7-400-0"), "{}"),
-    )
-    .await;
-    assert_eq!(r.status, 400);
-    let again = send(
-        &a.router,
-        post_req("/status/400", Some("key-rule7-400-0"), "{}"),
-    )
-    .await;
-    assert_eq!(again.status, 400);
-    assert!(again.replayed());
 }
 
 #[tokio::test]
@@ -609,89 +455,6 @@ async fn rule_9_completed_record_past_ttl_is_no_record() {
     assert_eq!(calls(&a), 2);
 }
 
-/// A store that always fails, as an unreachable server would.
-struct DownStore;
-
-#[async_trait::async_trait]
-impl Store for DownStore {
-    async fn begin(
-        &self,
-        _: &idem::StoreKey,
-        _: &idem::Fingerprint,
-        _: Duration,
-    ) -> Result<idem::Begin, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn complete(
-        &self,
-        _: &idem::StoreKey,
-        _: idem::Fence,
-        _: &idem::StoredResponse,
-        _: Duration,
-    ) -> Result<bool, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn release(&self, _: &idem::StoreKey, _: idem::Fence) -> Result<bool, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn renew(
-        &self,
-        _: &idem::StoreKey,
-        _: idem::Fence,
-        _: Duration,
-    ) -> Result<bool, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn get(
-        &self,
-        _: &idem::StoreKey,
-    ) -> Result<Option<idem::record::Record>, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn delete(&self, _: &idem::StoreKey) -> Result<bool, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn purge_expired(&self, _: usize) -> Result<u64, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn stats(&self) -> Result<idem::store::StoreStats, idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    async fn ping(&self) -> Result<(), idem::StoreError> {
-        Err(idem::StoreError::backend(
-            "down",
-            std::io::Error::other("connection refused"),
-        ))
-    }
-    fn backend(&self) -> &'static str {
-        "down"
-    }
-}
-
 fn down_app(fail_open: bool) -> (Router, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
@@ -704,7 +467,7 @@ fn down_app(fail_open: bool) -> (Router, Arc<AtomicUsize>) {
                     async { "charged" }
                 }),
             )
-            .layer(IdempotencyLayer::new(Arc::new(DownStore)).policy(
+            .layer(IdempotencyLayer::new(Arc::new(Unreachable)).policy(
                 Policy::default().default_policy(RoutePolicy::default().fail_open(fail_open)),
             ));
     (router, hits)
@@ -908,23 +671,6 @@ async fn retried_batch_reexecutes_only_items_without_an_answer() {
 }
 
 #[tokio::test]
-async fn oversized_answer_is_not_stored_in_full_and_never_reexecuted() {
-    let a = app();
-    let first = send(&a.router, post_req("/big", Some(KEY), "{}")).await;
-    assert_eq!(first.status, 200);
-    assert_eq!(first.body.len(), 2 << 20, "the first client gets it all");
-    let replay = send(&a.router, post_req("/big", Some(KEY), "{}")).await;
-    assert_eq!(replay.status, 200);
-    assert!(replay.replayed());
-    assert_eq!(
-        replay.headers["idempotent-body-omitted"],
-        (2u64 << 20).to_string().as_str()
-    );
-    assert!(replay.body.is_empty());
-    assert_eq!(calls(&a), 1);
-}
-
-#[tokio::test]
 async fn problem_base_is_configurable() {
     let store = Arc::new(MemoryStore::new());
     let router = Router::new()
@@ -935,4 +681,38 @@ async fn problem_base_is_configurable() {
         r.problem_type(),
         "https://errors.example.com/idempotency-key-missing"
     );
+}
+
+/// The layer around the counting upstream's own handler, over TCP: what the
+/// gateway's tests run through its proxy (`idem-gateway/tests/gateway.rs`),
+/// one suite for both.
+async fn layer_in_front_of_a_handler(settings: Settings) -> Served {
+    let store: Arc<dyn Store> = if settings.store_down {
+        Arc::new(Unreachable)
+    } else {
+        Arc::new(MemoryStore::new())
+    };
+    let mut route = RoutePolicy::default();
+    if let Some(ttl) = settings.ttl {
+        route.ttl = ttl;
+    }
+    route.wait = settings.wait.or(route.wait);
+    if let Some(n) = settings.max_body {
+        route.max_request_body = n;
+    }
+    if let Some(n) = settings.max_stored_response {
+        route.max_stored_response = n;
+    }
+    let layer = IdempotencyLayer::new(store)
+        .policy(Policy::default().default_policy(route))
+        .scope_share(1.0);
+    let upstream = CountingUpstream::start_wrapped(|app| app.layer(layer))
+        .await
+        .unwrap_or_else(|e| panic!("serve: {e}"));
+    Served::new(upstream.url(), upstream)
+}
+
+mod suite {
+    use super::layer_in_front_of_a_handler;
+    idem_testkit::spec_conformance!(layer_in_front_of_a_handler);
 }

@@ -21,7 +21,7 @@ use crate::clock::{deadline_ms, SharedClock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{Begin, Fence, Record, StoredResponse};
 use crate::scope::StoreKey;
-use crate::store::{LocalStore, Store, StoreError, StoreStats};
+use crate::store::{LocalStore, Store, StoreAdmin, StoreError, StoreStats};
 
 /// Shards, each a lock and a hash table. A table grows by doubling, which
 /// moves all its records at once while its lock is held: on a server with
@@ -377,6 +377,26 @@ impl Store for MemoryStore {
         self.begin_now(key, fingerprint, lease)
     }
 
+    async fn begin_expiring(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
+        let begun = self.begin_now(key, fingerprint, lease)?;
+        // Read again only for a replay; a record gone in between gives no
+        // expiry, and its answer is replayed all the same.
+        let expiry = match begun {
+            Begin::Completed(_) => StoreAdmin::get(self, key)
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.deadline_ms()),
+            _ => None,
+        };
+        Ok((begun, expiry))
+    }
+
     async fn complete(
         &self,
         key: &StoreKey,
@@ -404,6 +424,21 @@ impl Store for MemoryStore {
             .is_some_and(|r| r.renew(fence, deadline_ms(now, lease))))
     }
 
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn local(&self) -> Option<&dyn LocalStore> {
+        Some(self)
+    }
+
+    fn capacity(&self) -> Option<u64> {
+        Some(self.capacity as u64)
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for MemoryStore {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         let now = self.clock.now_ms();
         let slot = self.shard(key);
@@ -440,18 +475,6 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-
-    fn local(&self) -> Option<&dyn LocalStore> {
-        Some(self)
-    }
-
-    fn capacity(&self) -> Option<u64> {
-        Some(self.capacity as u64)
     }
 }
 

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use idem::{Metrics, Store};
+use idem::{Metrics, StoreAdmin};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -82,7 +82,7 @@ const READY_WITHIN: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(crate) struct AdminState {
     pub(crate) metrics: Metrics,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn StoreAdmin>,
     pub(crate) draining: Arc<AtomicBool>,
     pub(crate) keys: KeyAdmin,
     /// The bearer token of the admin API; `None`: the API is off.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use idem_core::key::{hex, KeyRules};
 use idem_core::record::RecordState;
-use idem_core::{Clock, Secret, Store, StoreKey, StoreStats, SystemClock};
+use idem_core::{Clock, Secret, Store, StoreAdmin, StoreKey, StoreStats, SystemClock};
 use serde::Serialize;
 
 use crate::stores::{self, StoreUrl};
@@ -95,7 +95,7 @@ impl std::fmt::Display for RecordView {
 /// Admin operations on one store.
 #[derive(Clone)]
 pub struct KeyAdmin {
-    store: Arc<dyn Store>,
+    store: Arc<dyn StoreAdmin>,
     /// The given secret, or the store's, read once at first use.
     secret: Arc<tokio::sync::OnceCell<Secret>>,
 }
@@ -134,7 +134,7 @@ impl KeyAdmin {
 
     /// Admin operations on an open store with its secret (`None`: the one
     /// the store keeps).
-    pub fn new(store: Arc<dyn Store>, secret: Option<Secret>) -> Self {
+    pub fn new(store: Arc<dyn StoreAdmin>, secret: Option<Secret>) -> Self {
         Self {
             store,
             secret: Arc::new(tokio::sync::OnceCell::new_with(secret)),
@@ -142,7 +142,7 @@ impl KeyAdmin {
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn StoreAdmin> {
         &self.store
     }
 

@@ -1,105 +1,17 @@
-//! An HTTP client for the tests: a real hyper client over loopback.
+//! Helpers the gateway's tests share: processes, ports, databases; the
+//! HTTP client is idem-testkit's (`idem_testkit::http`).
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+// Each test binary uses its own part of these.
+#[allow(unused_imports)]
+pub use idem_testkit::http::{client, post, post_as, send, Answer, HttpClient};
 
-pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-#[derive(Debug)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_default()
-    }
-    pub fn replayed(&self) -> bool {
-        self.headers
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true")
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    pub fn problem_slug(&self) -> String {
-        self.json()["type"]
-            .as_str()
-            .unwrap_or_default()
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-pub async fn send(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let mut b = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let req = b
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap_or_else(|e| panic!("bad request: {e}"));
-    let res = client
-        .request(req)
-        .await
-        .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
-    let (parts, body) = res.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_else(|e| panic!("body of {url} failed: {e}"));
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-/// POSTs `body` with `key` as the client `who` (`Authorization: Bearer
-/// WHO`, the default scope header).
-pub async fn post_as(client: &HttpClient, url: &str, who: &str, key: &str, body: &str) -> Answer {
-    let auth = format!("Bearer {who}");
-    let h = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-        ("idempotency-key", key),
-    ];
-    send(client, Method::POST, url, &h, body).await
-}
-
-pub async fn post(client: &HttpClient, url: &str, key: Option<&str>, body: &str) -> Answer {
-    let mut h = vec![("content-type", "application/json")];
-    if let Some(k) = key {
-        h.push(("idempotency-key", k));
-    }
-    send(client, Method::POST, url, &h, body).await
-}
-
-/// Runs the `idem` binary with `args` to the end.
 pub fn idem_cmd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_idem"))
         .args(args)

@@ -8,20 +8,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use idem_core::{Begin, Clock, Fingerprint, Secret, Store, StoreError, StoreKey, StoredResponse};
+use idem_core::{
+    Begin, Clock, Fingerprint, Secret, Store, StoreAdmin, StoreError, StoreKey, StoredResponse,
+};
 
 use crate::StoreConfig;
 
 /// A boxed store factory.
 pub type Factory =
-    dyn Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>> + Sync;
+    dyn Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>> + Sync;
 
 const LEASE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(3600);
 
-async fn make<F>(factory: &F, capacity: Option<usize>) -> Option<(Arc<dyn Store>, StoreConfig)>
+async fn make<F>(factory: &F, capacity: Option<usize>) -> Option<(Arc<dyn StoreAdmin>, StoreConfig)>
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let config = StoreConfig::new(capacity);
     match factory(config.clone()).await {
@@ -54,14 +56,14 @@ fn response(body: &'static [u8]) -> StoredResponse {
     }
 }
 
-async fn start(store: &dyn Store, k: &StoreKey, f: Fingerprint) -> idem_core::Fence {
+async fn start(store: &dyn StoreAdmin, k: &StoreKey, f: Fingerprint) -> idem_core::Fence {
     match store.begin(k, &f, LEASE).await {
         Ok(Begin::Started(fence)) => fence,
         other => panic!("expected Started, got {other:?}"),
     }
 }
 
-async fn begin(store: &dyn Store, k: &StoreKey, f: Fingerprint) -> Begin {
+async fn begin(store: &dyn StoreAdmin, k: &StoreKey, f: Fingerprint) -> Begin {
     store
         .begin(k, &f, LEASE)
         .await
@@ -83,7 +85,7 @@ macro_rules! setup {
 /// Rules 3 and 4: begin, complete, and the same request gets the answer.
 pub async fn replay_after_complete<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let k = key();
@@ -98,7 +100,7 @@ where
 /// Rule 3: 64 concurrent racers on one key, exactly one wins.
 pub async fn racers_exactly_one_wins<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     for _round in 0..5 {
@@ -129,7 +131,7 @@ where
 /// holder's complete, release and renew change nothing.
 pub async fn fencing_stale_holder_changes_nothing<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let k = key();
@@ -167,7 +169,7 @@ where
 /// A renewed lease is not taken over.
 pub async fn renewal_keeps_lease<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let k = key();
@@ -190,7 +192,7 @@ where
 /// Rule 5: a live lease is reported with its remaining time.
 pub async fn in_progress_reports_lease<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let k = key();
@@ -214,7 +216,7 @@ where
 /// Rule 9: a completed record past its TTL is no record.
 pub async fn ttl_expiry<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let k = key();
@@ -239,7 +241,7 @@ where
 /// Rule 6: a live record with another fingerprint, in any state, is a mismatch.
 pub async fn mismatch<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let k = key();
@@ -259,7 +261,7 @@ where
 /// Rules 8 and 9: an expired record of another request is no record.
 pub async fn expired_record_with_other_fingerprint_is_no_record<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let k = key();
@@ -277,7 +279,7 @@ where
 /// Rule 7: a released key executes again.
 pub async fn release_allows_retry<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let k = key();
@@ -292,7 +294,7 @@ where
 /// Rule 4: binary bodies and repeated headers come back byte for byte.
 pub async fn byte_exact_binary_body_and_repeated_headers<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let k = key();
@@ -339,7 +341,7 @@ where
 /// The same key in two scopes is two unrelated records.
 pub async fn scope_isolation<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let secret = Secret::generate();
@@ -362,7 +364,7 @@ where
 /// A full store refuses new keys and never evicts live records.
 pub async fn capacity_refusal<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory, Some(3));
     let keys = [key(), key(), key()];
@@ -398,7 +400,7 @@ where
 /// get, delete, stats and purge_expired.
 pub async fn admin_get_delete_stats_purge<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let before = store.stats().await.unwrap_or_else(|e| panic!("{e}"));
@@ -452,7 +454,7 @@ where
 /// A 1 MiB body round-trips.
 pub async fn large_body<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let k = key();
@@ -468,7 +470,7 @@ where
 /// Completing twice with one fence: the second changes nothing.
 pub async fn complete_twice_is_stale<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let k = key();
@@ -491,7 +493,7 @@ where
 /// Many keys with racers each: one winner per key.
 pub async fn many_keys_concurrently<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let keys: Vec<StoreKey> = (0..32).map(|_| key()).collect();
@@ -522,7 +524,7 @@ where
 /// A store's shared secret, when it keeps one, is the same on every call.
 pub async fn shared_secret_is_stable<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, _) = setup!(factory);
     let first = store

@@ -10,7 +10,7 @@ use super::*;
 /// numbers (Lua's `<` on strings follows the server's `LC_COLLATE`) fails here.
 pub async fn deadlines_order_as_numbers_at_any_instant<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     // A fixed xorshift sequence: the same instants on every run, ascending so
@@ -61,7 +61,7 @@ where
 /// server error (Redis `PX` past its range) would take the key over or fail.
 pub async fn huge_lease_and_ttl_are_kept<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let k = key();
@@ -101,7 +101,7 @@ where
 /// keeps its entry until), and none for any other answer.
 pub async fn begin_expiring_gives_the_ttl_end<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let (store, cfg) = setup!(factory);
     let k = key();
@@ -136,7 +136,7 @@ where
 /// reference model ([`crate::model`]).
 pub async fn model_interleavings<F>(factory: F)
 where
-    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Store>>> + Send>>,
+    F: Fn(StoreConfig) -> Pin<Box<dyn Future<Output = Option<Arc<dyn StoreAdmin>>> + Send>>,
 {
     let Some((store, config)) = make(&factory, None).await else {
         return;
@@ -147,7 +147,7 @@ where
 /// For a store that keeps time by its server's clock (Redis, PostgreSQL by
 /// default): leases and TTLs run out in real time, read from the server,
 /// and each is alive until then. Takes about 2.5 s of real time.
-pub async fn server_clock_times_leases_and_ttls(store: Arc<dyn Store>) {
+pub async fn server_clock_times_leases_and_ttls(store: Arc<dyn StoreAdmin>) {
     let short = Duration::from_millis(800);
     let k = key();
     let fence = match store.begin(&k, &fp(1), short).await {
@@ -188,7 +188,7 @@ pub async fn server_clock_times_leases_and_ttls(store: Arc<dyn Store>) {
     }
 }
 
-async fn begin_for(store: &dyn Store, k: &StoreKey, lease: Duration) -> Begin {
+async fn begin_for(store: &dyn StoreAdmin, k: &StoreKey, lease: Duration) -> Begin {
     store
         .begin(k, &fp(1), lease)
         .await
