@@ -196,13 +196,24 @@ impl<S: Store> Store for CachedStore<S> {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
+        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+    }
+
+    async fn begin_expiring(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
         let now = self.clock.now_ms();
         {
             let mut shard = lock(self.shard(key));
             match shard.get(key) {
                 Some(e) if e.is_live(now) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(e.clone().into_begin(fingerprint, now));
+                    let begun = e.clone().into_begin(fingerprint, now);
+                    let expiry = matches!(begun, Begin::Completed(_)).then(|| e.deadline_ms());
+                    return Ok((begun, expiry));
                 }
                 Some(_) => {
                     shard.remove(key);
@@ -227,7 +238,7 @@ impl<S: Store> Store for CachedStore<S> {
             };
             self.remember(key, record, now);
         }
-        Ok(outcome)
+        Ok((outcome, expiry))
     }
 
     async fn complete(

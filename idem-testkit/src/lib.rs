@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use idem_core::{MemoryStore, Store};
+//! use idem_core::{MemoryStore, StoreAdmin};
 //! use idem_testkit::StoreConfig;
 //!
 //! async fn memory(config: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
