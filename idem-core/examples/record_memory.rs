@@ -15,7 +15,6 @@ use idem_core::memory::MemoryStore;
 use idem_core::record::Begin;
 use idem_core::record::StoredResponse;
 use idem_core::scope::{Secret, StoreKey};
-use idem_core::store::LocalStore;
 
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -72,7 +71,7 @@ fn main() {
             body: all.slice(head..),
             body_omitted: None,
         };
-        if !matches!(store.complete_now(&key, fence, response, ttl), Ok(true)) {
+        if !matches!(store.complete_now(&key, fence, &response, ttl), Ok(true)) {
             panic!("complete {i}");
         }
     }

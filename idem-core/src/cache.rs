@@ -34,7 +34,7 @@ use crate::fingerprint::Fingerprint;
 use crate::memory::KeyHasher;
 use crate::record::{Begin, Fence, Record, RecordState, StoredResponse};
 use crate::scope::{Secret, StoreKey};
-use crate::store::{Store, StoreAdmin, StoreError, StoreStats};
+use crate::store::{Store, StoreAdmin, StoreError, StoreFuture, StoreStats};
 
 const SHARDS: usize = 64;
 
@@ -188,45 +188,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[async_trait]
-impl<S: Store> Store for CachedStore<S> {
-    async fn begin(
+impl<S: Store> CachedStore<S> {
+    /// The cached answer for `key`, with its expiry when it is a replay;
+    /// `None` on a miss (an expired entry is dropped on the way).
+    fn lookup(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+        now: u64,
+    ) -> Option<(Begin, Option<u64>)> {
+        let mut shard = lock(self.shard(key));
+        match shard.get(key) {
+            Some(e) if e.is_live(now) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                let begun = e.clone().into_begin(fingerprint, now);
+                let expiry = matches!(begun, Begin::Completed(_)).then(|| e.deadline_ms());
+                Some((begun, expiry))
+            }
+            Some(_) => {
+                shard.remove(key);
+                self.len.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+            None => None,
+        }
     }
 
-    async fn begin_expiring(
+    /// Asks the store, and keeps a completed answer until the record's own
+    /// expiry.
+    ///
+    /// Without an expiry (the store could not say), the answer is replayed
+    /// all the same and just not cached: a record the store reported
+    /// completed never executes again, and a failed follow-up read is not
+    /// an error (which fail-open would have executed).
+    async fn miss(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
         lease: Duration,
+        now: u64,
     ) -> Result<(Begin, Option<u64>), StoreError> {
-        let now = self.clock.now_ms();
-        {
-            let mut shard = lock(self.shard(key));
-            match shard.get(key) {
-                Some(e) if e.is_live(now) => {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    let begun = e.clone().into_begin(fingerprint, now);
-                    let expiry = matches!(begun, Begin::Completed(_)).then(|| e.deadline_ms());
-                    return Ok((begun, expiry));
-                }
-                Some(_) => {
-                    shard.remove(key);
-                    self.len.fetch_sub(1, Ordering::AcqRel);
-                }
-                None => {}
-            }
-        }
-        // With the record's expiry, so the entry never outlives the record.
-        // Without one (the store could not say), the answer is replayed all
-        // the same and just not cached: a record the store reported
-        // completed never executes again, and a failed follow-up read is
-        // not an error (which fail-open would have executed).
         let (outcome, expiry) = self.inner.begin_expiring(key, fingerprint, lease).await?;
         if let (Begin::Completed(response), Some(expires_at_ms)) = (&outcome, expiry) {
             let record = Record {
@@ -240,29 +241,60 @@ impl<S: Store> Store for CachedStore<S> {
         }
         Ok((outcome, expiry))
     }
+}
 
-    async fn complete(
+#[async_trait]
+impl<S: Store> Store for CachedStore<S> {
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+    ) -> StoreFuture<'a, Begin> {
+        // A hit answers at once (no box, no timer): the replay of a hot key
+        // costs a shard lock and a clone.
+        let now = self.clock.now_ms();
+        if let Some(hit) = self.lookup(key, fingerprint, now) {
+            return StoreFuture::ready(Ok(hit.0));
+        }
+        StoreFuture::pending(async move { Ok(self.miss(key, fingerprint, lease, now).await?.0) })
+    }
+
+    async fn begin_expiring(
         &self,
         key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<(Begin, Option<u64>), StoreError> {
+        let now = self.clock.now_ms();
+        match self.lookup(key, fingerprint, now) {
+            Some(hit) => Ok(hit),
+            None => self.miss(key, fingerprint, lease, now).await,
+        }
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.complete(key, fence, response, ttl).await
+    ) -> StoreFuture<'a, bool> {
+        self.inner.complete(key, fence, response, ttl)
     }
 
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
         self.forget(key);
-        self.inner.release(key, fence).await
+        self.inner.release(key, fence)
     }
 
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.renew(key, fence, lease).await
+    ) -> StoreFuture<'a, bool> {
+        self.inner.renew(key, fence, lease)
     }
 
     fn backend(&self) -> &'static str {

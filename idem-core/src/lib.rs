@@ -47,4 +47,4 @@ pub use problem::{Problem, ProblemKind};
 pub use record::{Begin, DecodeError, Fence, HeldRecord, Record, RecordState, StoredResponse};
 pub use recovery::{Phases, RecoveryPoint};
 pub use scope::{Secret, StoreKey};
-pub use store::{LocalStore, Store, StoreAdmin, StoreError, StoreStats};
+pub use store::{Store, StoreAdmin, StoreError, StoreFuture, StoreStats};

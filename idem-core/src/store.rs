@@ -22,7 +22,7 @@
 //! use idem_core::clock::deadline_ms;
 //! use idem_core::{
 //!     Begin, Fence, Fingerprint, Record, RecordState, SharedClock, Store, StoreAdmin,
-//!     StoreError, StoreKey, StoreStats, StoredResponse,
+//!     StoreError, StoreFuture, StoreKey, StoreStats, StoredResponse,
 //! };
 //!
 //! struct MapStore {
@@ -43,47 +43,48 @@
 //!     }
 //! }
 //!
-//! #[async_trait]
+//! // Each call answers at once: `StoreFuture::ready`, no box and no timer.
+//! // A store across a network wraps its round trip in `StoreFuture::pending`.
 //! impl Store for MapStore {
-//!     async fn begin(&self, key: &StoreKey, fingerprint: &Fingerprint, lease: Duration) -> Result<Begin, StoreError> {
+//!     fn begin<'a>(&'a self, key: &'a StoreKey, fingerprint: &'a Fingerprint, lease: Duration) -> StoreFuture<'a, Begin> {
 //!         let now = self.clock.now_ms();
 //!         let mut map = self.map();
-//!         match map.get(key) {
+//!         StoreFuture::ready(Ok(match map.get(key) {
 //!             // A live record: the one decision every store shares (rules 4, 5, 6).
-//!             Some(r) if r.is_live(now) => Ok(r.clone().into_begin(fingerprint, now)),
+//!             Some(r) if r.is_live(now) => r.clone().into_begin(fingerprint, now),
 //!             // None, or an expired lease or TTL, which counts as none (rules 8, 9).
 //!             _ => {
 //!                 let fence = Fence::generate();
 //!                 let state = RecordState::InProgress { fence, lease_until_ms: deadline_ms(now, lease) };
 //!                 map.insert(*key, Record { fingerprint: *fingerprint, state });
-//!                 Ok(Begin::Started(fence))
+//!                 Begin::Started(fence)
 //!             }
-//!         }
+//!         }))
 //!     }
 //!
-//!     async fn complete(&self, key: &StoreKey, fence: Fence, response: &StoredResponse, ttl: Duration) -> Result<bool, StoreError> {
+//!     fn complete<'a>(&'a self, key: &'a StoreKey, fence: Fence, response: &'a StoredResponse, ttl: Duration) -> StoreFuture<'a, bool> {
 //!         let expires_at_ms = deadline_ms(self.clock.now_ms(), ttl);
 //!         let mut map = self.map();
-//!         Ok(Self::held(&mut map, key, fence)
+//!         StoreFuture::ready(Ok(Self::held(&mut map, key, fence)
 //!             .map(|r| r.state = RecordState::Completed { response: response.clone(), expires_at_ms })
-//!             .is_some())
+//!             .is_some()))
 //!     }
 //!
-//!     async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+//!     fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
 //!         let mut map = self.map();
 //!         let held = Self::held(&mut map, key, fence).is_some();
 //!         if held {
 //!             map.remove(key);
 //!         }
-//!         Ok(held)
+//!         StoreFuture::ready(Ok(held))
 //!     }
 //!
-//!     async fn renew(&self, key: &StoreKey, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
+//!     fn renew<'a>(&'a self, key: &'a StoreKey, fence: Fence, lease: Duration) -> StoreFuture<'a, bool> {
 //!         let until = deadline_ms(self.clock.now_ms(), lease);
 //!         let mut map = self.map();
-//!         Ok(Self::held(&mut map, key, fence)
+//!         StoreFuture::ready(Ok(Self::held(&mut map, key, fence)
 //!             .map(|r| r.state = RecordState::InProgress { fence, lease_until_ms: until })
-//!             .is_some())
+//!             .is_some()))
 //!     }
 //!
 //!     fn backend(&self) -> &'static str {
@@ -165,6 +166,9 @@
 //! ```
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -279,12 +283,12 @@ pub trait Store: Send + Sync + 'static {
     /// `in_progress` with a new fence and a lease of `lease`, return `Started`.
     /// A live record with another fingerprint: `Mismatch`. A live one with the
     /// same fingerprint: `InProgress` or `Completed`.
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
         lease: Duration,
-    ) -> Result<Begin, StoreError>;
+    ) -> StoreFuture<'a, Begin>;
 
     /// [`begin`](Self::begin), with the record's expiry (ms since the epoch)
     /// when it reports one `Completed`: what a cache in front of the store
@@ -305,26 +309,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores the response of the holder of `fence`, kept for `ttl` from now.
     /// Returns `false` (changing nothing) when `fence` no longer holds the key.
-    async fn complete(
-        &self,
-        key: &StoreKey,
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError>;
+    ) -> StoreFuture<'a, bool>;
 
     /// Removes the record held by `fence`, so a retry executes again.
     /// Returns `false` (changing nothing) when `fence` no longer holds the key.
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError>;
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool>;
 
     /// Extends the lease of the holder of `fence` to `lease` from now.
     /// Returns `false` when `fence` no longer holds the key.
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError>;
+    ) -> StoreFuture<'a, bool>;
 
     /// The backend's name for metrics and logs: `memory`, `sqlite`, ….
     fn backend(&self) -> &'static str;
@@ -343,19 +347,6 @@ pub trait Store: Send + Sync + 'static {
     /// production: it keeps the secret away from the records it protects.
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
         Ok(None)
-    }
-
-    /// The same store's hot-path operations without an `await`, for stores
-    /// that never wait: in-process ones such as
-    /// [`MemoryStore`](crate::memory::MemoryStore). `None` (the default) for
-    /// stores that talk to a server.
-    ///
-    /// The layer calls these when present: a call that cannot wait needs
-    /// neither the boxed future an `async` trait method returns nor a
-    /// timeout around it, a measurable share of the layer's own work per
-    /// first execution (docs/BENCHMARKS.md).
-    fn local(&self) -> Option<&dyn LocalStore> {
-        None
     }
 }
 
@@ -385,44 +376,101 @@ pub trait StoreAdmin: Store {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// [`Store::begin`], [`Store::complete`] and [`Store::release`] for a store
-/// that answers at once (see [`Store::local`]). Each must behave exactly as
-/// its `async` counterpart: the conformance suite runs against the latter,
-/// so implementations make one call the other.
-pub trait LocalStore: Send + Sync {
-    /// [`Store::begin`], answered at once.
-    fn begin_now(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Begin, StoreError>;
+/// What a hot-path call of a [`Store`] gives back: the answer itself, when
+/// the store had it at once (an in-process store such as
+/// [`MemoryStore`](crate::memory::MemoryStore), a cache hit), or a future
+/// to await (a store across a network).
+///
+/// One type for both, so the layer awaits every store the same way and a
+/// store that answers at once costs neither a boxed future nor a timer:
+/// [`into_ready`](Self::into_ready) takes such an answer without polling.
+///
+/// The layer may drop a pending answer unpolled and make the same call
+/// again from a task of its own, where it can wait and retry: keep the
+/// store's work inside the future (an `async` block, as
+/// [`StoreFuture::pending`] takes, does nothing until polled), and what is
+/// done before returning it safe to repeat.
+///
+/// # Examples
+///
+/// ```
+/// use idem_core::{StoreError, StoreFuture};
+///
+/// let at_once: StoreFuture<'_, bool> = StoreFuture::ready(Ok(true));
+/// assert!(matches!(at_once.into_ready(), Ok(Ok(true))));
+///
+/// let later: StoreFuture<'_, bool> = StoreFuture::pending(async { Ok(false) });
+/// assert!(later.into_ready().is_err());
+/// ```
+#[must_use = "a store call does nothing until it is awaited"]
+pub struct StoreFuture<'a, T>(Inner<'a, T>);
 
-    /// [`Store::complete`], answered at once. The answer is taken by value:
-    /// a store that keeps it in memory keeps it without a copy.
-    fn complete_now(
-        &self,
-        key: &StoreKey,
-        fence: Fence,
-        response: StoredResponse,
-        ttl: Duration,
-    ) -> Result<bool, StoreError>;
+enum Inner<'a, T> {
+    /// The answer, taken by the first poll.
+    Ready(Option<Result<T, StoreError>>),
+    /// The store's work, boxed: trait objects need one future type.
+    Pending(Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>),
+}
 
-    /// [`Store::release`], answered at once.
-    fn release_now(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError>;
+impl<'a, T> StoreFuture<'a, T> {
+    /// An answer the store has already.
+    pub fn ready(answer: Result<T, StoreError>) -> Self {
+        Self(Inner::Ready(Some(answer)))
+    }
+
+    /// Work still to do, such as a round trip to a server.
+    pub fn pending(work: impl Future<Output = Result<T, StoreError>> + Send + 'a) -> Self {
+        Self(Inner::Pending(Box::pin(work)))
+    }
+
+    /// The answer when the store had it at once; otherwise the future
+    /// back, not yet polled.
+    pub fn into_ready(self) -> Result<Result<T, StoreError>, Self> {
+        match self.0 {
+            Inner::Ready(Some(answer)) => Ok(answer),
+            inner => Err(Self(inner)),
+        }
+    }
+}
+
+// Neither variant is self-referential: the answer sits in an `Option`, the
+// pending work behind a pinned box.
+impl<T> Unpin for StoreFuture<'_, T> {}
+
+impl<T> Future for StoreFuture<'_, T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Inner::Ready(answer) => match answer.take() {
+                Some(answer) => Poll::Ready(answer),
+                None => panic!("a StoreFuture was polled after it answered"),
+            },
+            Inner::Pending(work) => work.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for StoreFuture<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Inner::Ready(_) => "StoreFuture::Ready",
+            Inner::Pending(_) => "StoreFuture::Pending",
+        })
+    }
 }
 
 /// A shared store is a store, so wrappers such as
 /// [`CachedStore`](crate::cache::CachedStore) take one.
 #[async_trait]
 impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fp: &Fingerprint,
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fp: &'a Fingerprint,
         lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        (**self).begin(key, fp, lease).await
+    ) -> StoreFuture<'a, Begin> {
+        (**self).begin(key, fp, lease)
     }
     async fn begin_expiring(
         &self,
@@ -432,25 +480,25 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
     ) -> Result<(Begin, Option<u64>), StoreError> {
         (**self).begin_expiring(key, fp, lease).await
     }
-    async fn complete(
-        &self,
-        key: &StoreKey,
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        r: &StoredResponse,
+        r: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        (**self).complete(key, fence, r, ttl).await
+    ) -> StoreFuture<'a, bool> {
+        (**self).complete(key, fence, r, ttl)
     }
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
-        (**self).release(key, fence).await
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
+        (**self).release(key, fence)
     }
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        (**self).renew(key, fence, lease).await
+    ) -> StoreFuture<'a, bool> {
+        (**self).renew(key, fence, lease)
     }
     fn backend(&self) -> &'static str {
         (**self).backend()
@@ -460,9 +508,6 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
     }
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
         (**self).shared_secret().await
-    }
-    fn local(&self) -> Option<&dyn LocalStore> {
-        (**self).local()
     }
 }
 

@@ -13,7 +13,7 @@ use http::header::CONTENT_TYPE;
 use http::HeaderValue;
 use idem_core::record::{Begin, StoredResponse};
 use idem_core::scope::StoreKey;
-use idem_core::{Fingerprint, LocalStore, MemoryStore};
+use idem_core::{Fingerprint, MemoryStore};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -50,7 +50,7 @@ fn answers_over_the_budget_do_not_pin_their_buffers() {
         };
         drop(all);
         assert!(store
-            .complete_now(&key, fence, response, Duration::from_secs(60))
+            .complete_now(&key, fence, &response, Duration::from_secs(60))
             .unwrap_or(false));
     }
     let stats = region.change();

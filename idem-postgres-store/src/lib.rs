@@ -69,7 +69,7 @@ use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use idem_core::clock::millis;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
-    StoreAdmin, StoreError, StoreKey, StoreStats, StoredResponse,
+    StoreAdmin, StoreError, StoreFuture, StoreKey, StoreStats, StoredResponse,
 };
 use tokio::sync::OnceCell;
 pub use tokio_postgres;
@@ -370,13 +370,15 @@ fn to_record(
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
         lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+    ) -> StoreFuture<'a, Begin> {
+        StoreFuture::pending(
+            async move { Ok(self.begin_expiring(key, fingerprint, lease).await?.0) },
+        )
     }
 
     async fn begin_expiring(
@@ -423,62 +425,68 @@ impl Store for PostgresStore {
         Err(PostgresStoreError::Unsettled(ATTEMPTS).into())
     }
 
-    async fn complete(
-        &self,
-        key: &StoreKey,
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = self
-            .execute(
-                &client,
-                &self.sql.complete,
-                &[
-                    &&key.0[..],
-                    &(fence.0 as i64),
-                    &response.encode(),
-                    &millis_i64(ttl),
-                    &self.now_param(),
-                ],
-            )
-            .await?;
-        Ok(n == 1)
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let client = self.client().await?;
+            let n = self
+                .execute(
+                    &client,
+                    &self.sql.complete,
+                    &[
+                        &&key.0[..],
+                        &(fence.0 as i64),
+                        &response.encode(),
+                        &millis_i64(ttl),
+                        &self.now_param(),
+                    ],
+                )
+                .await?;
+            Ok(n == 1)
+        })
     }
 
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = self
-            .execute(
-                &client,
-                &self.sql.release,
-                &[&&key.0[..], &(fence.0 as i64)],
-            )
-            .await?;
-        Ok(n == 1)
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let client = self.client().await?;
+            let n = self
+                .execute(
+                    &client,
+                    &self.sql.release,
+                    &[&&key.0[..], &(fence.0 as i64)],
+                )
+                .await?;
+            Ok(n == 1)
+        })
     }
 
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = self
-            .execute(
-                &client,
-                &self.sql.renew,
-                &[
-                    &&key.0[..],
-                    &(fence.0 as i64),
-                    &millis_i64(lease),
-                    &self.now_param(),
-                ],
-            )
-            .await?;
-        Ok(n == 1)
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let client = self.client().await?;
+            let n = self
+                .execute(
+                    &client,
+                    &self.sql.renew,
+                    &[
+                        &&key.0[..],
+                        &(fence.0 as i64),
+                        &millis_i64(lease),
+                        &self.now_param(),
+                    ],
+                )
+                .await?;
+            Ok(n == 1)
+        })
     }
 
     fn backend(&self) -> &'static str {

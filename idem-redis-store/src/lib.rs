@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use idem_core::clock::millis;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
-    StoreAdmin, StoreError, StoreKey, StoreStats, StoredResponse,
+    StoreAdmin, StoreError, StoreFuture, StoreKey, StoreStats, StoredResponse,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -437,13 +437,15 @@ fn parse_now(now: &str) -> Result<u64, RedisStoreError> {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
         lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+    ) -> StoreFuture<'a, Begin> {
+        StoreFuture::pending(
+            async move { Ok(self.begin_expiring(key, fingerprint, lease).await?.0) },
+        )
     }
 
     async fn begin_expiring(
@@ -470,49 +472,55 @@ impl Store for RedisStore {
         Ok(record.into_begin_expiring(fingerprint, parse_now(&now)?))
     }
 
-    async fn complete(
-        &self,
-        key: &StoreKey,
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let done: i64 = self
-            .invoke(
-                COMPLETE
-                    .key(self.key(key))
-                    .arg(&fence.0.to_be_bytes()[..])
-                    .arg(self.now_arg())
-                    .arg(response.encode())
-                    .arg(px(millis(ttl))),
-            )
-            .await?;
-        Ok(done == 1)
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let done: i64 = self
+                .invoke(
+                    COMPLETE
+                        .key(self.key(key))
+                        .arg(&fence.0.to_be_bytes()[..])
+                        .arg(self.now_arg())
+                        .arg(response.encode())
+                        .arg(px(millis(ttl))),
+                )
+                .await?;
+            Ok(done == 1)
+        })
     }
 
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
-        let done: i64 = self
-            .invoke(RELEASE.key(self.key(key)).arg(&fence.0.to_be_bytes()[..]))
-            .await?;
-        Ok(done == 1)
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let done: i64 = self
+                .invoke(RELEASE.key(self.key(key)).arg(&fence.0.to_be_bytes()[..]))
+                .await?;
+            Ok(done == 1)
+        })
     }
 
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        let done: i64 = self
-            .invoke(
-                RENEW
-                    .key(self.key(key))
-                    .arg(&fence.0.to_be_bytes()[..])
-                    .arg(self.now_arg())
-                    .arg(px(millis(lease))),
-            )
-            .await?;
-        Ok(done == 1)
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let done: i64 = self
+                .invoke(
+                    RENEW
+                        .key(self.key(key))
+                        .arg(&fence.0.to_be_bytes()[..])
+                        .arg(self.now_arg())
+                        .arg(px(millis(lease))),
+                )
+                .await?;
+            Ok(done == 1)
+        })
     }
 
     fn backend(&self) -> &'static str {

@@ -46,7 +46,7 @@ use async_trait::async_trait;
 use idem_core::clock::deadline_ms;
 use idem_core::{
     Begin, Fence, Fingerprint, Record, Secret, SharedClock, Store, StoreAdmin, StoreError,
-    StoreKey, StoreStats, StoredResponse, SystemClock,
+    StoreFuture, StoreKey, StoreStats, StoredResponse, SystemClock,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -311,13 +311,15 @@ fn open_connection(path: &Path, busy: Duration) -> Result<Connection, SqliteErro
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
         lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        Ok(self.begin_expiring(key, fingerprint, lease).await?.0)
+    ) -> StoreFuture<'a, Begin> {
+        StoreFuture::pending(
+            async move { Ok(self.begin_expiring(key, fingerprint, lease).await?.0) },
+        )
     }
 
     async fn begin_expiring(
@@ -332,91 +334,97 @@ impl Store for SqliteStore {
         Ok(self.job(move |w| begin(w, &key, &fp, lease, fence)).await?)
     }
 
-    async fn complete(
-        &self,
-        key: &StoreKey,
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let key = *key;
-        // Encode on the caller's thread, not the single writer's; with a
-        // byte budget, also the answer without its body, kept instead when
-        // the whole one would overrun the budget.
-        let encoded = response.encode();
-        let slim = (!response.body.is_empty()).then(|| {
-            StoredResponse {
-                status: response.status,
-                headers: response.headers.clone(),
-                body: bytes::Bytes::new(),
-                body_omitted: Some(response.body_omitted.unwrap_or(response.body.len() as u64)),
-            }
-            .encode()
-        });
-        Ok(self
-            .job(move |w| {
-                let expires = deadline_ms(w.clock.now_ms(), ttl);
-                let fits = |len: usize| {
-                    w.max_bytes
-                        .is_none_or(|m| w.bytes.saturating_add(len as u64) <= m)
-                };
-                let encoded = match slim {
-                    Some(slim) if !fits(encoded.len()) => slim,
-                    _ => encoded,
-                };
-                let len = encoded.len() as u64;
-                let n = w
-                    .conn
-                    .prepare_cached(
-                        "UPDATE idem_records SET state = 1, response = ?1, expires_at = ?2 \
-                         WHERE key = ?3 AND state = 0 AND fence = ?4",
-                    )?
-                    .execute(params![encoded, expires as i64, &key.0[..], fence.0 as i64])?;
-                if n == 1 {
-                    w.bytes += len;
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let key = *key;
+            // Encode on the caller's thread, not the single writer's; with a
+            // byte budget, also the answer without its body, kept instead when
+            // the whole one would overrun the budget.
+            let encoded = response.encode();
+            let slim = (!response.body.is_empty()).then(|| {
+                StoredResponse {
+                    status: response.status,
+                    headers: response.headers.clone(),
+                    body: bytes::Bytes::new(),
+                    body_omitted: Some(response.body_omitted.unwrap_or(response.body.len() as u64)),
                 }
-                Ok(n == 1)
-            })
-            .await?)
+                .encode()
+            });
+            Ok(self
+                .job(move |w| {
+                    let expires = deadline_ms(w.clock.now_ms(), ttl);
+                    let fits = |len: usize| {
+                        w.max_bytes
+                            .is_none_or(|m| w.bytes.saturating_add(len as u64) <= m)
+                    };
+                    let encoded = match slim {
+                        Some(slim) if !fits(encoded.len()) => slim,
+                        _ => encoded,
+                    };
+                    let len = encoded.len() as u64;
+                    let n = w
+                        .conn
+                        .prepare_cached(
+                            "UPDATE idem_records SET state = 1, response = ?1, expires_at = ?2 \
+                         WHERE key = ?3 AND state = 0 AND fence = ?4",
+                        )?
+                        .execute(params![encoded, expires as i64, &key.0[..], fence.0 as i64])?;
+                    if n == 1 {
+                        w.bytes += len;
+                    }
+                    Ok(n == 1)
+                })
+                .await?)
+        })
     }
 
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
-        let key = *key;
-        Ok(self
-            .job(move |w| {
-                let n = w
-                    .conn
-                    .prepare_cached(
-                        "DELETE FROM idem_records WHERE key = ?1 AND state = 0 AND fence = ?2",
-                    )?
-                    .execute(params![&key.0[..], fence.0 as i64])?;
-                w.rows = w.rows.saturating_sub(n as u64);
-                w.bytes = w.bytes.saturating_sub(n as u64 * ROW_OVERHEAD);
-                Ok(n == 1)
-            })
-            .await?)
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let key = *key;
+            Ok(self
+                .job(move |w| {
+                    let n = w
+                        .conn
+                        .prepare_cached(
+                            "DELETE FROM idem_records WHERE key = ?1 AND state = 0 AND fence = ?2",
+                        )?
+                        .execute(params![&key.0[..], fence.0 as i64])?;
+                    w.rows = w.rows.saturating_sub(n as u64);
+                    w.bytes = w.bytes.saturating_sub(n as u64 * ROW_OVERHEAD);
+                    Ok(n == 1)
+                })
+                .await?)
+        })
     }
 
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        let key = *key;
-        Ok(self
-            .job(move |w| {
-                let until = deadline_ms(w.clock.now_ms(), lease);
-                let n = w
-                    .conn
-                    .prepare_cached(
-                        "UPDATE idem_records SET expires_at = ?1 \
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            let key = *key;
+            Ok(self
+                .job(move |w| {
+                    let until = deadline_ms(w.clock.now_ms(), lease);
+                    let n = w
+                        .conn
+                        .prepare_cached(
+                            "UPDATE idem_records SET expires_at = ?1 \
                          WHERE key = ?2 AND state = 0 AND fence = ?3",
-                    )?
-                    .execute(params![until as i64, &key.0[..], fence.0 as i64])?;
-                Ok(n == 1)
-            })
-            .await?)
+                        )?
+                        .execute(params![until as i64, &key.0[..], fence.0 as i64])?;
+                    Ok(n == 1)
+                })
+                .await?)
+        })
     }
 
     fn capacity(&self) -> Option<u64> {

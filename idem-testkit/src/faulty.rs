@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem_core::{
-    Begin, Fence, Fingerprint, Record, Secret, Store, StoreAdmin, StoreError, StoreKey, StoreStats,
-    StoredResponse,
+    Begin, Fence, Fingerprint, Record, Secret, Store, StoreAdmin, StoreError, StoreFuture,
+    StoreKey, StoreStats, StoredResponse,
 };
 
-/// A store that forwards to `inner`, with faults. It is never a local store
-/// (`local()` is `None`), so the layer treats it as a remote one: timeouts,
-/// retries and boxed futures, as with Redis or PostgreSQL.
+/// A store that forwards to `inner`, with faults. Its answers are never
+/// ready at once (each is a pending [`StoreFuture`]), so the layer treats it
+/// as a remote store: timeouts, retries and boxed futures, as with Redis or
+/// PostgreSQL.
 pub struct Faulty<S> {
     inner: S,
     get_fails: bool,
@@ -40,7 +41,8 @@ impl<S> Faulty<S> {
         }
     }
 
-    /// `get` fails (a blip between two round trips).
+    /// `get` fails (a blip between two round trips), and `begin_expiring`
+    /// cannot say when a completed record expires.
     pub fn get_fails(mut self) -> Self {
         self.get_fails = true;
         self
@@ -62,39 +64,52 @@ impl<S> Faulty<S> {
 
 #[async_trait]
 impl<S: Store> Store for Faulty<S> {
-    async fn begin(
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+    ) -> StoreFuture<'a, Begin> {
+        StoreFuture::pending(async move { self.inner.begin(key, fingerprint, lease).await })
+    }
+
+    async fn begin_expiring(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
         lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        self.inner.begin(key, fingerprint, lease).await
+    ) -> Result<(Begin, Option<u64>), StoreError> {
+        let (begun, expiry) = self.inner.begin_expiring(key, fingerprint, lease).await?;
+        // With reads failing, the store cannot say when a record expires.
+        Ok((begun, expiry.filter(|_| !self.get_fails)))
     }
 
-    async fn complete(
-        &self,
-        key: &StoreKey,
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        if !self.complete_delay.is_zero() {
-            tokio::time::sleep(self.complete_delay).await;
-        }
-        self.inner.complete(key, fence, response, ttl).await
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move {
+            if !self.complete_delay.is_zero() {
+                tokio::time::sleep(self.complete_delay).await;
+            }
+            self.inner.complete(key, fence, response, ttl).await
+        })
     }
 
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
-        self.inner.release(key, fence).await
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move { self.inner.release(key, fence).await })
     }
 
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.renew(key, fence, lease).await
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move { self.inner.renew(key, fence, lease).await })
     }
 
     fn backend(&self) -> &'static str {
@@ -156,23 +171,28 @@ impl Unreachable {
 
 #[async_trait]
 impl Store for Unreachable {
-    async fn begin(&self, _: &StoreKey, _: &Fingerprint, _: Duration) -> Result<Begin, StoreError> {
-        Self::refused()
-    }
-    async fn complete(
-        &self,
-        _: &StoreKey,
-        _: Fence,
-        _: &StoredResponse,
+    fn begin<'a>(
+        &'a self,
+        _: &'a StoreKey,
+        _: &'a Fingerprint,
         _: Duration,
-    ) -> Result<bool, StoreError> {
-        Self::refused()
+    ) -> StoreFuture<'a, Begin> {
+        StoreFuture::pending(async move { Self::refused() })
     }
-    async fn release(&self, _: &StoreKey, _: Fence) -> Result<bool, StoreError> {
-        Self::refused()
+    fn complete<'a>(
+        &'a self,
+        _: &'a StoreKey,
+        _: Fence,
+        _: &'a StoredResponse,
+        _: Duration,
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move { Self::refused() })
     }
-    async fn renew(&self, _: &StoreKey, _: Fence, _: Duration) -> Result<bool, StoreError> {
-        Self::refused()
+    fn release<'a>(&'a self, _: &'a StoreKey, _: Fence) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move { Self::refused() })
+    }
+    fn renew<'a>(&'a self, _: &'a StoreKey, _: Fence, _: Duration) -> StoreFuture<'a, bool> {
+        StoreFuture::pending(async move { Self::refused() })
     }
     fn backend(&self) -> &'static str {
         "unreachable"

@@ -21,7 +21,7 @@ use crate::clock::{deadline_ms, SharedClock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{Begin, Fence, Record, StoredResponse};
 use crate::scope::StoreKey;
-use crate::store::{LocalStore, Store, StoreAdmin, StoreError, StoreStats};
+use crate::store::{Store, StoreAdmin, StoreError, StoreFuture, StoreStats};
 
 /// Shards, each a lock and a hash table. A table grows by doubling, which
 /// moves all its records at once while its lock is held: on a server with
@@ -255,8 +255,11 @@ impl MemoryStore {
     }
 }
 
-impl LocalStore for MemoryStore {
-    fn begin_now(
+/// The hot path, answered at once: what [`Store`]'s methods return as
+/// ready [`StoreFuture`]s, for callers with no runtime (examples, tests).
+impl MemoryStore {
+    /// [`Store::begin`], answered at once.
+    pub fn begin_now(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
@@ -305,11 +308,12 @@ impl LocalStore for MemoryStore {
         unreachable!("the second attempt returns")
     }
 
-    fn complete_now(
+    /// [`Store::complete`], answered at once.
+    pub fn complete_now(
         &self,
         key: &StoreKey,
         fence: Fence,
-        response: StoredResponse,
+        response: &StoredResponse,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
@@ -317,7 +321,7 @@ impl LocalStore for MemoryStore {
         // per answer, and nothing else alive (a header value sliced from the
         // buffer the body was read into would keep a dropped body's bytes).
         // Before the shard's lock: copying a large body must not hold it.
-        let mut answer = slot::encode(&response);
+        let mut answer = slot::encode(response);
         let mut map = self.shard(key);
         match map.get_mut(key) {
             Some(r) if r.fence() == Some(fence) => {
@@ -335,7 +339,7 @@ impl LocalStore for MemoryStore {
                 if !fits && body > 0 {
                     answer = slot::encode(&StoredResponse {
                         status: response.status,
-                        headers: response.headers,
+                        headers: response.headers.clone(),
                         body: bytes::Bytes::new(),
                         body_omitted: Some(response.body_omitted.unwrap_or(body as u64)),
                     });
@@ -352,7 +356,8 @@ impl LocalStore for MemoryStore {
         }
     }
 
-    fn release_now(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+    /// [`Store::release`], answered at once.
+    pub fn release_now(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let mut map = self.shard(key);
         match map.get(key) {
             Some(r) if r.fence() == Some(fence) => {
@@ -368,13 +373,13 @@ impl LocalStore for MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
         lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        self.begin_now(key, fingerprint, lease)
+    ) -> StoreFuture<'a, Begin> {
+        StoreFuture::ready(self.begin_now(key, fingerprint, lease))
     }
 
     async fn begin_expiring(
@@ -397,39 +402,35 @@ impl Store for MemoryStore {
         Ok((begun, expiry))
     }
 
-    async fn complete(
-        &self,
-        key: &StoreKey,
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
-        response: &StoredResponse,
+        response: &'a StoredResponse,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.complete_now(key, fence, response.clone(), ttl)
+    ) -> StoreFuture<'a, bool> {
+        StoreFuture::ready(self.complete_now(key, fence, response, ttl))
     }
 
-    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
-        self.release_now(key, fence)
+    fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
+        StoreFuture::ready(self.release_now(key, fence))
     }
 
-    async fn renew(
-        &self,
-        key: &StoreKey,
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
         fence: Fence,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> StoreFuture<'a, bool> {
         let now = self.clock.now_ms();
         let mut map = self.shard(key);
-        Ok(map
+        StoreFuture::ready(Ok(map
             .get_mut(key)
-            .is_some_and(|r| r.renew(fence, deadline_ms(now, lease))))
+            .is_some_and(|r| r.renew(fence, deadline_ms(now, lease)))))
     }
 
     fn backend(&self) -> &'static str {
         "memory"
-    }
-
-    fn local(&self) -> Option<&dyn LocalStore> {
-        Some(self)
     }
 
     fn capacity(&self) -> Option<u64> {
@@ -485,7 +486,6 @@ mod tests {
     use super::MemoryStore;
     use crate::fingerprint::{Fingerprint, FingerprintMode};
     use crate::scope::{Secret, StoreKey};
-    use crate::store::LocalStore;
 
     /// A table grows by moving all its records while its shard's lock is
     /// held; on a one-core server every request waits that long (p99 of

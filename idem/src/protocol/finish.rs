@@ -1,11 +1,12 @@
 //! After the execution: its answer stored (`complete`) or its key released
-//! (rule 7), in a store of this process at once, or in a remote store with
-//! brief retries so that a blip does not leave the key in progress.
+//! (rule 7), at once when the store answers at once (a store of this
+//! process), or with brief retries when it waits (a store across a network)
+//! so that a blip does not leave the key in progress.
 
 use std::time::Duration;
 
 use http::Response;
-use idem_core::{Fence, LocalStore, StoreKey, StoredResponse};
+use idem_core::{Fence, StoreError, StoreKey, StoredResponse};
 
 use super::execute::Answer;
 use super::renew::Registration;
@@ -39,18 +40,8 @@ pub(super) async fn finish_remote<B, E>(
     }
 }
 
-/// Stores the answer in a store of this process: nothing to wait for and
-/// no blip to retry past; the answer moves into the store.
-pub(super) fn complete_local(
-    route: &Route,
-    local: &dyn LocalStore,
-    key: &StoreKey,
-    fence: Fence,
-    stored: StoredResponse,
-    started: std::time::Instant,
-) {
-    let done = local.complete_now(key, fence, stored, route.policy().ttl);
-    route.metrics().store(StoreOp::Complete, started.elapsed());
+/// The store's answer to `complete`, counted and logged.
+fn completed(route: &Route, key: &StoreKey, done: Result<bool, StoreError>) {
     match done {
         Ok(true) => {}
         Ok(false) => {
@@ -64,15 +55,48 @@ pub(super) fn complete_local(
     }
 }
 
-/// Removes the record in a store of this process (rule 7). Not retried: with
-/// nothing in between to recover, a second try would fail the same way, and
-/// the lease frees the key in the end.
-pub(super) fn release_local(route: &Route, local: &dyn LocalStore, key: &StoreKey, fence: Fence) {
+/// Stores the answer when the store answers at once (an in-process store);
+/// `false` when it would wait, and the caller then finishes with
+/// [`finish_remote`], which can retry. Not retried here: with nothing in
+/// between to recover, a second try would fail the same way.
+pub(super) fn complete_at_once(
+    route: &Route,
+    key: &StoreKey,
+    fence: Fence,
+    stored: &StoredResponse,
+    started: std::time::Instant,
+) -> bool {
+    let ttl = route.policy().ttl;
+    match route
+        .shared
+        .store
+        .complete(key, fence, stored, ttl)
+        .into_ready()
+    {
+        Ok(done) => {
+            route.metrics().store(StoreOp::Complete, started.elapsed());
+            completed(route, key, done);
+            true
+        }
+        // Dropped unpolled: `finish_remote` calls again where it can wait.
+        Err(_pending) => false,
+    }
+}
+
+/// Releases the key when the store answers at once; `false` when it would
+/// wait (the caller then runs [`release`]). Not retried, as above: the
+/// lease frees the key in the end.
+pub(super) fn release_at_once(route: &Route, key: &StoreKey, fence: Fence) -> bool {
     let started = std::time::Instant::now();
-    let done = local.release_now(key, fence);
-    route.metrics().store(StoreOp::Release, started.elapsed());
-    if let Err(e) = done {
-        tracing::warn!(key = %key.short(), route = route.name(), error = %e, "releasing the key failed; it is freed when its lease ends");
+    match route.shared.store.release(key, fence).into_ready() {
+        Ok(done) => {
+            route.metrics().store(StoreOp::Release, started.elapsed());
+            if let Err(e) = done {
+                tracing::warn!(key = %key.short(), route = route.name(), error = %e, "releasing the key failed; it is freed when its lease ends");
+            }
+            true
+        }
+        Err(_pending) => false,
     }
 }
 
@@ -88,27 +112,22 @@ pub(super) async fn complete(
 ) {
     let shared = &route.shared;
     let ttl = route.policy().ttl;
-    if let Some(local) = shared.store.local() {
-        return complete_local(route, local, key, fence, stored, started);
-    }
     let stored = &stored;
     for attempt in 0..3u32 {
         if attempt > 0 {
             started = std::time::Instant::now();
         }
-        let done = tokio::time::timeout(
-            shared.store_timeout,
-            shared.store.complete(key, fence, stored, ttl),
-        )
-        .await;
+        let done = match shared.store.complete(key, fence, stored, ttl).into_ready() {
+            // At once: the answer is final (see `complete_at_once`).
+            Ok(done) => {
+                route.metrics().store(StoreOp::Complete, started.elapsed());
+                return completed(route, key, done);
+            }
+            Err(pending) => tokio::time::timeout(shared.store_timeout, pending).await,
+        };
         route.metrics().store(StoreOp::Complete, started.elapsed());
         match done {
-            Ok(Ok(true)) => return,
-            Ok(Ok(false)) => {
-                route.metrics().lease_lost();
-                tracing::warn!(key = %key.short(), route = route.name(), "execution finished after its lease was taken over; its answer was not stored");
-                return;
-            }
+            Ok(Ok(stored)) => return completed(route, key, Ok(stored)),
             Ok(Err(e)) => {
                 tracing::warn!(key = %key.short(), route = route.name(), error = %e, attempt, "storing the answer failed")
             }
@@ -125,10 +144,10 @@ pub(super) async fn complete(
 /// Removes the record so a retry executes again (rule 7), retrying briefly;
 /// if the store stays down the lease ends on its own.
 pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
-    let shared = &route.shared;
-    if let Some(local) = shared.store.local() {
-        return release_local(route, local, key, fence);
+    if release_at_once(route, key, fence) {
+        return;
     }
+    let shared = &route.shared;
     for attempt in 0..3u32 {
         let started = std::time::Instant::now();
         let done =

@@ -49,7 +49,7 @@ use self::begin::Next;
 pub use self::execute::OutcomeUnknown;
 use self::execute::{answer, collect, unprotected, Answer, Executed};
 pub(crate) use self::finish::release;
-use self::finish::{complete_local, finish_remote, release_local};
+use self::finish::{complete_at_once, finish_remote, release_at_once};
 pub use self::grpc::TRAILER_PREFIX;
 use self::key::{body_key, header_key, Key};
 pub(crate) use self::quota::ScopeQuota;
@@ -306,17 +306,19 @@ where
             let (fence, begun_at) = loop {
                 let nap = {
                     let started = std::time::Instant::now();
-                    let begun = match shared.store.local() {
-                        Some(local) => local.begin_now(&store_key, &fingerprint, policy.lease),
-                        None => match tokio::time::timeout(
-                            shared.store_timeout,
-                            shared.store.begin(&store_key, &fingerprint, policy.lease),
-                        )
-                        .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
-                        },
+                    let begun = match shared
+                        .store
+                        .begin(&store_key, &fingerprint, policy.lease)
+                        .into_ready()
+                    {
+                        // An in-process store or a cache hit: no timer to set.
+                        Ok(answer) => answer,
+                        Err(pending) => {
+                            match tokio::time::timeout(shared.store_timeout, pending).await {
+                                Ok(r) => r,
+                                Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+                            }
+                        }
                     };
                     let begun_at = std::time::Instant::now();
                     route
@@ -362,9 +364,8 @@ where
             let quota = match admit_scope(shared, scope.as_deref(), policy.ttl) {
                 Ok(q) => q,
                 Err(problem) => {
-                    match shared.store.local() {
-                        Some(local) => release_local(&route, local, &store_key, fence),
-                        None => Box::pin(release(&route, &store_key, fence)).await,
+                    if !release_at_once(&route, &store_key, fence) {
+                        Box::pin(release(&route, &store_key, fence)).await
                     }
                     return refuse(problem);
                 }
@@ -439,32 +440,37 @@ where
                         Answer::Store(..) | Answer::Stored(_) => q.expire_after(tag, policy.ttl),
                     }
                 }
-                match shared.store.local() {
-                    Some(local) => {
-                        let result = match answer {
-                            Answer::Store(stored, res) => {
-                                complete_local(&route, local, &store_key, fence, stored, finished);
-                                Ok(res)
-                            }
-                            Answer::Release(result) => {
-                                release_local(&route, local, &store_key, fence);
-                                result
-                            }
-                            Answer::Stored(res) => Ok(res),
-                        };
-                        drop(renewed);
-                        return result;
+                // At once when the store answers at once (dropping the
+                // registration ends the renewals); otherwise boxed, owning the
+                // answer: only a store that waits waits here.
+                let answer = match answer {
+                    Answer::Store(stored, res) => {
+                        if complete_at_once(&route, &store_key, fence, &stored, finished) {
+                            drop(renewed);
+                            return Ok(res);
+                        }
+                        Answer::Store(stored, res)
                     }
-                    // Boxed, owning the answer: only a remote store waits here.
-                    None => Box::pin(finish_remote(
-                        route.clone(),
-                        store_key,
-                        fence,
-                        answer,
-                        finished,
-                        renewed,
-                    )),
-                }
+                    Answer::Release(result) => {
+                        if release_at_once(&route, &store_key, fence) {
+                            drop(renewed);
+                            return result;
+                        }
+                        Answer::Release(result)
+                    }
+                    Answer::Stored(res) => {
+                        drop(renewed);
+                        return Ok(res);
+                    }
+                };
+                Box::pin(finish_remote(
+                    route.clone(),
+                    store_key,
+                    fence,
+                    answer,
+                    finished,
+                    renewed,
+                ))
             };
             finishing.await
         };
