@@ -282,6 +282,13 @@ impl PostgresStore {
         Ok(client)
     }
 
+    /// Runs a fenced statement (complete, release, renew): whether the
+    /// fence still held the key, and so one row changed.
+    async fn held(&self, stmt: &Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(self.execute(&client, stmt, params).await? == 1)
+    }
+
     /// Runs `stmt` with `params`, the way [`Statements`] says.
     async fn query(
         &self,
@@ -433,35 +440,22 @@ impl Store for PostgresStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         StoreFuture::pending(async move {
-            let client = self.client().await?;
-            let n = self
-                .execute(
-                    &client,
-                    &self.sql.complete,
-                    &[
-                        &&key.0[..],
-                        &(fence.0 as i64),
-                        &response.encode(),
-                        &millis_i64(ttl),
-                        &self.now_param(),
-                    ],
-                )
-                .await?;
-            Ok(n == 1)
+            let (encoded, ttl) = (response.encode(), millis_i64(ttl));
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &&key.0[..],
+                &(fence.0 as i64),
+                &encoded,
+                &ttl,
+                &self.now_param(),
+            ];
+            self.held(&self.sql.complete, &params).await
         })
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
         StoreFuture::pending(async move {
-            let client = self.client().await?;
-            let n = self
-                .execute(
-                    &client,
-                    &self.sql.release,
-                    &[&&key.0[..], &(fence.0 as i64)],
-                )
-                .await?;
-            Ok(n == 1)
+            self.held(&self.sql.release, &[&&key.0[..], &(fence.0 as i64)])
+                .await
         })
     }
 
@@ -472,20 +466,10 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> StoreFuture<'a, bool> {
         StoreFuture::pending(async move {
-            let client = self.client().await?;
-            let n = self
-                .execute(
-                    &client,
-                    &self.sql.renew,
-                    &[
-                        &&key.0[..],
-                        &(fence.0 as i64),
-                        &millis_i64(lease),
-                        &self.now_param(),
-                    ],
-                )
-                .await?;
-            Ok(n == 1)
+            let lease = millis_i64(lease);
+            let params: [&(dyn ToSql + Sync); 4] =
+                [&&key.0[..], &(fence.0 as i64), &lease, &self.now_param()];
+            self.held(&self.sql.renew, &params).await
         })
     }
 

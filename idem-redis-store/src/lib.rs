@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use idem_core::clock::millis;
 use idem_core::{
     Begin, DecodeError, Fence, Fingerprint, Record, RecordState, Secret, SharedClock, Store,
-    StoreAdmin, StoreError, StoreFuture, StoreKey, StoreStats, StoredResponse,
+    StoreError, StoreFuture, StoreKey, StoredResponse,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -54,6 +54,7 @@ use tokio::sync::OnceCell;
 
 pub use redis;
 
+mod admin;
 mod server;
 
 const BACKEND: &str = "redis";
@@ -303,6 +304,12 @@ impl RedisStore {
         Ok(inv.invoke_async(&mut self.conn().await?).await?)
     }
 
+    /// Runs a fenced script (complete, release, renew): whether the fence
+    /// still held the key, and so the script changed it.
+    async fn held(&self, inv: &ScriptInvocation<'_>) -> Result<bool, StoreError> {
+        Ok(self.invoke::<i64>(inv).await? == 1)
+    }
+
     fn key(&self, key: &StoreKey) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 32);
         k.extend_from_slice(&self.prefix);
@@ -318,69 +325,6 @@ impl RedisStore {
             None => Vec::new(),
         }
     }
-
-    /// The raw record at `key` and the time to judge it by (one script, so
-    /// both come from the server at once).
-    async fn get_at(&self, key: &[u8]) -> Result<(Option<Vec<u8>>, u64), RedisStoreError> {
-        let (v, now): (Vec<u8>, String) = self.invoke(GET.key(key).arg(self.now_arg())).await?;
-        Ok(((!v.is_empty()).then_some(v), parse_now(&now)?))
-    }
-
-    /// Every record key, on every node, for the admin operations (SCAN: never
-    /// on a request path).
-    async fn all_keys(&self) -> Result<Vec<Vec<u8>>, RedisStoreError> {
-        let pattern = glob_escape(&self.prefix);
-        let mut keys = Vec::new();
-        match (&self.target, self.conn().await?) {
-            (_, Conn::Single(mut c)) => scan(&mut c, &pattern, &mut keys).await?,
-            (Target::Cluster(_), Conn::Cluster(mut c)) => {
-                for addr in server::masters(&mut c).await? {
-                    scan(&mut self.nodes.connect(&addr).await?, &pattern, &mut keys).await?;
-                }
-            }
-            (Target::Single(_), Conn::Cluster(_)) => {}
-        }
-        // Records are the prefix and 32 bytes; anything else under the
-        // prefix (the shared secret) is not a record.
-        keys.retain(|k| k.len() == self.prefix.len() + 32);
-        Ok(keys)
-    }
-}
-
-async fn scan<C: redis::aio::ConnectionLike>(
-    c: &mut C,
-    pattern: &[u8],
-    out: &mut Vec<Vec<u8>>,
-) -> Result<(), RedisStoreError> {
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(c)
-            .await?;
-        out.extend(batch);
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
-
-/// `prefix*` with the prefix's glob characters escaped.
-fn glob_escape(prefix: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(prefix.len() + 2);
-    for b in prefix {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            p.push(b'\\');
-        }
-        p.push(*b);
-    }
-    p.push(b'*');
-    p
 }
 
 /// Decodes a record as the Lua scripts store it: `P` or `C`, the fence (8
@@ -480,26 +424,22 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         StoreFuture::pending(async move {
-            let done: i64 = self
-                .invoke(
-                    COMPLETE
-                        .key(self.key(key))
-                        .arg(&fence.0.to_be_bytes()[..])
-                        .arg(self.now_arg())
-                        .arg(response.encode())
-                        .arg(px(millis(ttl))),
-                )
-                .await?;
-            Ok(done == 1)
+            self.held(
+                COMPLETE
+                    .key(self.key(key))
+                    .arg(&fence.0.to_be_bytes()[..])
+                    .arg(self.now_arg())
+                    .arg(response.encode())
+                    .arg(px(millis(ttl))),
+            )
+            .await
         })
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, fence: Fence) -> StoreFuture<'a, bool> {
         StoreFuture::pending(async move {
-            let done: i64 = self
-                .invoke(RELEASE.key(self.key(key)).arg(&fence.0.to_be_bytes()[..]))
-                .await?;
-            Ok(done == 1)
+            self.held(RELEASE.key(self.key(key)).arg(&fence.0.to_be_bytes()[..]))
+                .await
         })
     }
 
@@ -510,16 +450,14 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> StoreFuture<'a, bool> {
         StoreFuture::pending(async move {
-            let done: i64 = self
-                .invoke(
-                    RENEW
-                        .key(self.key(key))
-                        .arg(&fence.0.to_be_bytes()[..])
-                        .arg(self.now_arg())
-                        .arg(px(millis(lease))),
-                )
-                .await?;
-            Ok(done == 1)
+            self.held(
+                RENEW
+                    .key(self.key(key))
+                    .arg(&fence.0.to_be_bytes()[..])
+                    .arg(self.now_arg())
+                    .arg(px(millis(lease))),
+            )
+            .await
         })
     }
 
@@ -547,62 +485,5 @@ impl Store for RedisStore {
         Secret::from_bytes(value)
             .map(Some)
             .map_err(|e| StoreError::backend(BACKEND, e))
-    }
-}
-
-#[async_trait]
-impl StoreAdmin for RedisStore {
-    async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        match self.get_at(&self.key(key)).await? {
-            (None, _) => Ok(None),
-            (Some(v), now) => {
-                let r = decode(&v).map_err(RedisStoreError::from)?;
-                Ok(r.is_live(now).then_some(r))
-            }
-        }
-    }
-
-    async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let n: i64 = redis::cmd("DEL")
-            .arg(self.key(key))
-            .query_async(&mut self.conn().await?)
-            .await
-            .map_err(RedisStoreError::from)?;
-        Ok(n == 1)
-    }
-
-    async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
-        // Redis drops records itself when their PX runs out; this removes
-        // any past their deadline that it has not dropped yet.
-        let now = self.now_arg();
-        let mut purged = 0u64;
-        for key in self.all_keys().await? {
-            if purged as usize >= limit {
-                break;
-            }
-            let n: i64 = self.invoke(PURGE.key(key).arg(&now[..])).await?;
-            purged += n as u64;
-        }
-        Ok(purged)
-    }
-
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let mut s = StoreStats::default();
-        for key in self.all_keys().await? {
-            let (Some(v), now) = self.get_at(&key).await? else {
-                continue;
-            };
-            let r = decode(&v).map_err(RedisStoreError::from)?;
-            let in_progress = matches!(r.state, RecordState::InProgress { .. });
-            s.count(in_progress, r.is_live(now), 1);
-        }
-        Ok(s)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        // Reads the eviction policy again: it can be changed at run time.
-        let conn = self.conn().await?;
-        server::check_eviction(&conn, false, self.options.allow_eviction).await?;
-        Ok(())
     }
 }

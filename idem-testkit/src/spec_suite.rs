@@ -29,7 +29,9 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::http::{client, post, post_with, raw_exchange, send};
+use tokio::task::JoinHandle;
+
+use crate::http::{client, post, post_with, raw_exchange, send, Answer, HttpClient};
 use crate::upstream::CountingUpstream;
 
 /// The request body most tests send.
@@ -50,6 +52,12 @@ pub struct Settings {
     /// The store cannot be reached (rule 10, fail-closed).
     pub store_down: bool,
 }
+
+/// A target: `|settings| Box::pin(serve(settings))`, what each test is
+/// given to get its server.
+pub trait Serve: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>> {}
+
+impl<F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>> Serve for F {}
 
 /// A target's shutdown, checked at the end of each test.
 type Stop = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -135,12 +143,21 @@ macro_rules! spec_conformance {
     };
 }
 
+/// Sends `BODY` with `key` to `/payments`, answered after 300 ms, and
+/// returns once the upstream has it: the first execution under way.
+async fn executing(s: &Served, c: &HttpClient, key: &str) -> JoinHandle<Answer> {
+    let (c, url, key) = (c.clone(), s.at("/payments"), key.to_owned());
+    let first = tokio::spawn(async move {
+        let slow = [("x-test-delay-ms", "300")];
+        post_with(&c, &url, Some(&key), &slow, BODY).await
+    });
+    s.upstream().wait_for_executions(1).await;
+    first
+}
+
 /// Rules 1 and 2: no key, or a malformed one, is a 400 problem and nothing
 /// executes.
-pub async fn rules_1_and_2_missing_or_malformed_keys_execute_nothing<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rules_1_and_2_missing_or_malformed_keys_execute_nothing(serve: impl Serve) {
     let s = serve(Settings::default()).await;
     let c = client();
     let r = post(&c, &s.at("/payments"), None, BODY).await;
@@ -188,10 +205,7 @@ where
 /// in another key order and spacing) is replayed byte for byte; another
 /// client's key of the same name is another record; uncovered methods pass
 /// through every time.
-pub async fn rules_3_and_4_first_executes_then_replays_byte_for_byte<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rules_3_and_4_first_executes_then_replays_byte_for_byte(serve: impl Serve) {
     let s = serve(Settings::default()).await;
     let c = client();
     let key = "order-0001-abcdef";
@@ -239,10 +253,7 @@ where
 
 /// Rule 5: sixteen racers with one key, on sixteen connections: exactly one
 /// executes, the others get 409 with `Retry-After`.
-pub async fn rule_5_concurrent_duplicates_get_409_and_execute_once<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_5_concurrent_duplicates_get_409_and_execute_once(serve: impl Serve) {
     let s = serve(Settings::default()).await;
     let c = client();
     let url = s.at("/payments");
@@ -277,10 +288,7 @@ where
 
 /// Rule 5, wait mode: a duplicate waits for the first execution's answer
 /// and replays it.
-pub async fn rule_5_wait_mode_replays_instead_of_409<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_5_wait_mode_replays_instead_of_409(serve: impl Serve) {
     let s = serve(Settings {
         wait: Some(Duration::from_secs(2)),
         ..Settings::default()
@@ -288,14 +296,7 @@ where
     .await;
     let c = client();
     let url = s.at("/payments");
-    let first = {
-        let (c, url) = (c.clone(), url.clone());
-        tokio::spawn(async move {
-            let slow = [("x-test-delay-ms", "300")];
-            post_with(&c, &url, Some("wait-key-000001"), &slow, BODY).await
-        })
-    };
-    s.upstream().wait_for_executions(1).await;
+    let first = executing(&s, &c, "wait-key-000001").await;
     let second = post(&c, &url, Some("wait-key-000001"), BODY).await;
     let first = first.await.unwrap_or_else(|e| panic!("first: {e}"));
     assert_eq!(second.status, 201);
@@ -307,10 +308,7 @@ where
 
 /// Rule 6: a key reused with another body or another path is a 422, and
 /// nothing executes again.
-pub async fn rule_6_a_reused_key_gets_422<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_6_a_reused_key_gets_422(serve: impl Serve) {
     let s = serve(Settings::default()).await;
     let c = client();
     let key = Some("reused-key-0001");
@@ -331,21 +329,11 @@ where
 
 /// Rule 6 while the first execution runs: another payload is a 422, not a
 /// 409 (the client's mistake, which waiting will not fix).
-pub async fn rule_6_a_reused_key_gets_422_while_the_first_executes<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_6_a_reused_key_gets_422_while_the_first_executes(serve: impl Serve) {
     let s = serve(Settings::default()).await;
     let c = client();
     let url = s.at("/payments");
-    let first = {
-        let (c, url) = (c.clone(), url.clone());
-        tokio::spawn(async move {
-            let slow = [("x-test-delay-ms", "300")];
-            post_with(&c, &url, Some("reused-key-0002"), &slow, BODY).await
-        })
-    };
-    s.upstream().wait_for_executions(1).await;
+    let first = executing(&s, &c, "reused-key-0002").await;
     let other = post(&c, &url, Some("reused-key-0002"), r#"{"amount": 99}"#).await;
     assert_eq!(
         (other.status.as_u16(), other.problem_slug().as_str()),
@@ -359,10 +347,7 @@ where
 
 /// Rule 7: a 5xx, 429 or 408 answer is not stored and a retry executes; a
 /// 4xx answer is an answer, stored and replayed.
-pub async fn rule_7_failures_are_not_stored_and_a_retry_executes<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_7_failures_are_not_stored_and_a_retry_executes(serve: impl Serve) {
     let s = serve(Settings::default()).await;
     let c = client();
     for status in ["500", "503", "429", "408"] {
@@ -391,10 +376,7 @@ where
 }
 
 /// Rule 9: an answer past its TTL is no record; the request executes again.
-pub async fn rule_9_expired_answers_execute_again<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_9_expired_answers_execute_again(serve: impl Serve) {
     let s = serve(Settings {
         ttl: Some(Duration::from_millis(300)),
         ..Settings::default()
@@ -415,10 +397,7 @@ where
 
 /// Rule 10: with the store unreachable a covered request is a 503 and
 /// nothing executes (fail-closed); uncovered requests pass.
-pub async fn rule_10_an_unreachable_store_is_503_and_uncovered_requests_pass<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_10_an_unreachable_store_is_503_and_uncovered_requests_pass(serve: impl Serve) {
     let s = serve(Settings {
         store_down: true,
         ..Settings::default()
@@ -438,10 +417,7 @@ where
 }
 
 /// Rule 11: a body over the limit is a 413 and nothing executes.
-pub async fn rule_11_a_body_over_the_limit_is_413<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_11_a_body_over_the_limit_is_413(serve: impl Serve) {
     let s = serve(Settings {
         max_body: Some(1024),
         ..Settings::default()
@@ -460,21 +436,11 @@ where
 
 /// Rule 12: a client that leaves mid-execution cancels nothing: the answer
 /// is stored and its retry replays it.
-pub async fn rule_12_a_client_that_disconnects_does_not_cancel_the_execution<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn rule_12_a_client_that_disconnects_does_not_cancel_the_execution(serve: impl Serve) {
     let s = serve(Settings::default()).await;
     let c = client();
     let url = s.at("/payments");
-    let gone = {
-        let (c, url) = (c.clone(), url.clone());
-        tokio::spawn(async move {
-            let slow = [("x-test-delay-ms", "300")];
-            post_with(&c, &url, Some("gone-key-000001"), &slow, BODY).await
-        })
-    };
-    s.upstream().wait_for_executions(1).await;
+    let gone = executing(&s, &c, "gone-key-000001").await;
     gone.abort();
     // Until the answer is stored the retry would be a 409: wait for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -493,10 +459,7 @@ where
 
 /// An answer too large to store whole is kept without its body and never
 /// executed again: the replay says how much was left out.
-pub async fn a_response_too_large_to_store_is_never_executed_twice<F>(serve: F)
-where
-    F: Fn(Settings) -> Pin<Box<dyn Future<Output = Served> + Send>>,
-{
+pub async fn a_response_too_large_to_store_is_never_executed_twice(serve: impl Serve) {
     let s = serve(Settings {
         max_stored_response: Some(4096),
         ..Settings::default()
