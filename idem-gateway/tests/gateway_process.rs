@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{client, gateway, idem_cmd, post, post_as, send, HttpClient, Proc};
 use http::Method;
+use idem_testkit::storm::Storm;
 use idem_testkit::upstream::CountingUpstream;
 
 const BODY: &str = r#"{"amount": 10, "currency": "EUR"}"#;
@@ -476,52 +477,16 @@ async fn shared_clock_a_gateway_60s_ahead_on_postgres_changes_nothing() {
 /// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`:
 /// each key reaches the upstream once, and every gateway replays it.
 async fn storm(bases: &[String], up: &CountingUpstream) {
-    let c: HttpClient = client();
-    let limit = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut tasks = Vec::new();
-    for k in 0..100 {
-        for d in 0..64 {
-            let url = format!("{}/orders", bases[(k + d) % bases.len()]);
-            let (c, limit) = (c.clone(), limit.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = limit.acquire().await;
-                let key = format!("gw-storm-key-{k:04}");
-                let body = format!(r#"{{"amount": {}}}"#, k + 1);
-                common::send(
-                    &c,
-                    Method::POST,
-                    &url,
-                    &[("idempotency-key", &key), ("x-test-delay-ms", "20")],
-                    &body,
-                )
-                .await
-                .status
-                .as_u16()
-            }));
-        }
-    }
-    let mut statuses = std::collections::BTreeMap::new();
-    for t in tasks {
-        *statuses.entry(t.await.expect("racer")).or_insert(0) += 1;
-    }
-    assert!(
-        statuses.keys().all(|s| *s == 201 || *s == 409),
-        "{statuses:?}"
-    );
-    for k in 0..100 {
-        let key = format!("gw-storm-key-{k:04}");
-        assert_eq!(up.executions_of(&key), 1, "{key} ({statuses:?})");
-        let mut seen = None;
-        for base in bases {
-            let body = format!(r#"{{"amount": {}}}"#, k + 1);
-            let r = post(&c, &format!("{base}/orders"), Some(&key), &body).await;
-            assert!(r.replayed(), "{key} on {base}");
-            assert!(
-                seen.is_none() || seen.as_ref() == Some(&r.body),
-                "gateways disagree on {key}"
-            );
-            seen = Some(r.body);
-        }
+    let storm = Storm {
+        path: "/orders",
+        key_prefix: "gw-storm-key",
+        body: |k| format!(r#"{{"amount": {}}}"#, k + 1),
+        headers: &[("x-test-delay-ms", "20")],
+    };
+    idem_testkit::storm::storm(bases, &storm).await;
+    for k in 0..idem_testkit::storm::KEYS {
+        let key = storm.key(k);
+        assert_eq!(up.executions_of(&key), 1, "{key}");
     }
     assert_eq!(up.executions(), 100);
 }

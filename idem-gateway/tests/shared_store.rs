@@ -4,66 +4,37 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{client, demo, free_port, post, post_until_store_answers, send};
 use http::Method;
+use idem_testkit::storm::Storm;
 
-/// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`.
+/// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`:
+/// every instance replays one payment per key, and 100 payments exist.
 async fn storm(bases: &[String]) {
-    let c = client();
-    let limit = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut tasks = Vec::new();
-    for k in 0..100 {
-        for d in 0..64 {
-            let url = format!("{}/payments", bases[(k + d) % bases.len()]);
-            let (c, limit) = (c.clone(), limit.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = limit.acquire().await;
-                let key = format!("storm-key-{k:04}");
-                let body = format!(r#"{{"amount": {}, "recipient": "acct_storm"}}"#, k + 1);
-                post(&c, &url, Some(&key), &body).await.status.as_u16()
-            }));
-        }
-    }
-    let mut statuses = std::collections::BTreeMap::new();
-    for t in tasks {
-        let s = t.await.unwrap_or_else(|e| panic!("{e}"));
-        *statuses.entry(s).or_insert(0) += 1;
-    }
-    // Every answer is the payment (executed or replayed) or "in progress".
-    assert!(
-        statuses.keys().all(|s| *s == 201 || *s == 409),
-        "unexpected statuses: {statuses:?}"
-    );
-    // Afterwards every key replays one payment, the same from every instance.
-    let mut ids = std::collections::BTreeSet::new();
-    for k in 0..100 {
-        let mut seen = None;
-        for base in bases {
-            let key = format!("storm-key-{k:04}");
-            let body = format!(r#"{{"amount": {}, "recipient": "acct_storm"}}"#, k + 1);
-            let r = post(&c, &format!("{base}/payments"), Some(&key), &body).await;
-            assert_eq!(r.status, 201);
-            assert!(r.replayed());
-            let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
-            assert!(
-                seen.is_none() || seen.as_ref() == Some(&id),
-                "instances disagree on {key}"
-            );
-            seen = Some(id);
-        }
-        ids.extend(seen);
-    }
+    let answers = idem_testkit::storm::storm(
+        bases,
+        &Storm {
+            path: "/payments",
+            key_prefix: "storm-key",
+            body: |k| format!(r#"{{"amount": {}, "recipient": "acct_storm"}}"#, k + 1),
+            headers: &[],
+        },
+    )
+    .await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_slice(b).unwrap_or_default();
+            v["id"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
     assert_eq!(ids.len(), 100);
+    let c = client();
     for base in bases {
         let list = send(&c, Method::GET, &format!("{base}/payments"), &[], "").await;
-        assert_eq!(
-            list.json()["count"],
-            100,
-            "exactly 100 payments exist ({statuses:?})"
-        );
+        assert_eq!(list.json()["count"], 100, "exactly 100 payments exist");
     }
 }
 

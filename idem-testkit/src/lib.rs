@@ -33,6 +33,7 @@ pub mod model;
 pub mod net;
 pub mod spec_suite;
 pub mod sse;
+pub mod storm;
 pub mod suite;
 pub mod tls;
 pub mod upstream;
