@@ -23,6 +23,7 @@
 //! ```
 
 pub mod broken;
+pub mod clock;
 pub mod faulty;
 pub mod grpc;
 pub mod held;

@@ -14,6 +14,7 @@ use axum::Router;
 use http::{Request, StatusCode};
 use idem::{IdempotencyLayer, MemoryStore, Policy, RoutePolicy};
 use idem_sqlite_store::SqliteStore;
+use idem_testkit::clock::TokioClock;
 use idem_testkit::faulty::Faulty;
 use tower::ServiceExt;
 
@@ -117,10 +118,13 @@ async fn rule_10_requests_waiting_for_the_secret_all_get_503_within_one_store_ti
 /// Issue: lease renewal stopped when the execution ended, before `complete`
 /// returned; a `complete` slower than the lease let a duplicate take the key
 /// over and execute again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn rule_8_the_lease_is_renewed_until_the_answer_is_stored() {
     let lease = Duration::from_millis(300);
-    let store = Faulty::new(MemoryStore::new()).complete_delay(Duration::from_millis(1200));
+    // Paused: the store's clock follows tokio's, as the renewals do.
+    let clock = Arc::new(TokioClock::new());
+    let store = Faulty::new(MemoryStore::new().with_clock(clock))
+        .complete_delay(Duration::from_millis(1200));
     let layer = IdempotencyLayer::new(Arc::new(store))
         .policy(Policy::default().default_policy(RoutePolicy::default().lease(lease)))
         .store_timeout(Duration::from_secs(3));

@@ -16,6 +16,7 @@ use idem::{
     IdempotencyContext, IdempotencyLayer, ItemAnswer, ManualClock, MemoryStore, Policy,
     RoutePolicy, Store, WebhookKeys,
 };
+use idem_testkit::clock::TokioClock;
 use idem_testkit::faulty::Unreachable;
 use idem_testkit::spec_suite::{Served, Settings};
 use idem_testkit::upstream::CountingUpstream;
@@ -392,11 +393,11 @@ async fn rule_8_expired_lease_is_taken_over_and_the_stale_holder_is_fenced() {
     assert_eq!(calls(&a), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rule_8_lease_is_renewed_while_the_execution_runs() {
-    // Real time with a short lease: the store's system clock must see the
-    // renewals.
-    let store = Arc::new(MemoryStore::new());
+    // Paused time with a short lease: the store's clock follows tokio's, so
+    // the renewals, the handler's sleep and the test's run in virtual time.
+    let store = Arc::new(MemoryStore::new().with_clock(Arc::new(TokioClock::new())));
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     let router = Router::new()
