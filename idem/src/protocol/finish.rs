@@ -83,6 +83,13 @@ pub(super) fn complete_at_once(
     }
 }
 
+/// The store's answer to a `release` made at once, logged when it failed.
+fn released(route: &Route, key: &StoreKey, done: Result<bool, StoreError>) {
+    if let Err(e) = done {
+        tracing::warn!(key = %key.short(), route = route.name(), error = %e, "releasing the key failed; it is freed when its lease ends");
+    }
+}
+
 /// Releases the key when the store answers at once; `false` when it would
 /// wait (the caller then runs [`release`]). Not retried, as above: the
 /// lease frees the key in the end.
@@ -91,9 +98,7 @@ pub(super) fn release_at_once(route: &Route, key: &StoreKey, fence: Fence) -> bo
     match route.shared.store.release(key, fence).into_ready() {
         Ok(done) => {
             route.metrics().store(StoreOp::Release, started.elapsed());
-            if let Err(e) = done {
-                tracing::warn!(key = %key.short(), route = route.name(), error = %e, "releasing the key failed; it is freed when its lease ends");
-            }
+            released(route, key, done);
             true
         }
         Err(_pending) => false,
@@ -144,14 +149,17 @@ pub(super) async fn complete(
 /// Removes the record so a retry executes again (rule 7), retrying briefly;
 /// if the store stays down the lease ends on its own.
 pub(crate) async fn release(route: &Route, key: &StoreKey, fence: Fence) {
-    if release_at_once(route, key, fence) {
-        return;
-    }
     let shared = &route.shared;
     for attempt in 0..3u32 {
         let started = std::time::Instant::now();
-        let done =
-            tokio::time::timeout(shared.store_timeout, shared.store.release(key, fence)).await;
+        let done = match shared.store.release(key, fence).into_ready() {
+            // At once: the answer is final (see `release_at_once`).
+            Ok(done) => {
+                route.metrics().store(StoreOp::Release, started.elapsed());
+                return released(route, key, done);
+            }
+            Err(pending) => tokio::time::timeout(shared.store_timeout, pending).await,
+        };
         route.metrics().store(StoreOp::Release, started.elapsed());
         match done {
             Ok(Ok(_)) => return,
