@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, post, send, Answer, HttpClient};
+use common::{client, post, send};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use idem_gateway::cli::GatewayArgs;
 use idem_gateway::gateway::{run, GatewayConfig};
-use idem_testkit::http::raw_exchange;
+use idem_testkit::http::{post_with, raw_exchange};
 use idem_testkit::spec_suite::{self, Served, Settings};
 use idem_testkit::upstream::CountingUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,21 +63,6 @@ impl Gateway {
         }
         (&mut self.task).await?
     }
-}
-
-async fn post_with(
-    c: &HttpClient,
-    url: &str,
-    key: &str,
-    extra: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let mut h = vec![
-        ("content-type", "application/json"),
-        ("idempotency-key", key),
-    ];
-    h.extend_from_slice(extra);
-    send(c, Method::POST, url, &h, body).await
 }
 
 /// The gateway with `settings`, tweaked by `tweak`, in front of a counting
@@ -148,7 +133,7 @@ async fn the_proxy_forwards_the_key_and_sets_forwarded_headers() {
     let first = post_with(
         &c,
         &gw.at("/payments?x=1"),
-        key,
+        Some(key),
         &[
             ("connection", "keep-alive, x-hop"),
             ("x-hop", "1"),
@@ -207,7 +192,7 @@ async fn upstream_timeout_is_504_and_releases_the_key() {
     let slow = post_with(
         &c,
         &gw.at("/payments"),
-        "slow-key-000001",
+        Some("slow-key-000001"),
         &[("x-test-delay-ms", "1000")],
         BODY,
     )
@@ -404,12 +389,14 @@ async fn metrics_move_with_each_outcome() {
     post(&c, &url, Some("bad key"), BODY).await; // invalid key
     post(&c, &url, Some("metric-key-00002"), &"x".repeat(2048)).await; // too large
     let fail = [("x-test-status", "502")];
-    post_with(&c, &url, "metric-key-00003", &fail, BODY).await; // executed, upstream error
-                                                                // A duplicate while the first still executes: in progress.
+    post_with(&c, &url, Some("metric-key-00003"), &fail, BODY).await; // executed, upstream error
+                                                                      // A duplicate while the first still executes: in progress.
     let slow = {
         let (c, url) = (c.clone(), url.clone());
         let delay = [("x-test-delay-ms", "300")];
-        tokio::spawn(async move { post_with(&c, &url, "metric-key-00004", &delay, BODY).await })
+        tokio::spawn(
+            async move { post_with(&c, &url, Some("metric-key-00004"), &delay, BODY).await },
+        )
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -502,7 +489,7 @@ async fn in_flight_and_connection_limits_refuse_with_503() {
         let (c, url) = (racing.clone(), gw.at("/payments"));
         racers.push(tokio::spawn(async move {
             let key = format!("limit-key-{i:06}");
-            post_with(&c, &url, &key, &[("x-test-delay-ms", "1500")], BODY).await
+            post_with(&c, &url, Some(&key), &[("x-test-delay-ms", "1500")], BODY).await
         }));
     }
     let mut statuses = Vec::new();
@@ -1062,7 +1049,14 @@ async fn upstream_errors_are_counted_by_kind() {
     let gw = Gateway::start(&up.url(), |a| a.upstream_timeout = Some("200ms".into())).await;
     let before = scrape(gw.admin.clone()).await;
     let slow = [("x-test-delay-ms", "1000")];
-    let r = post_with(&c, &gw.at("/payments"), "upstream-err-0002", &slow, BODY).await;
+    let r = post_with(
+        &c,
+        &gw.at("/payments"),
+        Some("upstream-err-0002"),
+        &slow,
+        BODY,
+    )
+    .await;
     assert_eq!(r.status, 504);
     let after = scrape(gw.admin.clone()).await;
     assert!(kind_total(&after, "timeout") > kind_total(&before, "timeout"));

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Path;
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
@@ -65,8 +64,6 @@ fn app_with(policy: Policy, store_capacity: usize) -> App {
                     Response::builder()
                         .status(201)
                         .header("content-type", "application/json")
-                        .header("x-trace", "a")
-                        .header("x-trace", "b")
                         .body(Body::from(format!("{{\"n\":{n},\"len\":{}}}", body.len())))
                         .unwrap_or_default()
                 },
@@ -88,17 +85,6 @@ fn app_with(policy: Policy, store_capacity: usize) -> App {
             }),
         )
         .route(
-            "/status/{code}",
-            post(
-                |Extension(c): Extension<Counters>, Path(code): Path<u16>| async move {
-                    c.calls.fetch_add(1, Ordering::SeqCst);
-                    let fail = c.fail_next.swap(false, Ordering::SeqCst);
-                    let code = if fail { code } else { 201 };
-                    (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), "done")
-                },
-            ),
-        )
-        .route(
             "/panic",
             post(|Extension(c): Extension<Counters>| async move {
                 let n = c.calls.fetch_add(1, Ordering::SeqCst);
@@ -106,13 +92,6 @@ fn app_with(policy: Policy, store_capacity: usize) -> App {
                     panic!("handler bug");
                 }
                 "recovered"
-            }),
-        )
-        .route(
-            "/big",
-            post(|Extension(c): Extension<Counters>| async move {
-                c.calls.fetch_add(1, Ordering::SeqCst);
-                vec![7u8; 2 << 20]
             }),
         )
         .route(
