@@ -8,11 +8,18 @@ use idem_core::{Record, RecordState, StoreAdmin, StoreError, StoreKey, StoreStat
 use crate::{decode, parse_now, server, Conn, RedisStore, RedisStoreError, Target, GET, PURGE};
 
 impl RedisStore {
-    /// The raw record at `key` and the time to judge it by (one script, so
-    /// both come from the server at once).
-    async fn get_at(&self, key: &[u8]) -> Result<(Option<Vec<u8>>, u64), RedisStoreError> {
-        let (v, now): (Vec<u8>, String) = self.invoke(GET.key(key).arg(self.now_arg())).await?;
-        Ok(((!v.is_empty()).then_some(v), parse_now(&now)?))
+    /// The record at `key` and the time to judge it by (one script, so
+    /// both come from the server at once), its deadline the server's.
+    async fn get_at(&self, key: &[u8]) -> Result<(Option<Record>, u64), RedisStoreError> {
+        let (v, now, left): (Vec<u8>, String, i64) =
+            self.invoke(GET.key(key).arg(self.now_arg())).await?;
+        let now = parse_now(&now)?;
+        if v.is_empty() {
+            return Ok((None, now));
+        }
+        let mut record = decode(&v)?;
+        self.server_deadline(&mut record, now, left);
+        Ok((Some(record), now))
     }
 
     /// Every record key, on every node, for the admin operations (SCAN: never
@@ -41,10 +48,7 @@ impl StoreAdmin for RedisStore {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         match self.get_at(&self.key(key)).await? {
             (None, _) => Ok(None),
-            (Some(v), now) => {
-                let r = decode(&v).map_err(RedisStoreError::from)?;
-                Ok(r.is_live(now).then_some(r))
-            }
+            (Some(r), now) => Ok(r.is_live(now).then_some(r)),
         }
     }
 
@@ -75,10 +79,9 @@ impl StoreAdmin for RedisStore {
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut s = StoreStats::default();
         for key in self.all_keys().await? {
-            let (Some(v), now) = self.get_at(&key).await? else {
+            let (Some(r), now) = self.get_at(&key).await? else {
                 continue;
             };
-            let r = decode(&v).map_err(RedisStoreError::from)?;
             let in_progress = matches!(r.state, RecordState::InProgress { .. });
             s.count(in_progress, r.is_live(now), 1);
         }

@@ -14,10 +14,13 @@
 //!
 //! # Design
 //!
-//! - **One round trip per phase.** `begin`, `complete`, `release` and `renew`
-//!   are Lua scripts (EVALSHA, falling back to EVAL on NOSCRIPT), each reading
-//!   and writing one key atomically, with the fence checked inside the script.
-//!   One key per script is also what lets them run on Redis Cluster.
+//! - **One round trip per phase.** `complete`, `release` and `renew` are Lua
+//!   scripts (EVALSHA, falling back to EVAL on NOSCRIPT), each reading and
+//!   writing one key atomically, with the fence checked inside the script.
+//!   `begin` is plain commands (`SET … NX PX … GET` and `PTTL` in one
+//!   `MULTI`, see `plain.rs`) on Redis 7 and later with the server's clock,
+//!   else a script too. One key per call is also what lets them run on
+//!   Redis Cluster.
 //! - **A compact binary record**: a state byte, the 8-byte fence, the 8-byte
 //!   big-endian deadline, the 32-byte fingerprint, then the response in
 //!   idem's binary encoding (raw body bytes, no base64). The scripts read
@@ -55,6 +58,7 @@ use tokio::sync::OnceCell;
 pub use redis;
 
 mod admin;
+mod plain;
 mod server;
 
 const BACKEND: &str = "redis";
@@ -220,6 +224,9 @@ pub struct RedisStore {
     options: RedisOptions,
     /// How to reach one node of a Cluster by its address (admin scans).
     nodes: server::Nodes,
+    /// Whether `begin` runs as plain commands (see `plain`): set once
+    /// connected, when no clock is configured and every server takes them.
+    plain_begin: Arc<std::sync::OnceLock<bool>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -250,6 +257,7 @@ impl RedisStore {
             target,
             nodes,
             conn: Arc::new(OnceCell::new()),
+            plain_begin: Arc::new(std::sync::OnceLock::new()),
             prefix: options.prefix.as_bytes().into(),
             options,
         })
@@ -263,6 +271,13 @@ impl RedisStore {
     /// The store's connection (made now if it was not yet).
     pub async fn connection(&self) -> Result<Conn, RedisStoreError> {
         self.conn().await
+    }
+
+    /// Whether `begin` runs as plain commands (`SET … NX PX … GET`, see the
+    /// crate's design notes) rather than a script: `None` until connected;
+    /// then `true` on Redis 7 and later with the server's clock.
+    pub fn begins_with_plain_commands(&self) -> Option<bool> {
+        self.plain_begin.get().copied()
     }
 
     /// The prefix of the store's keys.
@@ -291,6 +306,10 @@ impl RedisStore {
                     }
                 }?;
                 server::check_eviction(&conn, true, self.options.allow_eviction).await?;
+                // A configured clock (tests) needs the scripts: Redis's own
+                // expiry does not follow it.
+                let plain = self.options.clock.is_none() && server::takes_set_nx_get(&conn).await?;
+                let _ = self.plain_begin.set(plain);
                 Ok::<_, RedisStoreError>(conn)
             })
             .await?;
@@ -315,6 +334,15 @@ impl RedisStore {
         k.extend_from_slice(&self.prefix);
         k.extend_from_slice(&key.0);
         k
+    }
+
+    /// On the server's clock, a record's deadline is its `PTTL` (`left`
+    /// ms, when it has one) from `now`: a record begun with plain commands
+    /// holds only its writer's estimate (see `plain`).
+    fn server_deadline(&self, record: &mut Record, now: u64, left: i64) {
+        if let (None, Ok(left)) = (&self.options.clock, u64::try_from(left)) {
+            plain::set_deadline(record, now.saturating_add(left));
+        }
     }
 
     /// The time argument of a script: the configured clock's reading (8
@@ -398,8 +426,14 @@ impl Store for RedisStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
+        let conn = self.conn().await?;
+        if self.plain_begin.get() == Some(&true) {
+            if let Some(begun) = self.begin_plain(conn, key, fingerprint, lease).await? {
+                return Ok(begun);
+            }
+        }
         let fence = Fence::generate();
-        let (existing, now): (Vec<u8>, String) = self
+        let (existing, now, left): (Vec<u8>, String, i64) = self
             .invoke(
                 BEGIN
                     .key(self.key(key))
@@ -412,8 +446,10 @@ impl Store for RedisStore {
         if existing.is_empty() {
             return Ok((Begin::Started(fence), None));
         }
-        let record = decode(&existing).map_err(RedisStoreError::from)?;
-        Ok(record.into_begin_expiring(fingerprint, parse_now(&now)?))
+        let mut record = decode(&existing).map_err(RedisStoreError::from)?;
+        let now = parse_now(&now)?;
+        self.server_deadline(&mut record, now, left);
+        Ok(record.into_begin_expiring(fingerprint, now))
     }
 
     fn complete<'a>(

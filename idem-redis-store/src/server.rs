@@ -131,20 +131,50 @@ async fn policies(c: &mut impl ConnectionLike) -> Result<Vec<String>, RedisStore
 /// Every `maxmemory_policy:` line's value in an `INFO` reply: one server's
 /// text, or a Cluster's map of them.
 fn policies_in(v: &redis::Value, out: &mut Vec<String>) {
+    fields_in(v, "maxmemory_policy:", out)
+}
+
+/// Every value of the `INFO` field `name` (with its colon) in `v`: one
+/// server's text, or a Cluster's map of them.
+fn fields_in(v: &redis::Value, name: &str, out: &mut Vec<String>) {
     let mut text = |t: &str| {
         out.extend(
             t.lines()
-                .filter_map(|l| l.strip_prefix("maxmemory_policy:"))
+                .filter_map(|l| l.strip_prefix(name))
                 .map(|p| p.trim().to_owned()),
         )
     };
     match v {
         redis::Value::BulkString(b) => text(&String::from_utf8_lossy(b)),
         redis::Value::VerbatimString { text: t, .. } | redis::Value::SimpleString(t) => text(t),
-        redis::Value::Map(pairs) => pairs.iter().for_each(|(_, v)| policies_in(v, out)),
-        redis::Value::Array(items) => items.iter().for_each(|v| policies_in(v, out)),
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(_, v)| fields_in(v, name, out)),
+        redis::Value::Array(items) => items.iter().for_each(|v| fields_in(v, name, out)),
         _ => {}
     }
+}
+
+/// Whether every server `conn` reaches takes `SET … NX … GET` (Redis 7.0
+/// and later; before, `NX` and `GET` together are a syntax error), which
+/// `begin` then uses instead of its script (see `crate::plain`).
+pub(crate) async fn takes_set_nx_get(conn: &Conn) -> Result<bool, RedisStoreError> {
+    let mut info = redis::cmd("INFO");
+    info.arg("server");
+    let reply: redis::Value = match conn.clone() {
+        Conn::Single(mut c) => info.query_async(&mut c).await?,
+        Conn::Cluster(mut c) => info.query_async(&mut c).await?,
+    };
+    let mut versions = Vec::new();
+    fields_in(&reply, "redis_version:", &mut versions);
+    Ok(!versions.is_empty() && versions.iter().all(|v| at_least_7(v)))
+}
+
+/// `7.0.15`, `7.2.4`, `8.0.0`: a major version of 7 or more.
+fn at_least_7(version: &str) -> bool {
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| m >= 7)
 }
 
 /// Redis with any policy but `noeviction` drops keys when memory runs out
@@ -180,7 +210,7 @@ pub(crate) async fn check_eviction(
 mod tests {
     use redis::Value;
 
-    use super::policies_in;
+    use super::{at_least_7, fields_in, policies_in};
 
     fn info(policy: &str) -> Value {
         Value::BulkString(
@@ -206,5 +236,24 @@ mod tests {
         let mut one = Vec::new();
         policies_in(&info("allkeys-lru"), &mut one);
         assert_eq!(one, ["allkeys-lru"]);
+    }
+
+    #[test]
+    fn set_nx_get_needs_redis_7_on_every_node() {
+        let mut found = Vec::new();
+        let reply = Value::Map(vec![
+            (
+                Value::BulkString(b"a:1".to_vec()),
+                Value::BulkString(b"# Server\r\nredis_version:7.0.15\r\n".to_vec()),
+            ),
+            (
+                Value::BulkString(b"b:2".to_vec()),
+                Value::BulkString(b"# Server\r\nredis_version:6.2.14\r\n".to_vec()),
+            ),
+        ]);
+        fields_in(&reply, "redis_version:", &mut found);
+        assert_eq!(found, ["7.0.15", "6.2.14"]);
+        assert!(at_least_7("7.0.15") && at_least_7("8.0.0") && at_least_7("10.1"));
+        assert!(!at_least_7("6.2.14") && !at_least_7("") && !at_least_7("x.1"));
     }
 }

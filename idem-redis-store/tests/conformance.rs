@@ -113,6 +113,99 @@ mod en_us_locale {
     idem_testkit::store_conformance!(redis_en_us, no_capacity);
 }
 
+/// The rules that need no clock moved by hand, on the server's clock (no
+/// clock configured, as deployments run): `begin` is plain commands there
+/// (Redis 7 and later), so they run again on that path, standalone, under
+/// the locale and on a Cluster.
+mod servers_clock {
+    use super::*;
+
+    async fn on(var: &str) -> Option<Arc<dyn StoreAdmin>> {
+        let url = idem_testkit::server_url(var)?;
+        let options = RedisOptions {
+            prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
+            ..RedisOptions::default()
+        };
+        let store = RedisStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{var}={url} is set but Redis cannot be reached: {e}"));
+        assert_eq!(
+            store.begins_with_plain_commands(),
+            Some(true),
+            "{var}: Redis 7 on its own clock, yet begin runs its script"
+        );
+        Some(Arc::new(store))
+    }
+
+    macro_rules! on_servers_clock {
+        ($($name:ident: $var:literal),*) => {$(
+            mod $name {
+                use super::*;
+
+                async fn store(_: StoreConfig) -> Option<Arc<dyn StoreAdmin>> {
+                    on($var).await
+                }
+
+                idem_testkit::store_conformance!(@tests store,
+                    replay_after_complete, racers_exactly_one_wins, mismatch,
+                    release_allows_retry, byte_exact_binary_body_and_repeated_headers,
+                    scope_isolation, large_body, complete_twice_is_stale,
+                    many_keys_concurrently);
+            }
+        )*};
+    }
+
+    on_servers_clock!(standalone: "REDIS_URL", en_us: "REDIS_LOCALE_URL", cluster: "REDIS_CLUSTER_URL");
+}
+
+/// A record Redis keeps without `PX` (written by hand or by another tool)
+/// is judged by its deadline field: `begin`'s plain commands hand it to the
+/// script, which takes it over once past its deadline and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_without_px_is_judged_by_its_deadline() {
+    use idem_core::{Begin, Clock, Fingerprint, Secret, Store, StoreKey, SystemClock};
+    let Some(url) = idem_testkit::server_url("REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("idem-test:{}:", idem_core::key::generate_uuid_v4());
+    let options = RedisOptions {
+        prefix: prefix.clone(),
+        ..RedisOptions::default()
+    };
+    let store = RedisStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = store.connection().await.unwrap_or_else(|e| panic!("{e}"));
+    let now = SystemClock.now_ms();
+    let fp = Fingerprint([7; 32]);
+    for (deadline, live) in [(now + 60_000, true), (now - 1_000, false)] {
+        let key = StoreKey::derive(&Secret::generate(), None, "no-px");
+        let mut record = vec![b'P'];
+        record.extend_from_slice(&42u64.to_be_bytes());
+        record.extend_from_slice(&deadline.to_be_bytes());
+        record.extend_from_slice(&fp.0);
+        let mut raw_key = prefix.as_bytes().to_vec();
+        raw_key.extend_from_slice(&key.0);
+        let () = idem_redis_store::redis::cmd("SET")
+            .arg(&raw_key)
+            .arg(record)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let begun = store
+            .begin(&key, &fp, std::time::Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        match (live, begun) {
+            (true, Begin::InProgress { lease_remaining }) => {
+                assert!(lease_remaining > std::time::Duration::from_secs(50), "{lease_remaining:?}")
+            }
+            (false, Begin::Started(_)) => {}
+            (live, other) => panic!("live {live}: {other:?}"),
+        }
+    }
+}
+
 /// With no clock configured (the default, as the gateway runs it), the
 /// scripts read Redis's own clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
