@@ -21,8 +21,8 @@
 use std::time::Duration;
 
 use idem_core::clock::{deadline_ms, millis};
-use idem_core::{Begin, Clock, Fence, Fingerprint, Record, RecordState, StoreError, StoreKey};
 use idem_core::SystemClock;
+use idem_core::{Begin, Clock, Fence, Fingerprint, Record, RecordState, StoreError, StoreKey};
 
 use crate::{decode, px, Conn, RedisStore, RedisStoreError};
 

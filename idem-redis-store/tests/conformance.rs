@@ -198,7 +198,10 @@ async fn a_record_without_px_is_judged_by_its_deadline() {
             .unwrap_or_else(|e| panic!("{e}"));
         match (live, begun) {
             (true, Begin::InProgress { lease_remaining }) => {
-                assert!(lease_remaining > std::time::Duration::from_secs(50), "{lease_remaining:?}")
+                assert!(
+                    lease_remaining > std::time::Duration::from_secs(50),
+                    "{lease_remaining:?}"
+                )
             }
             (false, Begin::Started(_)) => {}
             (live, other) => panic!("live {live}: {other:?}"),
