@@ -58,6 +58,7 @@ use tokio::sync::OnceCell;
 pub use redis;
 
 mod admin;
+mod local;
 mod plain;
 mod server;
 
@@ -227,6 +228,9 @@ pub struct RedisStore {
     /// Whether `begin` runs as plain commands (see `plain`): set once
     /// connected, when no clock is configured and every server takes them.
     plain_begin: Arc<std::sync::OnceLock<bool>>,
+    /// Identifies the store (and its clones) among each thread's
+    /// connections (see `local`); gone with the last clone.
+    alive: Arc<()>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -258,6 +262,7 @@ impl RedisStore {
             nodes,
             conn: Arc::new(OnceCell::new()),
             plain_begin: Arc::new(std::sync::OnceLock::new()),
+            alive: Arc::new(()),
             prefix: options.prefix.as_bytes().into(),
             options,
         })
@@ -285,26 +290,15 @@ impl RedisStore {
         &self.options.prefix
     }
 
+    /// The store's first connection, made (and the server checked) once:
+    /// the one admin operations and [`connection`](Self::connection) use.
     async fn conn(&self) -> Result<Conn, RedisStoreError> {
         // A failed first connection leaves the cell empty: the next call tries
         // again, so idem recovers without a restart.
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                let conn = match &self.target {
-                    Target::Single(client) => {
-                        let config = redis::aio::ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(self.options.connect_timeout))
-                            .set_response_timeout(Some(self.options.response_timeout))
-                            .set_number_of_retries(1);
-                        let cm =
-                            ConnectionManager::new_with_config((**client).clone(), config).await?;
-                        Ok::<_, RedisStoreError>(Conn::Single(cm))
-                    }
-                    Target::Cluster(client) => {
-                        Ok(Conn::Cluster(client.get_async_connection().await?))
-                    }
-                }?;
+                let conn = self.open().await?;
                 server::check_eviction(&conn, true, self.options.allow_eviction).await?;
                 // A configured clock (tests) needs the scripts: Redis's own
                 // expiry does not follow it.
@@ -316,11 +310,26 @@ impl RedisStore {
         Ok(conn.clone())
     }
 
+    /// A new connection to the store's server(s).
+    async fn open(&self) -> Result<Conn, RedisStoreError> {
+        match &self.target {
+            Target::Single(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.options.connect_timeout))
+                    .set_response_timeout(Some(self.options.response_timeout))
+                    .set_number_of_retries(1);
+                let cm = ConnectionManager::new_with_config((**client).clone(), config).await?;
+                Ok(Conn::Single(cm))
+            }
+            Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+
     async fn invoke<T: FromRedisValue>(
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, RedisStoreError> {
-        Ok(inv.invoke_async(&mut self.conn().await?).await?)
+        Ok(inv.invoke_async(&mut self.local_conn().await?).await?)
     }
 
     /// Runs a fenced script (complete, release, renew): whether the fence
@@ -426,7 +435,7 @@ impl Store for RedisStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.local_conn().await?;
         if self.plain_begin.get() == Some(&true) {
             if let Some(begun) = self.begin_plain(conn, key, fingerprint, lease).await? {
                 return Ok(begun);
