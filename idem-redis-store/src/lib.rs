@@ -37,9 +37,11 @@
 //!   Redis also removes each record itself with `PX` once its lease or TTL
 //!   is over.
 //! - **Connections.** A `ConnectionManager` (one multiplexed connection that
-//!   reconnects by itself) or a Cluster connection; never one per request.
-//!   The first connection is made lazily, so idem starts while Redis is down
-//!   and answers 503 until it is back (SPEC: lifetimes and availability).
+//!   reconnects by itself) or a Cluster connection per thread that makes
+//!   store calls, opened from that thread (`local.rs`: no cross-thread
+//!   wake-ups per command); never one per request. The first connection is
+//!   made lazily, so idem starts while Redis is down and answers 503 until
+//!   it is back (SPEC: lifetimes and availability).
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
