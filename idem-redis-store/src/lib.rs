@@ -349,7 +349,7 @@ impl RedisStore {
 
     /// On the server's clock, a record's deadline is its `PTTL` (`left`
     /// ms, when it has one) from `now`: a record begun with plain commands
-    /// holds only its writer's estimate (see `plain`).
+    /// holds no deadline of its own (see `plain`).
     fn server_deadline(&self, record: &mut Record, now: u64, left: i64) {
         if let (None, Ok(left)) = (&self.options.clock, u64::try_from(left)) {
             plain::set_deadline(record, now.saturating_add(left));

@@ -13,14 +13,19 @@
 //! execution; `complete`, `release` and `renew` stay scripts, since each
 //! must check the fence before it writes.
 //!
-//! The new record's deadline field holds this instance's estimate (its
-//! clock plus the lease): nothing judges it against another clock. The
-//! scripts read such a record by its `PTTL` on the server's clock, and
-//! `renew` and `complete` write the server's deadline.
+//! The new record's deadline field holds the latest deadline there is
+//! ([`MAX_DEADLINE_MS`]), not this instance's estimate of the server's
+//! time: the scripts and the admin operations read such a record's end from
+//! its `PTTL` on the server's clock, and `renew` and `complete` write the
+//! server's deadline. An older idem sharing the store during a rollout
+//! (whose `begin` script compares the field with the server's clock) then
+//! sees the lease live until Redis drops the record at its `PX`, as it is;
+//! an estimate from a clock running behind the server's would have let it
+//! take over a live lease.
 
 use std::time::Duration;
 
-use idem_core::clock::{deadline_ms, millis};
+use idem_core::clock::{millis, MAX_DEADLINE_MS};
 use idem_core::SystemClock;
 use idem_core::{Begin, Clock, Fence, Fingerprint, Record, RecordState, StoreError, StoreKey};
 
@@ -42,7 +47,7 @@ impl RedisStore {
         let mut record = Vec::with_capacity(49);
         record.push(b'P');
         record.extend_from_slice(&fence.0.to_be_bytes());
-        record.extend_from_slice(&deadline_ms(now, lease).to_be_bytes());
+        record.extend_from_slice(&MAX_DEADLINE_MS.to_be_bytes());
         record.extend_from_slice(&fingerprint.0);
         let key = self.key(key);
         let mut pipe = redis::pipe();

@@ -209,6 +209,48 @@ async fn a_record_without_px_is_judged_by_its_deadline() {
     }
 }
 
+/// A record begun with plain commands holds no deadline of its own: a
+/// reader that judges the record's deadline field by another clock (an
+/// older idem's `begin` script during a rollout, modelled here by a store
+/// whose clock runs 60 s ahead) sees the lease live until Redis drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_begun_lease_is_live_to_a_reader_with_another_clock() {
+    use idem_core::{Begin, Clock, Fingerprint, ManualClock, Secret, Store, StoreKey, SystemClock};
+    let Some(url) = idem_testkit::server_url("REDIS_URL") else {
+        return;
+    };
+    let prefix = format!("idem-test:{}:", idem_core::key::generate_uuid_v4());
+    let plain = RedisStore::new(
+        &url,
+        RedisOptions {
+            prefix: prefix.clone(),
+            ..RedisOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    plain.connect().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plain.begins_with_plain_commands(), Some(true));
+    let ahead = Arc::new(ManualClock::new(SystemClock.now_ms() + 60_000));
+    let other = RedisStore::new(
+        &url,
+        RedisOptions {
+            prefix,
+            clock: Some(ahead),
+            ..RedisOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let key = StoreKey::derive(&Secret::generate(), None, "rollout");
+    let fp = Fingerprint([5; 32]);
+    let lease = std::time::Duration::from_secs(30);
+    let begun = plain.begin(&key, &fp, lease).await;
+    assert!(matches!(begun, Ok(Begin::Started(_))), "{begun:?}");
+    match other.begin(&key, &fp, lease).await {
+        Ok(Begin::InProgress { .. }) => {}
+        other => panic!("a live lease was taken over by a reader whose clock runs ahead: {other:?}"),
+    }
+}
+
 /// With no clock configured (the default, as the gateway runs it), the
 /// scripts read Redis's own clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

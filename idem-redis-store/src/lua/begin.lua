@@ -12,8 +12,8 @@ local now = now_ms(ARGV[1])
 local v = redis.call('GET', KEYS[1])
 if v then
   -- On the server's clock a record Redis still holds is live: its PX is its
-  -- deadline (a record begun with plain commands carries only the writer's
-  -- estimate of it in its deadline field, never judged by another clock).
+  -- deadline (a record begun with plain commands carries the latest
+  -- deadline there is in its deadline field; see plain.rs).
   local left = redis.call('PTTL', KEYS[1])
   if (ARGV[1] == '' and left >= 0) or ms(v, 10) > now then
     return {v, string.format('%.0f', now), left}
