@@ -231,8 +231,8 @@ pub struct RedisStore {
     /// connected, when no clock is configured and every server takes them.
     plain_begin: Arc<std::sync::OnceLock<bool>>,
     /// Identifies the store (and its clones) among each thread's
-    /// connections (see `local`); gone with the last clone.
-    alive: Arc<()>,
+    /// connections, and counts their renewals (see `local`).
+    epoch: Arc<local::Epoch>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -264,7 +264,7 @@ impl RedisStore {
             nodes,
             conn: Arc::new(OnceCell::new()),
             plain_begin: Arc::new(std::sync::OnceLock::new()),
-            alive: Arc::new(()),
+            epoch: Arc::default(),
             prefix: options.prefix.as_bytes().into(),
             options,
         })
@@ -275,9 +275,12 @@ impl RedisStore {
         self.conn().await.map(|_| ())
     }
 
-    /// The store's connection (made now if it was not yet).
+    /// A connection to the store's Redis for this thread: the one this
+    /// thread's store calls use (made now if it was not yet), so an
+    /// application's own commands beside idem's share it, and find it
+    /// reconnected once idem's calls have seen the server come back.
     pub async fn connection(&self) -> Result<Conn, RedisStoreError> {
-        self.conn().await
+        self.local_conn().await
     }
 
     /// Whether `begin` runs as plain commands (`SET … NX PX … GET`, see the
@@ -331,7 +334,11 @@ impl RedisStore {
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, RedisStoreError> {
-        Ok(inv.invoke_async(&mut self.local_conn().await?).await?)
+        let mut conn = self.local_conn().await?;
+        inv.invoke_async(&mut conn)
+            .await
+            .inspect_err(|e| self.saw(e))
+            .map_err(Into::into)
     }
 
     /// Runs a fenced script (complete, release, renew): whether the fence

@@ -13,9 +13,11 @@
 //! driver runs where its requests do; commands of concurrent requests on
 //! one thread still share (pipeline on) its connection. The first
 //! connection (`RedisStore::conn`) keeps the server checks and the admin
-//! operations.
+//! operations. A failure that says a connection is broken renews every
+//! thread's connection (see [`Epoch`]).
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use tokio::sync::OnceCell;
@@ -24,19 +26,39 @@ use crate::{Conn, RedisStore, RedisStoreError};
 
 type Cell = Arc<OnceCell<Conn>>;
 
-thread_local! {
-    /// This thread's connection of each live store.
-    static CONNS: RefCell<Vec<(Weak<()>, Cell)>> = const { RefCell::new(Vec::new()) };
+/// One thread's connection of one store, and the store's epoch it belongs
+/// to. A cell, so that the calls of one thread that find no connection
+/// wait for one opening instead of each opening its own (hundreds of TLS
+/// handshakes at once when a busy thread starts).
+struct Local {
+    store: Weak<Epoch>,
+    epoch: u64,
+    cell: Cell,
 }
 
+thread_local! {
+    /// This thread's connection of each live store.
+    static CONNS: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Counts the times a store call found its connection broken. A thread's
+/// connection from an older epoch is replaced before its next use: after a
+/// Redis restart, the first failure (a 503, answered before anything ran)
+/// renews every thread's connection, so no later command of a request that
+/// has begun (its `complete`, the application's own keys) fails on a
+/// connection of another thread that had not noticed yet.
+#[derive(Default)]
+pub(crate) struct Epoch(AtomicU64);
+
 impl RedisStore {
-    /// This thread's connection (opened now if it has none yet), after the
-    /// store's first connection has checked the server.
+    /// This thread's connection (opened now if it has none of the current
+    /// epoch), after the store's first connection has checked the server.
     pub(crate) async fn local_conn(&self) -> Result<Conn, RedisStoreError> {
         if self.conn.get().is_none() {
             self.conn().await?;
         }
-        let Ok(cell) = CONNS.try_with(|conns| self.cell(&mut conns.borrow_mut())) else {
+        let epoch = self.epoch.0.load(Ordering::Acquire);
+        let Ok(cell) = CONNS.try_with(|conns| self.cell(&mut conns.borrow_mut(), epoch)) else {
             // A thread being torn down: the first connection serves.
             return self.conn().await;
         };
@@ -44,15 +66,39 @@ impl RedisStore {
         Ok(cell.get_or_try_init(|| self.open()).await?.clone())
     }
 
-    fn cell(&self, conns: &mut Vec<(Weak<()>, Cell)>) -> Cell {
-        let me = Arc::as_ptr(&self.alive);
-        if let Some((_, cell)) = conns.iter().find(|(w, _)| w.as_ptr() == me) {
-            return cell.clone();
+    /// This thread's cell for the store at `epoch`, a new one if it had
+    /// none or one of an older epoch.
+    fn cell(&self, conns: &mut Vec<Local>, epoch: u64) -> Cell {
+        if let Some(l) = conns.iter().find(|l| self.owns(l) && l.epoch == epoch) {
+            return l.cell.clone();
         }
-        // Connections of dropped stores close here, not at the thread's end.
-        conns.retain(|(w, _)| w.strong_count() > 0);
+        // Connections of dropped stores, and this store's older one, close
+        // here rather than at the thread's end.
+        conns.retain(|l| l.store.strong_count() > 0 && !self.owns(l));
         let cell = Cell::default();
-        conns.push((Arc::downgrade(&self.alive), cell.clone()));
+        conns.push(Local {
+            store: Arc::downgrade(&self.epoch),
+            epoch,
+            cell: cell.clone(),
+        });
         cell
+    }
+
+    fn owns(&self, local: &Local) -> bool {
+        std::ptr::eq(local.store.as_ptr(), Arc::as_ptr(&self.epoch))
+    }
+
+    /// Starts a new epoch when `e` says the connection is broken (a Redis
+    /// that went away, a reset). Not on a timeout: a slow server keeps its
+    /// connections, and renewing them all would only add handshakes to its
+    /// load.
+    pub(crate) fn saw(&self, e: &redis::RedisError) {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error()
+        {
+            self.epoch.0.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }

@@ -64,6 +64,7 @@ impl RedisStore {
         let (found, left): (Option<Vec<u8>>, i64) = pipe
             .query_async(&mut conn)
             .await
+            .inspect_err(|e| self.saw(e))
             .map_err(RedisStoreError::from)?;
         let Some(found) = found else {
             return Ok(Some((Begin::Started(fence), None)));

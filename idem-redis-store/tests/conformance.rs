@@ -247,7 +247,9 @@ async fn a_plain_begun_lease_is_live_to_a_reader_with_another_clock() {
     assert!(matches!(begun, Ok(Begin::Started(_))), "{begun:?}");
     match other.begin(&key, &fp, lease).await {
         Ok(Begin::InProgress { .. }) => {}
-        other => panic!("a live lease was taken over by a reader whose clock runs ahead: {other:?}"),
+        other => {
+            panic!("a live lease was taken over by a reader whose clock runs ahead: {other:?}")
+        }
     }
 }
 
