@@ -20,10 +20,21 @@ async fn store_with_ca(
     ca_file: Option<String>,
     config: StoreConfig,
 ) -> Option<Arc<dyn StoreAdmin>> {
+    let store = connected(var, Some(config.clock), ca_file).await?;
+    Some(Arc::new(store))
+}
+
+/// A store with a prefix of its own on the server `var` names, connected
+/// (`clock: None`: the server's own).
+async fn connected(
+    var: &str,
+    clock: Option<idem_core::SharedClock>,
+    ca_file: Option<String>,
+) -> Option<RedisStore> {
     let url = idem_testkit::server_url(var)?;
     let options = RedisOptions {
         prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
-        clock: Some(config.clock),
+        clock,
         ca_file: ca_file.map(Into::into),
         ..RedisOptions::default()
     };
@@ -33,7 +44,7 @@ async fn store_with_ca(
         .connect()
         .await
         .unwrap_or_else(|e| panic!("{var}={url} is set but Redis cannot be reached: {e}"));
-    Some(Arc::new(store))
+    Some(store)
 }
 
 mod standalone {
@@ -121,16 +132,7 @@ mod servers_clock {
     use super::*;
 
     async fn on(var: &str) -> Option<Arc<dyn StoreAdmin>> {
-        let url = idem_testkit::server_url(var)?;
-        let options = RedisOptions {
-            prefix: format!("idem-test:{}:", idem_core::key::generate_uuid_v4()),
-            ..RedisOptions::default()
-        };
-        let store = RedisStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
-        store
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("{var}={url} is set but Redis cannot be reached: {e}"));
+        let store = connected(var, None, None).await?;
         assert_eq!(
             store.begins_with_plain_commands(),
             Some(true),
