@@ -8,9 +8,13 @@
 # multi-thread and current-thread runtimes. See docs/BENCHMARKS.md.
 #
 # Usage: bench/layer.sh [runs=3] [seconds=10] [connections=16] [runtimes="multi current"]
+# VARIANTS="plain layer-redis" measures the layer over RedisStore (REDIS_URL;
+# pin Redis to core 0 too, `taskset -cp 0 PID`, so its CPU counts as the
+# server side's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-10}; CONNS=${3:-16}; RUNTIMES=${4:-multi current}
+VARIANTS=${VARIANTS:-plain layer}
 SERVER_CPU=${SERVER_CPU:-0}; WRK_CPU=${WRK_CPU:-1}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 cargo build --release -q -p idem-layer --example bench_axum
@@ -31,7 +35,7 @@ run() { # scenario variant runtime port pid script
 port=18500
 declare -A PID PORT
 for rt in $RUNTIMES; do
-  for v in plain layer; do
+  for v in $VARIANTS; do
     port=$((port + 1))
     taskset -c "$SERVER_CPU" "$EX" "127.0.0.1:$port" "$v" "$rt" >"$WORK/$v-$rt.log" 2>&1 &
     PID[$v/$rt]=$!; PORT[$v/$rt]=$port
@@ -45,7 +49,7 @@ printf 'scenario\tvariant\treq/s\tp99\tcpu-us/req\tnon-2xx\n'
 for i in $(seq "$RUNS"); do
   for rt in $RUNTIMES; do
     for s in first:new-keys.lua replay:replays.lua; do
-      for v in plain layer; do
+      for v in $VARIANTS; do
         run "${s%%:*}" "$v" "$rt" "${PORT[$v/$rt]}" "${PID[$v/$rt]}" "${s#*:}"
       done
     done

@@ -296,7 +296,7 @@ impl RedisStore {
     }
 
     /// The store's first connection, made (and the server checked) once:
-    /// the one admin operations and [`connection`](Self::connection) use.
+    /// the one admin operations use (store calls use `local_conn`).
     async fn conn(&self) -> Result<Conn, RedisStoreError> {
         // A failed first connection leaves the cell empty: the next call tries
         // again, so idem recovers without a restart.
@@ -444,6 +444,7 @@ impl Store for RedisStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
+        // Connecting (on first use) reads whether the servers take plain commands.
         let conn = self.local_conn().await?;
         if self.plain_begin.get() == Some(&true) {
             if let Some(begun) = self.begin_plain(conn, key, fingerprint, lease).await? {

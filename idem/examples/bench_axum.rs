@@ -2,9 +2,11 @@
 //! id), served with or without `IdempotencyLayer` + `MemoryStore`: what
 //! `bench/layer.sh` measures, pinned, to see the layer's own cost.
 //!
-//! Usage: `bench_axum ADDR plain|layer|layer-no-context [multi|current]`
+//! Usage: `bench_axum ADDR plain|layer|layer-no-context|layer-redis [multi|current]`
 //! (`layer-no-context`: the layer told that no handler reads
-//! `IdempotencyContext`, to see what putting it in the request costs).
+//! `IdempotencyContext`, to see what putting it in the request costs;
+//! `layer-redis`: the layer over `RedisStore` at `REDIS_URL`, default
+//! `redis://127.0.0.1:6379/3`).
 #![allow(missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +35,7 @@ async fn pay(Json(payment): Json<Value>) -> (StatusCode, Json<Value>) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: bench_axum ADDR plain|layer|layer-no-context [multi|current]";
+    let usage = "usage: bench_axum ADDR plain|layer|layer-no-context|layer-redis [multi|current]";
     let addr = args.next().ok_or(usage)?;
     let variant = args.next().ok_or(usage)?;
     let runtime = args.next().unwrap_or_else(|| "multi".to_owned());
@@ -45,6 +47,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "plain" => app,
         "layer" => app.layer(layer()),
         "layer-no-context" => app.layer(layer().request_context(false)),
+        "layer-redis" => {
+            let url = std::env::var("REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379/3".to_owned());
+            let options = idem_redis_store::RedisOptions {
+                prefix: format!("idem-bench:{}:", idem_core::key::generate_uuid_v4()),
+                ..Default::default()
+            };
+            let store = idem_redis_store::RedisStore::new(&url, options)?;
+            app.layer(IdempotencyLayer::new(Arc::new(store)))
+        }
         _ => return Err(usage.into()),
     };
     let rt = match runtime.as_str() {
