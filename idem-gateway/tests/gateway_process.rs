@@ -841,7 +841,11 @@ async fn a_redis_restart_under_load_refuses_then_recovers_and_nothing_executes_t
     let load = common::Load::start(&format!("{base}/payments"), 8, "load", BODY, &[503]);
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(redis); // the server goes away under load
-    tokio::time::sleep(Duration::from_millis(600)).await;
+                 // Down for longer than `complete`'s retries (about 650 ms): clients
+                 // whose answers were being stored when it went then post new keys
+                 // while it is still down (with 600 ms, all eight were sometimes still
+                 // in those retries, and nothing was refused).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let _redis = common::private_redis(port);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let refused = load.refused();

@@ -100,11 +100,10 @@ async fn redis_restart_gives_503_then_recovers_without_restarting_idem() {
 
     let _redis = start_redis();
     // The connection comes back on its own: retry until it does (bounded).
-    // The connection comes back on its own: retry until it does (bounded).
     let answer =
         post_until_store_answers(&c, &url, "restart-key-00002", body, Duration::from_secs(10))
             .await;
-    assert_eq!(answer.status, 201);
+    assert_eq!(answer.status, 201, "{answer:?}");
     assert!(!answer.replayed());
     assert!(post(&c, &url, Some("restart-key-00002"), body)
         .await

@@ -42,6 +42,11 @@
 //!   wake-ups per command); never one per request. The first connection is
 //!   made lazily, so idem starts while Redis is down and answers 503 until
 //!   it is back (SPEC: lifetimes and availability).
+//! - **A `begin` given up on is undone.** The fence is made before the
+//!   command is sent; a `begin` whose caller stops waiting (the layer's
+//!   store timeout) or whose answer is lost sends a fenced `release` after
+//!   it on the same connection, so the client told 503 is not refused with
+//!   409 until the lease ends (`abandoned.rs`).
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -59,10 +64,13 @@ use tokio::sync::OnceCell;
 
 pub use redis;
 
+mod abandoned;
 mod admin;
 mod local;
 mod plain;
 mod server;
+
+use abandoned::Abandoned;
 
 const BACKEND: &str = "redis";
 
@@ -317,17 +325,25 @@ impl RedisStore {
 
     /// A new connection to the store's server(s).
     async fn open(&self) -> Result<Conn, RedisStoreError> {
-        match &self.target {
+        let opened = match &self.target {
             Target::Single(client) => {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.options.connect_timeout))
                     .set_response_timeout(Some(self.options.response_timeout))
                     .set_number_of_retries(1);
-                let cm = ConnectionManager::new_with_config((**client).clone(), config).await?;
-                Ok(Conn::Single(cm))
+                ConnectionManager::new_with_config((**client).clone(), config)
+                    .await
+                    .map(Conn::Single)
             }
-            Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
-        }
+            Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        };
+        // A server this thread cannot reach is one the other threads'
+        // connections may have lost too, unnoticed if they were idle: a
+        // thread with no connection yet can be the first to find Redis
+        // gone, and its failure must renew the others' as a failed command
+        // does, or the application's first command on one of them after
+        // the restart fails (`local`).
+        Ok(opened.inspect_err(|e| self.saw(e))?)
     }
 
     async fn invoke<T: FromRedisValue>(
@@ -445,23 +461,31 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
         // Connecting (on first use) reads whether the servers take plain commands.
-        let conn = self.local_conn().await?;
+        let mut conn = self.local_conn().await?;
+        let fence = Fence::generate();
+        // Undoes the begin if this future is dropped or fails once it may
+        // have been sent (see `abandoned`).
+        let pending = Abandoned::arm(self, key, fence, &conn);
         if self.plain_begin.get() == Some(&true) {
-            if let Some(begun) = self.begin_plain(conn, key, fingerprint, lease).await? {
+            if let Some(begun) = self
+                .begin_plain(&mut conn, key, fence, fingerprint, lease)
+                .await?
+            {
+                pending.disarm();
                 return Ok(begun);
             }
         }
-        let fence = Fence::generate();
-        let (existing, now, left): (Vec<u8>, String, i64) = self
-            .invoke(
-                BEGIN
-                    .key(self.key(key))
-                    .arg(self.now_arg())
-                    .arg(&fingerprint.0[..])
-                    .arg(&fence.0.to_be_bytes()[..])
-                    .arg(px(millis(lease))),
-            )
-            .await?;
+        let (existing, now, left): (Vec<u8>, String, i64) = BEGIN
+            .key(self.key(key))
+            .arg(self.now_arg())
+            .arg(&fingerprint.0[..])
+            .arg(&fence.0.to_be_bytes()[..])
+            .arg(px(millis(lease)))
+            .invoke_async(&mut conn)
+            .await
+            .inspect_err(|e| self.saw(e))
+            .map_err(RedisStoreError::from)?;
+        pending.disarm();
         if existing.is_empty() {
             return Ok((Begin::Started(fence), None));
         }

@@ -37,12 +37,12 @@ impl RedisStore {
     /// script judges it by its deadline field.
     pub(crate) async fn begin_plain(
         &self,
-        mut conn: Conn,
+        conn: &mut Conn,
         key: &StoreKey,
+        fence: Fence,
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Option<(Begin, Option<u64>)>, StoreError> {
-        let fence = Fence::generate();
         let now = SystemClock.now_ms();
         let mut record = Vec::with_capacity(49);
         record.push(b'P');
@@ -62,7 +62,7 @@ impl RedisStore {
             .cmd("PTTL")
             .arg(&key);
         let (found, left): (Option<Vec<u8>>, i64) = pipe
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .inspect_err(|e| self.saw(e))
             .map_err(RedisStoreError::from)?;

@@ -32,6 +32,7 @@ pub mod jwt;
 pub mod load;
 pub mod model;
 pub mod net;
+pub mod process;
 pub mod spec_suite;
 pub mod sse;
 pub mod storm;

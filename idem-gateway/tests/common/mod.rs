@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,23 +19,9 @@ pub fn idem_cmd(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A child process killed (and reaped) when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+// Each test binary uses its own part of these too.
+#[allow(unused_imports)]
+pub use idem_testkit::process::{free_port, private_redis, Proc};
 
 /// Starts the `idem` binary's `demo` on a free port with `args`, waits for
 /// its "listening" line, and returns it with its base URL.
@@ -277,34 +263,6 @@ pub fn assert_collates_by_locale(url: &str) {
         "true",
         "the Redis at {url} orders strings bytewise; start it with LC_ALL=en_US.UTF-8 ({out:?})"
     );
-}
-
-/// A private `redis-server` on `port` (no persistence), up when this returns;
-/// killed when dropped.
-pub fn private_redis(port: u16) -> Proc {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("redis-server: {e}"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "private redis did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Proc(child)
 }
 
 /// Clients posting new keys in a closed loop while a store is stopped and
