@@ -48,6 +48,11 @@
 //! - **Errors say what the server said**: its message, SQLSTATE, detail and
 //!   hint, and what to do for the usual ones (a missing privilege, a
 //!   pooler), in the log, `/readyz` and `idem gateway --check`.
+//! - **A `begin` given up on is undone.** The fence is made before the
+//!   statement is sent; a `begin` whose caller stops waiting (the layer's
+//!   store timeout, a statement held by a lock) or fails runs a fenced
+//!   `release` after it on the same connection, so the client told 503 is
+//!   not refused with 409 until the lease ends (`abandoned.rs`).
 //! - **The sweeper** deletes expired rows in batches with `FOR UPDATE SKIP
 //!   LOCKED`, so several instances sweeping at once never wait on each other.
 //! - **tokio-postgres with a deadpool pool** (broken connections replaced
@@ -76,12 +81,14 @@ pub use tokio_postgres;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+mod abandoned;
 mod error;
 mod schema;
 mod sql;
 mod tls;
 mod transaction;
 
+use self::abandoned::Abandoned;
 pub use self::error::PostgresStoreError;
 pub use self::schema::Migration;
 use self::sql::{Sql, Stmt};
@@ -394,13 +401,16 @@ impl Store for PostgresStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<(Begin, Option<u64>), StoreError> {
-        let client = self.client().await?;
+        // Undoes the begin if this future is dropped or fails once it may
+        // have been sent (see `abandoned`).
+        let mut pending = Abandoned::arm(self, key, self.client().await?);
         const ATTEMPTS: u32 = 8;
         for _ in 0..ATTEMPTS {
             let fence = Fence::generate();
+            pending.fence = fence;
             let rows = self
                 .query(
-                    &client,
+                    pending.client(),
                     &self.sql.begin,
                     &[
                         &&key.0[..],
@@ -417,6 +427,7 @@ impl Store for PostgresStore {
                 continue;
             };
             if row.get::<_, bool>(0) {
+                pending.disarm();
                 return Ok((Begin::Started(fence), None));
             }
             let expires_at: i64 = row.get(3);
@@ -426,9 +437,13 @@ impl Store for PostgresStore {
                 // blocked the takeover: look again.
                 continue;
             }
+            // Another's record: this attempt wrote nothing.
+            pending.disarm();
             let record = to_record(row.get(1), row.get(2), 0, expires_at, row.get(4))?;
             return Ok(record.into_begin_expiring(fingerprint, now));
         }
+        // Every attempt answered, none wrote.
+        pending.disarm();
         Err(PostgresStoreError::Unsettled(ATTEMPTS).into())
     }
 
