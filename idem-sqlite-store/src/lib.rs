@@ -19,7 +19,10 @@
 //!   busy (up to 256) and runs them in one `BEGIN IMMEDIATE … COMMIT`. Each is
 //!   still atomic (they run one after another on one connection), but the
 //!   commit cost is shared. Replies go out only after `COMMIT` returns, so an
-//!   answer a client saw was durable first.
+//!   answer a client saw was durable first. A `begin` whose caller stopped
+//!   waiting before its turn (the layer's store timeout, while another
+//!   process held the file) is skipped: its record would have held the key
+//!   in progress for the lease, refusing with 409 the client told 503.
 //! - **WAL with `synchronous=NORMAL`.** A committed transaction is in the WAL
 //!   file, so it survives the process being killed (`kill -9`); only a power
 //!   loss can lose the last transactions before a checkpoint (never corrupt
@@ -271,9 +274,31 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&mut Writer) -> Result<R, SqliteError> + Send + 'static,
     {
+        self.queue(f, false).await
+    }
+
+    /// [`job`](Self::job), skipped by the writer if the caller no longer
+    /// waits for its answer when its turn comes (see `Op::awaited_only`).
+    pub(crate) async fn job_if_awaited<R, F>(&self, f: F) -> Result<R, SqliteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Writer) -> Result<R, SqliteError> + Send + 'static,
+    {
+        self.queue(f, true).await
+    }
+
+    async fn queue<R, F>(&self, f: F, awaited_only: bool) -> Result<R, SqliteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Writer) -> Result<R, SqliteError> + Send + 'static,
+    {
         let (reply, reply_rx) = oneshot::channel();
         self.tx
-            .send(Box::new(Op { f, reply }))
+            .send(Box::new(Op {
+                f,
+                reply,
+                awaited_only,
+            }))
             .map_err(|_| SqliteError::WriterGone)?;
         reply_rx.await.map_err(|_| SqliteError::WriterGone)?
     }
@@ -331,7 +356,9 @@ impl Store for SqliteStore {
         let (key, fp) = (*key, *fingerprint);
         // Drawn here, not on the single writer thread (it is a syscall).
         let fence = Fence::generate();
-        Ok(self.job(move |w| begin(w, &key, &fp, lease, fence)).await?)
+        Ok(self
+            .job_if_awaited(move |w| begin(w, &key, &fp, lease, fence))
+            .await?)
     }
 
     fn complete<'a>(

@@ -94,6 +94,12 @@ pub(crate) trait Job: Send {
 pub(crate) struct Op<F, R> {
     pub(crate) f: F,
     pub(crate) reply: oneshot::Sender<Result<R, SqliteError>>,
+    /// Run only if the caller still waits for the answer (`begin`): a
+    /// `begin` whose caller gave up (the layer's store timeout, while the
+    /// writer was held by a long batch or another process's lock) would
+    /// leave a record no one holds, keeping the key in progress for its
+    /// lease while the client, told 503, got 409 on each retry.
+    pub(crate) awaited_only: bool,
 }
 
 impl<F, R> Job for Op<F, R>
@@ -102,7 +108,15 @@ where
     F: FnOnce(&mut Writer) -> Result<R, SqliteError> + Send,
 {
     fn run(self: Box<Self>, w: &mut Writer) -> (Reply, bool) {
-        let Op { f, reply } = *self;
+        let Op {
+            f,
+            reply,
+            awaited_only,
+        } = *self;
+        if awaited_only && reply.is_closed() {
+            // No one to answer, nothing done.
+            return (Box::new(|_| {}), false);
+        }
         let result = f(w);
         let failed = result.is_err();
         let reply: Reply = Box::new(move |commit_err| {
