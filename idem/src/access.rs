@@ -95,8 +95,10 @@ impl AccessLog for TracingAccessLog {
 pub(crate) struct Trace {
     pub(crate) span: tracing::Span,
     /// `None`: no access line (the layer's access log is off), and nothing
-    /// is noted but the span's fields.
-    note: Option<Note>,
+    /// is noted but the span's fields. Boxed: the request's future holds the
+    /// trace, and an inline note (176 bytes, a copy of the method and URI)
+    /// made every request's future larger where no line is written.
+    note: Option<Box<Note>>,
 }
 
 /// Why a `Mutex`: the protocol's helpers share `&Trace` across awaits (the
@@ -124,11 +126,13 @@ impl Trace {
     pub(crate) fn new(span: tracing::Span, logged: bool, parts: &http::request::Parts) -> Self {
         Self {
             span,
-            note: (logged && enabled()).then(|| Note {
-                started: Instant::now(),
-                method: parts.method.clone(),
-                path: parts.uri.clone(),
-                said: Mutex::new(Said::default()),
+            note: (logged && enabled()).then(|| {
+                Box::new(Note {
+                    started: Instant::now(),
+                    method: parts.method.clone(),
+                    path: parts.uri.clone(),
+                    said: Mutex::new(Said::default()),
+                })
             }),
         }
     }

@@ -91,6 +91,23 @@ fn admit(shared: &crate::layer::Shared) -> Result<Option<Admitted>, ()> {
 /// Counts a new record against its scope's rate and share, if the layer
 /// has them: the share's count to settle when the record goes, or the
 /// refusal.
+/// The body field a route reads its key from (`key_json`, a webhook's
+/// `json`), if any.
+fn body_key_field(policy: &idem_core::RoutePolicy) -> Option<&str> {
+    match &policy.webhook {
+        Some(w) => w.json.as_deref(),
+        None => policy.key_json.as_deref(),
+    }
+}
+
+/// Whether a webhook route keys a delivery without a key on its body's hash.
+fn hash_keyed(policy: &idem_core::RoutePolicy) -> bool {
+    policy
+        .webhook
+        .as_ref()
+        .is_some_and(|w| w.body_hash_fallback)
+}
+
 fn admit_scope<'a>(
     shared: &'a crate::layer::Shared,
     scope: Option<&[u8]>,
@@ -137,17 +154,24 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let trace = Trace::new(span, route.shared.access_log.is_some(), &parts);
+    // A gRPC client is told refusals the gRPC way (see `grpc`). gRPC runs
+    // over HTTP/2 only: an HTTP/1.1 request skips the header lookup.
+    let grpc = parts.version == http::Version::HTTP_2 && grpc::is_grpc(&parts.headers);
     async move {
-        let trace = Trace::new(span, route.shared.access_log.is_some(), &parts);
         // The key every answer carries back, on a route that echoes it
         // (`echo_key`): set by the steps once the key is known and valid.
-        let mut echoed: Option<http::HeaderValue> = None;
-        // A gRPC client is told refusals the gRPC way (see `grpc`). gRPC
-        // runs over HTTP/2 only: an HTTP/1.1 request skips the header lookup.
-        let grpc = parts.version == http::Version::HTTP_2 && grpc::is_grpc(&parts.headers);
-        // The steps borrow `trace` and `route`; the access line is written
-        // once they have given the answer, whichever step gave it.
-        let answered = async {
+        // Boxed: 8 bytes of this future where no route echoes keys.
+        let mut echoed: Option<Box<http::HeaderValue>> = None;
+        // The steps, in a labelled block rather than an `async` block of
+        // their own: an inner future would hold its own copy of the
+        // request's parts, body and service beside this one's (a future
+        // keeps what it captured for its whole life), 256 bytes more in a
+        // future that must stay within what glibc's per-thread cache serves
+        // (1,032 bytes) to be allocated cheaply. Each step ends with
+        // `break 'steps` and the answer; the access line is written once
+        // they have given it, whichever step gave it.
+        let mut out = 'steps: {
             let shared = &*route.shared;
             let policy = route.policy();
             let refuse = |problem: Problem| {
@@ -166,46 +190,47 @@ where
                     Err(why) => {
                         outcome(&trace, ProblemKind::Unauthenticated.slug());
                         route.count(ProblemKind::Unauthenticated);
-                        return Ok(refusal::unauthenticated(shared, why));
+                        break 'steps Ok(refusal::unauthenticated(shared, why));
                     }
                 },
-            };
-            // Rules 1 and 2: the key, before the body is read.
-            let key = match header_key(
-                &parts.headers,
-                policy,
-                shared.signing_secret.as_ref(),
-                scope.as_deref(),
-            ) {
-                Ok(k) => k,
-                Err(e) => return refuse(refusal::key_invalid(e)),
-            };
-            if policy.echo_key {
-                echoed = key.as_ref().and_then(Key::echo);
             }
-            // A key in a body field (`key_json`, a webhook's `json`) is read
-            // with the body; so is a webhook's body hash.
-            let json_key = match &policy.webhook {
-                Some(w) => w.json.as_deref(),
-                None => policy.key_json.as_deref(),
-            };
-            let hash_keyed = policy
-                .webhook
-                .as_ref()
-                .is_some_and(|w| w.body_hash_fallback);
-            let body_keyed = key.is_none() && (hash_keyed || json_key.is_some());
-            if key.is_none() && !body_keyed {
-                if policy.key_required {
-                    return refuse(refusal::key_missing(&parts.method, parts.uri.path()));
-                }
-                // An optional key that was not sent: no protection asked for.
-                let _permit = match admit(shared) {
-                    Ok(p) => p,
-                    Err(()) => return refuse(refusal::overloaded()),
+            // A boxed slice (no capacity word): kept until the execution, in
+            // a future that must stay within 1,032 bytes (see above).
+            .map(Vec::into_boxed_slice);
+            // Rules 1 and 2: the key, before the body is read. In a block
+            // (so is the body key below): the locals it borrows keep no
+            // room in this future past it.
+            let key = {
+                let key = match header_key(
+                    &parts.headers,
+                    policy,
+                    shared.signing_secret.as_ref(),
+                    scope.as_deref(),
+                ) {
+                    Ok(k) => k,
+                    Err(e) => break 'steps refuse(refusal::key_invalid(e)),
                 };
-                let req = Request::from_parts(parts, RequestBody::streaming(body));
-                return Box::pin(unprotected(&trace, "unprotected", inner, req)).await;
-            }
+                if policy.echo_key {
+                    echoed = key.as_ref().and_then(Key::echo).map(Box::new);
+                }
+                // A key in a body field (`key_json`, a webhook's `json`) is
+                // read with the body; so is a webhook's body hash.
+                let body_keyed =
+                    key.is_none() && (hash_keyed(policy) || body_key_field(policy).is_some());
+                if key.is_none() && !body_keyed {
+                    if policy.key_required {
+                        break 'steps refuse(refusal::key_missing(&parts.method, parts.uri.path()));
+                    }
+                    // An optional key that was not sent: no protection asked for.
+                    let _permit = match admit(shared) {
+                        Ok(p) => p,
+                        Err(()) => break 'steps refuse(refusal::overloaded()),
+                    };
+                    let req = Request::from_parts(parts, RequestBody::streaming(body));
+                    break 'steps Box::pin(unprotected(&trace, "unprotected", inner, req)).await;
+                }
+                key
+            };
 
             // Rule 11: read the body (it is part of the fingerprint), within the limit.
             let read = read_limited(
@@ -217,14 +242,14 @@ where
             let bytes = match read.await {
                 Ok(b) => b,
                 Err(ReadError::TooLarge) => {
-                    return refuse(refusal::body_too_large(policy.max_request_body))
+                    break 'steps refuse(refusal::body_too_large(policy.max_request_body))
                 }
-                Err(ReadError::Failed(e)) => return refuse(refusal::body_unreadable(&e)),
+                Err(ReadError::Failed(e)) => break 'steps refuse(refusal::body_unreadable(&e)),
                 Err(ReadError::TimedOut) => {
-                    return refuse(refusal::body_timeout(shared.body_timeouts.total))
+                    break 'steps refuse(refusal::body_timeout(shared.body_timeouts.total))
                 }
                 Err(ReadError::Idle) => {
-                    return refuse(refusal::body_idle(shared.body_timeouts.idle))
+                    break 'steps refuse(refusal::body_idle(shared.body_timeouts.idle))
                 }
             };
             // The in-flight slot is taken once the body is here, and held until
@@ -234,11 +259,12 @@ where
             // are bounded by the connection limit and that timeout instead.
             let permit = match admit(shared) {
                 Ok(p) => p,
-                Err(()) => return refuse(refusal::overloaded()),
+                Err(()) => break 'steps refuse(refusal::overloaded()),
             };
             let key = match key {
                 Some(k) => k,
                 None => {
+                    let json_key = body_key_field(policy);
                     let found = match json_key {
                         Some(pointer) => match body_key(
                             &bytes,
@@ -248,15 +274,15 @@ where
                             scope.as_deref(),
                         ) {
                             Ok(k) => k,
-                            Err(e) => return refuse(refusal::key_invalid(e)),
+                            Err(e) => break 'steps refuse(refusal::key_invalid(e)),
                         },
                         None => None,
                     };
                     match (found, json_key) {
                         (Some(k), _) => k,
-                        (None, _) if hash_keyed => Key::Owned(raw_body_key(&bytes)),
+                        (None, _) if hash_keyed(policy) => Key::Owned(raw_body_key(&bytes)),
                         (None, Some(pointer)) if policy.key_required => {
-                            return refuse(refusal::key_missing_from_both(
+                            break 'steps refuse(refusal::key_missing_from_both(
                                 &parts.method,
                                 parts.uri.path(),
                                 pointer,
@@ -265,21 +291,16 @@ where
                         // An optional key sent nowhere: no protection asked for.
                         (None, _) => {
                             let req = Request::from_parts(parts, RequestBody::buffered(bytes));
-                            return Box::pin(unprotected(&trace, "unprotected", inner, req)).await;
+                            break 'steps Box::pin(unprotected(&trace, "unprotected", inner, req))
+                                .await;
                         }
                     }
                 }
             };
 
             if policy.echo_key && echoed.is_none() {
-                echoed = key.echo();
+                echoed = key.echo().map(Box::new);
             }
-            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let fingerprint = {
-                let selected = fields::selected(&policy.fingerprint_fields, &bytes);
-                let body = selected.as_deref().unwrap_or(&bytes);
-                Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, body)
-            };
             // In blocks, here and below: a local's room in this future is kept
             // until its scope ends, even after it was moved.
             let store_key = {
@@ -292,7 +313,7 @@ where
                 match derived {
                     Ok(k) => k,
                     Err(e) => {
-                        return Box::pin(store_failure(
+                        break 'steps Box::pin(store_failure(
                             &route, inner, parts, bytes, e, None, &trace,
                         ))
                         .await
@@ -301,60 +322,70 @@ where
             };
             trace.key(store_key.short());
 
-            let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
-            let mut poll = Duration::from_millis(5);
-            let (fence, begun_at) = loop {
-                let nap = {
-                    let started = std::time::Instant::now();
-                    let begun = match shared
-                        .store
-                        .begin(&store_key, &fingerprint, policy.lease)
-                        .into_ready()
-                    {
-                        // An in-process store or a cache hit: no timer to set.
-                        Ok(answer) => answer,
-                        Err(pending) => {
-                            match tokio::time::timeout(shared.store_timeout, pending).await {
-                                Ok(r) => r,
-                                Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+            // The fingerprint in the block of the `begin`s that use it: its
+            // room in this future ends with them.
+            let (fence, begun_at) = {
+                let fingerprint = {
+                    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let selected = fields::selected(&policy.fingerprint_fields, &bytes);
+                    let body = selected.as_deref().unwrap_or(&bytes);
+                    Fingerprint::compute(policy.fingerprint, &parts.method, path_and_query, body)
+                };
+                let wait_until = policy.wait.map(|w| tokio::time::Instant::now() + w);
+                let mut poll = Duration::from_millis(5);
+                loop {
+                    let nap = {
+                        let started = std::time::Instant::now();
+                        let begun = match shared
+                            .store
+                            .begin(&store_key, &fingerprint, policy.lease)
+                            .into_ready()
+                        {
+                            // An in-process store or a cache hit: no timer to set.
+                            Ok(answer) => answer,
+                            Err(pending) => {
+                                match tokio::time::timeout(shared.store_timeout, pending).await {
+                                    Ok(r) => r,
+                                    Err(_) => Err(StoreError::Timeout(shared.store_timeout)),
+                                }
+                            }
+                        };
+                        let begun_at = std::time::Instant::now();
+                        route
+                            .metrics()
+                            .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
+                        // Rules 3 to 9: what the store's answer means (see `begin`).
+                        match begin::next(begun, wait_until, poll) {
+                            Next::Execute(fence) => break (fence, begun_at),
+                            Next::Replay(stored) => {
+                                tracing::debug!("replaying");
+                                route.metrics().hit();
+                                outcome(&trace, "replayed");
+                                let cookies =
+                                    replays_cookies(policy.replay_set_cookie, scope.is_some());
+                                break 'steps Ok(replay(stored, cookies));
+                            }
+                            Next::Refuse(problem) => break 'steps refuse(problem),
+                            Next::Nap(nap) => nap,
+                            Next::StoreFailed(e) => {
+                                break 'steps Box::pin(store_failure(
+                                    &route,
+                                    inner,
+                                    parts,
+                                    bytes,
+                                    e,
+                                    Some(store_key.short()),
+                                    &trace,
+                                ))
+                                .await
                             }
                         }
                     };
-                    let begun_at = std::time::Instant::now();
-                    route
-                        .metrics()
-                        .store(StoreOp::Begin, begun_at.saturating_duration_since(started));
-                    // Rules 3 to 9: what the store's answer means (see `begin`).
-                    match begin::next(begun, wait_until, poll) {
-                        Next::Execute(fence) => break (fence, begun_at),
-                        Next::Replay(stored) => {
-                            tracing::debug!("replaying");
-                            route.metrics().hit();
-                            outcome(&trace, "replayed");
-                            let cookies =
-                                replays_cookies(policy.replay_set_cookie, scope.is_some());
-                            return Ok(replay(stored, cookies));
-                        }
-                        Next::Refuse(problem) => return refuse(problem),
-                        Next::Nap(nap) => nap,
-                        Next::StoreFailed(e) => {
-                            return Box::pin(store_failure(
-                                &route,
-                                inner,
-                                parts,
-                                bytes,
-                                e,
-                                Some(store_key.short()),
-                                &trace,
-                            ))
-                            .await
-                        }
-                    }
-                };
-                // Computed above, so that nothing of this attempt is kept
-                // across the nap.
-                poll = (poll * 2).min(Duration::from_millis(100));
-                tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
+                    // Computed above, so that nothing of this attempt is kept
+                    // across the nap.
+                    poll = (poll * 2).min(Duration::from_millis(100));
+                    tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
+                }
             };
 
             // A new record: within its scope's rate of new keys and share of a
@@ -367,7 +398,7 @@ where
                     if !release_at_once(&route, &store_key, fence) {
                         Box::pin(release(&route, &store_key, fence)).await
                     }
-                    return refuse(problem);
+                    break 'steps refuse(problem);
                 }
             };
             // Started: this request holds the key. It executes, then its answer
@@ -376,8 +407,13 @@ where
             tracing::debug!("executing");
             outcome(&trace, "executed");
             if shared.request_context {
-                let context =
-                    IdempotencyContext::new(route.clone(), scope, key.into_key(), store_key, fence);
+                let context = IdempotencyContext::new(
+                    route.clone(),
+                    scope.map(Vec::from),
+                    key.into_key(),
+                    store_key,
+                    fence,
+                );
                 parts.extensions.insert(context);
             }
             // Counted so that a shutdown waits for the answer to be stored.
@@ -422,7 +458,7 @@ where
                             permit,
                         );
                         let body = ResponseBody::streamed(Tee::new(body, recording));
-                        return Ok(Response::from_parts(parts, body));
+                        break 'steps Ok(Response::from_parts(parts, body));
                     }
                 };
                 // Counted once, as what it was: an execution whose answer is
@@ -447,20 +483,20 @@ where
                     Answer::Store(stored, res) => {
                         if complete_at_once(&route, &store_key, fence, &stored, finished) {
                             drop(renewed);
-                            return Ok(res);
+                            break 'steps Ok(res);
                         }
                         Answer::Store(stored, res)
                     }
                     Answer::Release(result) => {
                         if release_at_once(&route, &store_key, fence) {
                             drop(renewed);
-                            return result;
+                            break 'steps result;
                         }
                         Answer::Release(result)
                     }
                     Answer::Stored(res) => {
                         drop(renewed);
-                        return Ok(res);
+                        break 'steps Ok(res);
                     }
                 };
                 Box::pin(finish_remote(
@@ -474,13 +510,12 @@ where
             };
             finishing.await
         };
-        let mut out = answered.await;
         if grpc {
             out = out.map(grpc::refusal);
         }
         if let (Ok(res), Some(key)) = (&mut out, echoed) {
             res.headers_mut()
-                .insert(key::IDEMPOTENCY_KEY_HEADER.clone(), key);
+                .insert(key::IDEMPOTENCY_KEY_HEADER.clone(), *key);
         }
         if route.shared.trace_context {
             if let Ok(res) = &out {
