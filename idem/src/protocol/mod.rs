@@ -174,11 +174,16 @@ where
         let mut out = 'steps: {
             let shared = &*route.shared;
             let policy = route.policy();
-            let refuse = |problem: Problem| {
-                outcome(&trace, problem.kind.slug());
-                route.count(problem.kind);
-                Ok(refusal::response(shared, &problem))
-            };
+            // A macro, not a closure: a closure used after awaits keeps its
+            // three references in this future for the request's whole life.
+            macro_rules! refuse {
+                ($problem:expr) => {{
+                    let problem: Problem = $problem;
+                    outcome(&trace, problem.kind.slug());
+                    route.count(problem.kind);
+                    Ok(refusal::response(shared, &problem))
+                }};
+            }
 
             // Whose key: from a header, or a verified identity (refused with
             // 401 when its credentials do not verify, before anything is read).
@@ -208,7 +213,7 @@ where
                     scope.as_deref(),
                 ) {
                     Ok(k) => k,
-                    Err(e) => break 'steps refuse(refusal::key_invalid(e)),
+                    Err(e) => break 'steps refuse!(refusal::key_invalid(e)),
                 };
                 if policy.echo_key {
                     echoed = key.as_ref().and_then(Key::echo).map(Box::new);
@@ -219,12 +224,15 @@ where
                     key.is_none() && (hash_keyed(policy) || body_key_field(policy).is_some());
                 if key.is_none() && !body_keyed {
                     if policy.key_required {
-                        break 'steps refuse(refusal::key_missing(&parts.method, parts.uri.path()));
+                        break 'steps refuse!(refusal::key_missing(
+                            &parts.method,
+                            parts.uri.path()
+                        ));
                     }
                     // An optional key that was not sent: no protection asked for.
                     let _permit = match admit(shared) {
                         Ok(p) => p,
-                        Err(()) => break 'steps refuse(refusal::overloaded()),
+                        Err(()) => break 'steps refuse!(refusal::overloaded()),
                     };
                     let req = Request::from_parts(parts, RequestBody::streaming(body));
                     break 'steps Box::pin(unprotected(&trace, "unprotected", inner, req)).await;
@@ -242,14 +250,14 @@ where
             let bytes = match read.await {
                 Ok(b) => b,
                 Err(ReadError::TooLarge) => {
-                    break 'steps refuse(refusal::body_too_large(policy.max_request_body))
+                    break 'steps refuse!(refusal::body_too_large(policy.max_request_body))
                 }
-                Err(ReadError::Failed(e)) => break 'steps refuse(refusal::body_unreadable(&e)),
+                Err(ReadError::Failed(e)) => break 'steps refuse!(refusal::body_unreadable(&e)),
                 Err(ReadError::TimedOut) => {
-                    break 'steps refuse(refusal::body_timeout(shared.body_timeouts.total))
+                    break 'steps refuse!(refusal::body_timeout(shared.body_timeouts.total))
                 }
                 Err(ReadError::Idle) => {
-                    break 'steps refuse(refusal::body_idle(shared.body_timeouts.idle))
+                    break 'steps refuse!(refusal::body_idle(shared.body_timeouts.idle))
                 }
             };
             // The in-flight slot is taken once the body is here, and held until
@@ -259,7 +267,7 @@ where
             // are bounded by the connection limit and that timeout instead.
             let permit = match admit(shared) {
                 Ok(p) => p,
-                Err(()) => break 'steps refuse(refusal::overloaded()),
+                Err(()) => break 'steps refuse!(refusal::overloaded()),
             };
             let key = match key {
                 Some(k) => k,
@@ -274,7 +282,7 @@ where
                             scope.as_deref(),
                         ) {
                             Ok(k) => k,
-                            Err(e) => break 'steps refuse(refusal::key_invalid(e)),
+                            Err(e) => break 'steps refuse!(refusal::key_invalid(e)),
                         },
                         None => None,
                     };
@@ -282,7 +290,7 @@ where
                         (Some(k), _) => k,
                         (None, _) if hash_keyed(policy) => Key::Owned(raw_body_key(&bytes)),
                         (None, Some(pointer)) if policy.key_required => {
-                            break 'steps refuse(refusal::key_missing_from_both(
+                            break 'steps refuse!(refusal::key_missing_from_both(
                                 &parts.method,
                                 parts.uri.path(),
                                 pointer,
@@ -365,7 +373,7 @@ where
                                     replays_cookies(policy.replay_set_cookie, scope.is_some());
                                 break 'steps Ok(replay(stored, cookies));
                             }
-                            Next::Refuse(problem) => break 'steps refuse(problem),
+                            Next::Refuse(problem) => break 'steps refuse!(problem),
                             Next::Nap(nap) => nap,
                             Next::StoreFailed(e) => {
                                 break 'steps Box::pin(store_failure(
@@ -398,7 +406,7 @@ where
                     if !release_at_once(&route, &store_key, fence) {
                         Box::pin(release(&route, &store_key, fence)).await
                     }
-                    break 'steps refuse(problem);
+                    break 'steps refuse!(problem);
                 }
             };
             // Started: this request holds the key. It executes, then its answer
