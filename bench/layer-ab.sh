@@ -22,21 +22,13 @@ WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 OUT="$WORK/results.tsv"
 source bench/pinned-lib.sh
 
-wait_port() { # port
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done
-  echo "port $1 did not open" >&2; exit 1
-}
-
 port=18900
 declare -A PID PORT
 for rt in $RUNTIMES; do
   for b in before after; do
     port=$((port + 1))
-    taskset -c "$SERVER_CPU" "${BIN[$b]}" "127.0.0.1:$port" layer "$rt" >"$WORK/$b-$rt.log" 2>&1 &
-    PID[$b/$rt]=$!; PORT[$b/$rt]=$port
-    wait_port "$port"
-    # Warm-up; also executes the 16 replay keys once.
-    taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d2s -s bench/replays.lua "http://127.0.0.1:$port/payments" >/dev/null
+    start_pinned "$port" "$WORK/$b-$rt.log" "${BIN[$b]}" "127.0.0.1:$port" layer "$rt"
+    PID[$b/$rt]=$PINNED_PID; PORT[$b/$rt]=$port
   done
 done
 

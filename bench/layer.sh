@@ -23,11 +23,6 @@ WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 OUT="$WORK/results.tsv"
 source bench/pinned-lib.sh
 
-wait_port() { # port
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done
-  echo "port $1 did not open" >&2; exit 1
-}
-
 run() { # scenario variant runtime port pid script
   pinned_run "$1" "$2/$3" "$5" "http://127.0.0.1:$4/payments" "$6"
 }
@@ -37,11 +32,8 @@ declare -A PID PORT
 for rt in $RUNTIMES; do
   for v in $VARIANTS; do
     port=$((port + 1))
-    taskset -c "$SERVER_CPU" "$EX" "127.0.0.1:$port" "$v" "$rt" >"$WORK/$v-$rt.log" 2>&1 &
-    PID[$v/$rt]=$!; PORT[$v/$rt]=$port
-    wait_port "$port"
-    # Warm-up; also executes the 16 replay keys once.
-    taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d2s -s bench/replays.lua "http://127.0.0.1:$port/payments" >/dev/null
+    start_pinned "$port" "$WORK/$v-$rt.log" "$EX" "127.0.0.1:$port" "$v" "$rt"
+    PID[$v/$rt]=$PINNED_PID; PORT[$v/$rt]=$port
   done
 done
 
