@@ -88,9 +88,6 @@ fn admit(shared: &crate::layer::Shared) -> Result<Option<Admitted>, ()> {
     }
 }
 
-/// Counts a new record against its scope's rate and share, if the layer
-/// has them: the share's count to settle when the record goes, or the
-/// refusal.
 /// The body field a route reads its key from (`key_json`, a webhook's
 /// `json`), if any.
 fn body_key_field(policy: &idem_core::RoutePolicy) -> Option<&str> {
@@ -108,6 +105,9 @@ fn hash_keyed(policy: &idem_core::RoutePolicy) -> bool {
         .is_some_and(|w| w.body_hash_fallback)
 }
 
+/// Counts a new record against its scope's rate and share, if the layer
+/// has them: the share's count to settle when the record goes, or the
+/// refusal.
 fn admit_scope<'a>(
     shared: &'a crate::layer::Shared,
     scope: Option<&[u8]>,
