@@ -89,9 +89,12 @@ impl RedisStore {
     }
 
     /// Starts a new epoch when `e` says the connection is broken (a Redis
-    /// that went away, a reset). Not on a timeout: a slow server keeps its
-    /// connections, and renewing them all would only add handshakes to its
-    /// load.
+    /// that went away, a reset, a refused connect) or a command timed out
+    /// (redis-rs reports a response timeout as an I/O error): a connection
+    /// whose server vanished without closing it (a host crash, a network
+    /// partition) only ever times out, and the connection manager does not
+    /// replace it by itself. On a merely slow server this costs each thread
+    /// one handshake.
     pub(crate) fn saw(&self, e: &redis::RedisError) {
         if e.is_io_error()
             || e.is_connection_dropped()
