@@ -350,6 +350,9 @@ pub struct GatewayArgs {
     /// PostgreSQL connections in the pool [default: 16].
     #[arg(long, env = "IDEM_POSTGRES_POOL_SIZE", value_name = "N")]
     pub postgres_pool_size: Option<String>,
+    /// PostgreSQL connections, beside the pool, that the hot path's statements share, pipelined (0: every statement on a pooled connection of its own) [default: 2].
+    #[arg(long, env = "IDEM_POSTGRES_LANES", value_name = "N")]
+    pub postgres_lanes: Option<String>,
     /// How long connecting to Redis or PostgreSQL may take [default: 2s].
     #[arg(long, env = "IDEM_STORE_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub store_connect_timeout: Option<String>,

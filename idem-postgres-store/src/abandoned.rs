@@ -9,13 +9,15 @@
 //! The fence is made here, before the statement is sent, so the store can
 //! undo it: when a `begin` ends in an error or is dropped, [`Abandoned`]
 //! runs the fenced `release` on the same connection. A connection runs its
-//! statements in the order sent, so the release comes after the begin it
-//! undoes; fenced, it removes only the record that begin made, and nothing
-//! if the begin never ran or found another's record.
+//! statements in the order sent (a lane too: tokio-postgres queues a
+//! statement when its future is first polled, and a lane's are written in
+//! that order), so the release comes after the begin it undoes; fenced, it
+//! removes only the record that begin made, and nothing if the begin never
+//! ran or found another's record.
 
-use deadpool_postgres::Object;
 use idem_core::{Fence, StoreKey};
 
+use crate::lanes::Conn;
 use crate::PostgresStore;
 
 /// Armed from before a `begin` is sent until its answer arrives; holds the
@@ -26,11 +28,11 @@ pub(crate) struct Abandoned<'a> {
     /// The fence of the attempt in flight.
     pub(crate) fence: Fence,
     /// `Some` until dropped: [`Abandoned::disarm`] consumes the guard.
-    client: Option<Object>,
+    client: Option<Conn>,
 }
 
 impl<'a> Abandoned<'a> {
-    pub(crate) fn arm(store: &'a PostgresStore, key: &'a StoreKey, client: Object) -> Self {
+    pub(crate) fn arm(store: &'a PostgresStore, key: &'a StoreKey, client: Conn) -> Self {
         Self {
             store,
             key,
@@ -40,11 +42,17 @@ impl<'a> Abandoned<'a> {
     }
 
     /// The connection the begin runs on.
-    pub(crate) fn client(&self) -> &Object {
+    pub(crate) fn conn(&self) -> &Conn {
         #[allow(clippy::expect_used)]
         self.client
             .as_ref()
             .expect("taken only when the guard is dropped")
+    }
+
+    /// The begin runs again on `client`, after the one in flight failed
+    /// (and so wrote nothing).
+    pub(crate) fn replace(&mut self, client: Conn) {
+        self.client = Some(client);
     }
 
     /// The answer arrived: the caller knows what the begin did. The
@@ -68,7 +76,7 @@ impl Drop for Abandoned<'_> {
         rt.spawn(async move {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
                 [&&key.0[..], &(fence.0 as i64)];
-            match store.execute(&client, &store.sql.release, &params).await {
+            match store.execute_hot(&client, &store.sql.release, &params).await {
                 Ok(1) => tracing::info!(
                     key = %key.short(),
                     "released the record of a begin whose answer was not awaited"

@@ -38,6 +38,13 @@ pub enum PostgresStoreError {
     /// No connection could be had from the pool.
     #[error("cannot connect to PostgreSQL: {}", describe_pool(.0))]
     Connect(#[from] deadpool_postgres::PoolError),
+    /// A connection of the hot path (`lanes.rs`) could not be opened.
+    #[error("cannot connect to PostgreSQL: {}", describe(.0))]
+    Open(#[source] tokio_postgres::Error),
+    /// Opening a connection of the hot path took longer than the connect
+    /// timeout.
+    #[error("cannot connect to PostgreSQL: no connection within {0:?}; check that the server is up and reachable, or raise the connect timeout")]
+    OpenTimeout(std::time::Duration),
     /// A statement failed.
     #[error("PostgreSQL statement failed: {}", describe(.0))]
     Sql(#[from] tokio_postgres::Error),
@@ -102,7 +109,7 @@ impl PostgresStoreError {
     /// (`42501`: insufficient privilege).
     pub fn sqlstate(&self) -> Option<&str> {
         let e = match self {
-            Self::Sql(e) | Self::NotMigrated { source: e, .. } => e,
+            Self::Sql(e) | Self::Open(e) | Self::NotMigrated { source: e, .. } => e,
             Self::Connect(deadpool_postgres::PoolError::Backend(e)) => e,
             _ => return None,
         };

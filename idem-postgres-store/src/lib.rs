@@ -48,6 +48,11 @@
 //! - **Errors say what the server said**: its message, SQLSTATE, detail and
 //!   hint, and what to do for the usual ones (a missing privilege, a
 //!   pooler), in the log, `/readyz` and `idem gateway --check`.
+//! - **The hot path shares pipelined connections** (`lanes.rs`): begin,
+//!   complete, release and renew of concurrent requests go out together on
+//!   a few shared connections and are answered in one pass, each still its
+//!   own transaction; a statement kept waiting by a row lock gives up after
+//!   50 ms there and runs again on a pooled connection of its own.
 //! - **A `begin` given up on is undone.** The fence is made before the
 //!   statement is sent; a `begin` whose caller stops waiting (the layer's
 //!   store timeout, a statement held by a lock) or fails runs a fenced
@@ -83,6 +88,7 @@ use tokio_postgres::Row;
 
 mod abandoned;
 mod error;
+mod lanes;
 mod schema;
 mod sql;
 mod tls;
@@ -90,6 +96,7 @@ mod transaction;
 
 use self::abandoned::Abandoned;
 pub use self::error::PostgresStoreError;
+use self::lanes::{lock_timed_out, Conn, Lanes};
 pub use self::schema::Migration;
 use self::sql::{Sql, Stmt};
 
@@ -115,6 +122,15 @@ pub struct PostgresOptions {
     /// `sslmode=require|verify-ca|verify-full`; the URL's `sslrootcert`
     /// wins over it. `None`: the system's roots (verify modes).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Connections, beside the pool, that the hot path's statements
+    /// (begin, complete, release, renew) share, pipelined: concurrent
+    /// requests' statements go out together and the server answers them in
+    /// one pass, which costs it and idem much less than a connection per
+    /// statement. The default is 2; 0 runs every statement on a pooled
+    /// connection of its own. A statement kept waiting by a row lock gives
+    /// up after 50 ms there and runs again on a pooled connection, so one
+    /// waiting never holds up the others.
+    pub lanes: usize,
 }
 
 /// How the store's statements reach PostgreSQL.
@@ -157,6 +173,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(2),
             statements: Statements::default(),
             ca_file: None,
+            lanes: 2,
         }
     }
 }
@@ -170,6 +187,8 @@ pub struct PostgresStore {
     migrated: Arc<OnceCell<()>>,
     clock: Option<SharedClock>,
     statements: Statements,
+    /// `None` when [`PostgresOptions::lanes`] is 0.
+    lanes: Option<Arc<Lanes>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -215,6 +234,14 @@ impl PostgresStore {
         pg.connect_timeout(options.connect_timeout);
         let ca_file = split.root_cert.as_deref().or(options.ca_file.as_deref());
         let tls = tls::MakeTls::new(tls::client_config(split.mode, ca_file)?);
+        let lanes = (options.lanes > 0).then(|| {
+            Arc::new(Lanes::new(
+                options.lanes,
+                pg.clone(),
+                tls.clone(),
+                options.connect_timeout,
+            ))
+        });
         let manager = Manager::from_config(
             pg,
             tls,
@@ -239,6 +266,7 @@ impl PostgresStore {
             migrated: Arc::new(OnceCell::new()),
             clock: options.clock,
             statements: options.statements,
+            lanes,
         })
     }
 
@@ -289,58 +317,112 @@ impl PostgresStore {
         Ok(client)
     }
 
+    /// A pooled connection of the caller's own.
+    async fn own(&self) -> Result<Conn, PostgresStoreError> {
+        Ok(Conn::Own(Box::new(self.client().await?)))
+    }
+
+    /// Where a hot-path statement goes: the next lane, or a pooled
+    /// connection when there are none.
+    async fn hot_conn(&self) -> Result<Conn, PostgresStoreError> {
+        let Some(lanes) = &self.lanes else {
+            return self.own().await;
+        };
+        if self.migrated.get().is_none() {
+            // The tables are checked (or made) once, on a pooled connection.
+            drop(self.client().await?);
+        }
+        Ok(Conn::Lane(lanes.get(self.statements, &self.sql).await?))
+    }
+
     /// Runs a fenced statement (complete, release, renew): whether the
     /// fence still held the key, and so one row changed.
     async fn held(&self, stmt: &Stmt, params: &[&(dyn ToSql + Sync)]) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        Ok(self.execute(&client, stmt, params).await? == 1)
+        let conn = self.hot_conn().await?;
+        Ok(self.execute_hot(&conn, stmt, params).await? == 1)
     }
 
-    /// Runs `stmt` with `params`, the way [`Statements`] says.
-    async fn query(
+    /// Runs a hot-path statement that changes rows on `conn`; when it gave
+    /// up waiting for a row lock (see `lanes`), runs it again on a pooled
+    /// connection of its own, where it waits as long as it must. The one
+    /// that gave up changed nothing: a failed statement rolls back.
+    async fn execute_hot(
         &self,
-        client: &deadpool_postgres::Object,
+        conn: &Conn,
         stmt: &Stmt,
         params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, PostgresStoreError> {
+        match self.execute(conn, stmt, params, Via::Fast).await {
+            Err(e) if lock_timed_out(&e) => {
+                let own = self.own().await?;
+                self.execute(&own, stmt, params, Via::Text).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `stmt` with `params` on `conn`, the way [`Statements`] says.
+    async fn query(
+        &self,
+        conn: &Conn,
+        stmt: &Stmt,
+        params: &[&(dyn ToSql + Sync)],
+        via: Via,
     ) -> Result<Vec<Row>, PostgresStoreError> {
         Ok(match self.statements {
             Statements::Unnamed => {
-                let text = stmt.call.as_deref().unwrap_or(&stmt.text);
-                client.query_typed(text, &typed(stmt, params)).await?
+                let text = match via {
+                    Via::Fast => stmt.call.as_deref().unwrap_or(&stmt.text),
+                    Via::Text => &stmt.text,
+                };
+                conn.client()
+                    .query_typed(text, &typed(stmt, params))
+                    .await?
             }
             Statements::Prepared => {
-                let prepared = client.prepare_typed_cached(&stmt.text, stmt.types).await?;
-                client.query(&prepared, params).await?
+                let prepared = conn.prepared(stmt).await?;
+                conn.client().query(&prepared, params).await?
             }
         })
     }
 
-    /// Runs `stmt` with `params`; the rows it changed.
+    /// Runs `stmt` with `params` on `conn`; the rows it changed.
     async fn execute(
         &self,
-        client: &deadpool_postgres::Object,
+        conn: &Conn,
         stmt: &Stmt,
         params: &[&(dyn ToSql + Sync)],
+        via: Via,
     ) -> Result<u64, PostgresStoreError> {
         Ok(match self.statements {
             // The function answers the count as its one row.
-            Statements::Unnamed if stmt.call.is_some() => {
-                let rows = self.query(client, stmt, params).await?;
+            Statements::Unnamed if stmt.call.is_some() && via == Via::Fast => {
+                let rows = self.query(conn, stmt, params, via).await?;
                 rows.first()
                     .and_then(|r| r.get::<_, Option<i64>>(0))
                     .map_or(0, |n| n as u64)
             }
             Statements::Unnamed => {
-                client
+                conn.client()
                     .execute_typed(&stmt.text, &typed(stmt, params))
                     .await?
             }
             Statements::Prepared => {
-                let prepared = client.prepare_typed_cached(&stmt.text, stmt.types).await?;
-                client.execute(&prepared, params).await?
+                let prepared = conn.prepared(stmt).await?;
+                conn.client().execute(&prepared, params).await?
             }
         })
     }
+}
+
+/// How a hot-path statement is sent with [`Statements::Unnamed`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The call of its function (planned once per server connection; waits
+    /// at most `LANE_LOCK_TIMEOUT` for a lock).
+    Fast,
+    /// Its text (planned on every call; waits as long as it must).
+    Text,
 }
 
 /// `params` paired with `stmt`'s types, as an unnamed statement takes them.
@@ -403,24 +485,36 @@ impl Store for PostgresStore {
     ) -> Result<(Begin, Option<u64>), StoreError> {
         // Undoes the begin if this future is dropped or fails once it may
         // have been sent (see `abandoned`).
-        let mut pending = Abandoned::arm(self, key, self.client().await?);
+        let mut pending = Abandoned::arm(self, key, self.hot_conn().await?);
+        let mut via = Via::Fast;
         const ATTEMPTS: u32 = 8;
-        for _ in 0..ATTEMPTS {
+        let mut attempts = 0;
+        while attempts < ATTEMPTS {
             let fence = Fence::generate();
             pending.fence = fence;
-            let rows = self
-                .query(
-                    pending.client(),
-                    &self.sql.begin,
-                    &[
-                        &&key.0[..],
-                        &&fingerprint.0[..],
-                        &(fence.0 as i64),
-                        &millis_i64(lease),
-                        &self.now_param(),
-                    ],
-                )
-                .await?;
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &&key.0[..],
+                &&fingerprint.0[..],
+                &(fence.0 as i64),
+                &millis_i64(lease),
+                &self.now_param(),
+            ];
+            let rows = match self
+                .query(pending.conn(), &self.sql.begin, &params, via)
+                .await
+            {
+                // The key's row is locked (an application's transaction
+                // holds it, or a racer's statement): wait for it on a
+                // connection of this call's own, not on a shared one (see
+                // `lanes`). The statement that gave up wrote nothing.
+                Err(e) if via == Via::Fast && lock_timed_out(&e) => {
+                    pending.replace(self.own().await?);
+                    via = Via::Text;
+                    continue;
+                }
+                other => other?,
+            };
+            attempts += 1;
             let Some(row) = rows.first() else {
                 // The conflicting row committed after this statement's
                 // snapshot: run again with a fresh one.
@@ -493,12 +587,14 @@ impl Store for PostgresStore {
     }
 
     async fn shared_secret(&self) -> Result<Option<Secret>, StoreError> {
-        let client = self.client().await?;
+        let client = self.own().await?;
         let candidate = idem_core::key::hex(Secret::generate().as_bytes()).into_bytes();
         // A racer's row committed after this statement's snapshot shows as
         // no row: ask again.
         for _ in 0..5 {
-            let rows = self.query(&client, &self.sql.secret, &[&candidate]).await?;
+            let rows = self
+                .query(&client, &self.sql.secret, &[&candidate], Via::Fast)
+                .await?;
             if let Some(row) = rows.first() {
                 return Secret::from_bytes(row.get::<_, Vec<u8>>(0))
                     .map(Some)
@@ -512,9 +608,14 @@ impl Store for PostgresStore {
 #[async_trait]
 impl StoreAdmin for PostgresStore {
     async fn get(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let client = self.client().await?;
+        let client = self.own().await?;
         let rows = self
-            .query(&client, &self.sql.get, &[&&key.0[..], &self.now_param()])
+            .query(
+                &client,
+                &self.sql.get,
+                &[&&key.0[..], &self.now_param()],
+                Via::Fast,
+            )
             .await?;
         match rows.first() {
             Some(r) => {
@@ -527,25 +628,30 @@ impl StoreAdmin for PostgresStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let client = self.client().await?;
+        let client = self.own().await?;
         let n = self
-            .execute(&client, &self.sql.delete, &[&&key.0[..]])
+            .execute(&client, &self.sql.delete, &[&&key.0[..]], Via::Fast)
             .await?;
         Ok(n == 1)
     }
 
     async fn purge_expired(&self, limit: usize) -> Result<u64, StoreError> {
-        let client = self.client().await?;
+        let client = self.own().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let now = self.now_param();
         let n = self
-            .execute(&client, &self.sql.purge, &[&now, &limit])
+            .execute(&client, &self.sql.purge, &[&now, &limit], Via::Fast)
             .await?;
         // Recovery points past their TTL too. A role granted the records
         // before recovery points existed (version 4) may not touch them:
         // that is no reason to stop purging records.
         match self
-            .execute(&client, &self.sql.recovery_purge, &[&now, &limit])
+            .execute(
+                &client,
+                &self.sql.recovery_purge,
+                &[&now, &limit],
+                Via::Fast,
+            )
             .await
         {
             Err(PostgresStoreError::Sql(e)) if schema::sqlstate(&e) == Some("42501") => {}
@@ -557,10 +663,10 @@ impl StoreAdmin for PostgresStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let client = self.client().await?;
+        let client = self.own().await?;
         let mut s = StoreStats::default();
         for row in self
-            .query(&client, &self.sql.stats, &[&self.now_param()])
+            .query(&client, &self.sql.stats, &[&self.now_param()], Via::Fast)
             .await?
         {
             let (state, live, n): (i16, bool, i64) = (row.get(0), row.get(1), row.get(2));

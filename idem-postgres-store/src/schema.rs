@@ -63,10 +63,7 @@ pub(crate) async fn version(
         // table: the catalogs (readable by every role) tell whether the
         // newest version's objects are there.
         Err(e) if sqlstate(&e) == Some("42501") => {
-            let probe = format!(
-                "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
-                 ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relname = '{NEWEST_OBJECT}'"
-            );
+            let probe = newest_probe(schema);
             match client.simple_query(&probe).await {
                 Ok(m) if first_number(&m) > 0 => Ok(newest()),
                 _ => Err(e),
@@ -76,8 +73,15 @@ pub(crate) async fn version(
     }
 }
 
-/// A table the newest migration makes (the probe above looks for it).
-const NEWEST_OBJECT: &str = "idem_recovery";
+/// Whether the newest migration's change is there, asked of the catalogs:
+/// migration 5 gave `idem_begin` its settings (`lock_timeout`).
+fn newest_probe(schema: &str) -> String {
+    format!(
+        "SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n \
+         ON n.oid = p.pronamespace WHERE n.nspname = '{schema}' AND p.proname = 'idem_begin' \
+         AND p.proconfig IS NOT NULL"
+    )
+}
 
 /// At first use: nothing to do when the tables are current (a role that
 /// may only read and write them is enough); otherwise migrate, and when

@@ -22,6 +22,9 @@ pub(crate) struct Stmt {
     /// path's statements. For a statement that changes rows it answers one
     /// row: how many.
     pub(crate) call: Option<String>,
+    /// For the hot path's statements, their place in a lane's prepared
+    /// statements (`lanes.rs`).
+    pub(crate) hot: Option<usize>,
 }
 
 pub(crate) struct Sql {
@@ -126,6 +129,7 @@ fn stmt(text: String, types: &'static [Type]) -> Stmt {
         text,
         types,
         call: None,
+        hot: None,
     }
 }
 
@@ -134,6 +138,7 @@ fn function(schema: &str, name: &str, template: &str, types: &'static [Type], ro
     Stmt {
         text: fill(template, schema),
         types,
+        hot: HOT.iter().position(|(n, _)| *n == name),
         call: Some(if rows {
             format!("SELECT * FROM {schema}.{name}({args})")
         } else {
@@ -214,8 +219,22 @@ impl Sql {
     }
 }
 
+/// The hot path's functions and their arguments, in the order of a lane's
+/// prepared statements.
+pub(crate) const HOT: [(&str, &str); 4] = [
+    ("idem_begin", "bytea, bytea, bigint, bigint, bigint"),
+    ("idem_complete", "bytea, bigint, bytea, bigint, bigint"),
+    ("idem_release", "bytea, bigint"),
+    ("idem_renew", "bytea, bigint, bigint, bigint"),
+];
+
+/// How long a statement on a lane waits for a row lock before it gives up
+/// and runs again on a connection of its own (`lanes.rs`). The functions
+/// hold it (migration 5): changing it needs a migration.
+pub(crate) const LANE_LOCK_TIMEOUT: &str = "50ms";
+
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(crate) fn migrations(schema: &str) -> [String; 4] {
+pub(crate) fn migrations(schema: &str) -> [String; 5] {
     // A function changing rows answers how many.
     let counting = |name: &str, args: &str, template: &str| {
         format!(
@@ -278,6 +297,19 @@ pub(crate) fn migrations(schema: &str) -> [String; 4] {
             );
             CREATE INDEX idem_recovery_expires_at ON {schema}.idem_recovery (expires_at);"
         ),
+        // 5: the hot path's functions wait at most LANE_LOCK_TIMEOUT for a
+        // row lock: they run pipelined on shared connections, where one
+        // waiting (on a row an application's transaction holds) would hold
+        // up every statement behind it. The store runs a statement that
+        // timed out again, as text, on a connection of its own.
+        HOT.iter()
+            .map(|(name, args)| {
+                format!(
+                    "ALTER FUNCTION {schema}.{name}({args}) SET lock_timeout = '{LANE_LOCK_TIMEOUT}';"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
     ]
 }
 

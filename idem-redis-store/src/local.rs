@@ -8,7 +8,7 @@
 //! multi-thread runtime's other workers) woke a thread on each side: two
 //! cross-thread wake-ups (an eventfd write and a context switch each) per
 //! command, which measured as most of the gateway's CPU per first execution
-//! (`bench/redis-gateway.sh`, docs/BENCHMARKS.md). Here each thread that
+//! (`bench/store-gateway.sh redis`, docs/BENCHMARKS.md). Here each thread that
 //! runs store calls opens its own connection, from that thread, so its
 //! driver runs where its requests do; commands of concurrent requests on
 //! one thread still share (pipeline on) its connection. The first

@@ -124,6 +124,9 @@ pub struct StoreOptions {
     pub postgres_statements: Statements,
     /// PostgreSQL connections in the pool.
     pub postgres_pool_size: usize,
+    /// PostgreSQL connections, beside the pool, that the hot path's
+    /// statements share, pipelined (0: none).
+    pub postgres_lanes: usize,
     /// How long connecting to Redis or PostgreSQL may take.
     pub connect_timeout: Duration,
     /// The CA that signs a TLS store's certificate (`rediss://`, PostgreSQL
@@ -142,6 +145,7 @@ impl Default for StoreOptions {
             postgres_schema: "public".into(),
             postgres_statements: Statements::Unnamed,
             postgres_pool_size: 16,
+            postgres_lanes: 2,
             connect_timeout: Duration::from_secs(2),
             ca_file: None,
         }
@@ -330,6 +334,7 @@ fn postgres_options(options: &StoreOptions) -> PostgresOptions {
             Statements::Prepared => idem_postgres_store::Statements::Prepared,
         },
         pool_size: options.postgres_pool_size,
+        lanes: options.postgres_lanes,
         connect_timeout: options.connect_timeout,
         ca_file: options.ca_file.clone(),
         ..PostgresOptions::default()
@@ -466,6 +471,7 @@ mod tests {
         assert_eq!(d.redis_allow_eviction, r.allow_eviction);
         assert_eq!(d.postgres_schema, p.schema);
         assert_eq!(d.postgres_pool_size, p.pool_size);
+        assert_eq!(d.postgres_lanes, p.lanes);
         assert_eq!(d.connect_timeout, p.connect_timeout);
         assert_eq!(d.connect_timeout, r.connect_timeout);
         assert_eq!(

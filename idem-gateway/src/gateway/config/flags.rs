@@ -65,6 +65,7 @@ pub(super) fn flag_values(args: &GatewayArgs) -> Vec<(&'static str, toml::Value)
         text("postgres_schema", &args.postgres_schema),
         text("postgres_statements", &args.postgres_statements),
         text("postgres_pool_size", &args.postgres_pool_size),
+        text("postgres_lanes", &args.postgres_lanes),
         text("store_connect_timeout", &args.store_connect_timeout),
         path("store_ca_file", &args.store_ca_file),
         text("workers", &args.workers),

@@ -87,6 +87,7 @@ struct Settings {
     postgres_schema: String,
     postgres_statements: String,
     postgres_pool_size: Size,
+    postgres_lanes: Size,
     store_connect_timeout: Secs,
     store_ca_file: Option<PathBuf>,
     scope_share: Number,
@@ -144,6 +145,7 @@ impl Default for Settings {
             postgres_schema: "public".into(),
             postgres_statements: "unnamed".into(),
             postgres_pool_size: Size(16),
+            postgres_lanes: Size(2),
             store_connect_timeout: Secs(Duration::from_secs(2)),
             store_ca_file: None,
             scope_share: Number(0.5),
@@ -264,6 +266,8 @@ pub struct GatewayConfig {
     pub postgres_statements: crate::stores::Statements,
     /// PostgreSQL connections in the pool.
     pub postgres_pool_size: usize,
+    /// PostgreSQL connections the hot path's statements share.
+    pub postgres_lanes: usize,
     /// How long connecting to Redis or PostgreSQL may take.
     pub store_connect_timeout: Duration,
     /// The CA that signs a TLS store's certificate; `None`: the system's.
@@ -438,7 +442,8 @@ fn validate(
         w => w.map(|Size(w)| w),
     };
     let store_timeout = store_timeout(&s, &policy, names)?;
-    let (postgres_statements, postgres_pool_size) = store::server_settings(&s, names)?;
+    let (postgres_statements, postgres_pool_size, postgres_lanes) =
+        store::server_settings(&s, names)?;
     let signed_routes = std::iter::once(&policy.default)
         .chain(policy.routes.iter().map(|(_, p)| p))
         .any(|p| p.require_signed_keys && p.webhook.is_none());
@@ -530,6 +535,7 @@ fn validate(
         postgres_schema: s.postgres_schema,
         postgres_statements,
         postgres_pool_size,
+        postgres_lanes,
         store_connect_timeout: s.store_connect_timeout.0,
         store_ca_file: s.store_ca_file,
         policy,

@@ -30,6 +30,7 @@ impl GatewayConfig {
             postgres_schema: self.postgres_schema.clone(),
             postgres_statements: self.postgres_statements,
             postgres_pool_size: self.postgres_pool_size,
+            postgres_lanes: self.postgres_lanes,
             connect_timeout: self.store_connect_timeout,
             ca_file: self.store_ca_file.clone(),
         }
@@ -83,8 +84,11 @@ pub(super) fn store_timeout(
 }
 
 /// The shared stores' settings the types cannot check: the PostgreSQL
-/// schema, statements mode and pool size, the Redis prefix.
-pub(super) fn server_settings(s: &Settings, names: &Names) -> anyhow::Result<(Statements, usize)> {
+/// schema, statements mode, pool size and lanes, the Redis prefix.
+pub(super) fn server_settings(
+    s: &Settings,
+    names: &Names,
+) -> anyhow::Result<(Statements, usize, usize)> {
     let n = |key: &str| names.of(key);
     // Checked where it is used: a build without PostgreSQL has no schema.
     #[cfg(feature = "postgres")]
@@ -106,6 +110,13 @@ pub(super) fn server_settings(s: &Settings, names: &Names) -> anyhow::Result<(St
             n("postgres_pool_size")
         );
     }
+    let Size(postgres_lanes) = s.postgres_lanes;
+    if postgres_lanes > 64 {
+        bail!(
+            "{}: must be between 0 and 64, got {postgres_lanes}",
+            n("postgres_lanes")
+        );
+    }
     if s.redis_key_prefix.is_empty() || s.redis_key_prefix.chars().any(char::is_whitespace) {
         bail!(
             "{}: {:?}: use a non-empty prefix without spaces, such as \"idem:payments:\" (each service sharing a Redis its own)",
@@ -113,5 +124,5 @@ pub(super) fn server_settings(s: &Settings, names: &Names) -> anyhow::Result<(St
             s.redis_key_prefix
         );
     }
-    Ok((postgres_statements, postgres_pool_size))
+    Ok((postgres_statements, postgres_pool_size, postgres_lanes))
 }

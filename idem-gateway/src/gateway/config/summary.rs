@@ -95,6 +95,7 @@ impl GatewayConfig {
             }),
         );
         put("postgres_pool_size", size(self.postgres_pool_size as u64));
+        put("postgres_lanes", size(self.postgres_lanes as u64));
         put(
             "store_connect_timeout",
             duration(self.store_connect_timeout),
