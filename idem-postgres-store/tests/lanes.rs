@@ -5,43 +5,31 @@
 //! must still get its answer once the lock goes (SPEC: lifetimes and
 //! availability; nothing executes twice).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::key;
 use idem_core::{Begin, Fingerprint, HeldRecord, Store, StoreKey};
 use idem_postgres_store::{PostgresOptions, PostgresStore, Statements};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-fn key(name: &str) -> StoreKey {
-    idem_testkit::held::key(name)
-}
-
 fn fp() -> Fingerprint {
-    idem_testkit::held::fingerprint("/payments", b"{}")
+    common::fingerprint("/payments", b"{}")
 }
 
 /// A store with one lane (so every hot-path statement shares it) in a
 /// schema of its own; `None` without a server.
 async fn store(statements: Statements) -> Option<Arc<PostgresStore>> {
-    let url = idem_testkit::server_url("DATABASE_URL")?;
-    let schema = format!(
-        "idem_lanes_{}",
-        idem_core::key::generate_uuid_v4().replace('-', "_")
-    );
     let options = PostgresOptions {
-        schema,
         pool_size: 4,
         lanes: 1,
         statements,
         ..PostgresOptions::default()
     };
-    let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
-    store
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    Some(Arc::new(store))
+    Some(Arc::new(common::store_with(options).await?))
 }
 
 async fn started(store: &PostgresStore, k: &StoreKey) -> HeldRecord {

@@ -20,29 +20,36 @@ pub(crate) async fn setup(
     ddl: &str,
     pool_size: usize,
 ) -> Option<(PostgresStore, Arc<ManualClock>)> {
-    let url = idem_testkit::server_url("DATABASE_URL")?;
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let store = store_with(PostgresOptions {
+        clock: Some(clock.clone()),
+        pool_size,
+        ..PostgresOptions::default()
+    })
+    .await?;
+    let client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
+    client
+        .batch_execute(&ddl.replace("{schema}", store.schema()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Some((store, clock))
+}
+
+/// A store with `options` in a fresh schema, connected; `None` without a
+/// server.
+pub(crate) async fn store_with(options: PostgresOptions) -> Option<PostgresStore> {
+    let url = idem_testkit::server_url("DATABASE_URL")?;
     let schema = format!(
         "idem_app_{}",
         idem_core::key::generate_uuid_v4().replace('-', "_")
     );
-    let options = PostgresOptions {
-        schema: schema.clone(),
-        clock: Some(clock.clone()),
-        pool_size,
-        ..PostgresOptions::default()
-    };
+    let options = PostgresOptions { schema, ..options };
     let store = PostgresStore::new(&url, options).unwrap_or_else(|e| panic!("{e}"));
     store
         .connect()
         .await
         .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let client = store.pool().get().await.unwrap_or_else(|e| panic!("{e}"));
-    client
-        .batch_execute(&ddl.replace("{schema}", &schema))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    Some((store, clock))
+    Some(store)
 }
 
 pub(crate) use idem_testkit::held::{fingerprint, key};
