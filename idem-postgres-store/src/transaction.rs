@@ -4,7 +4,8 @@
 use idem_core::{HeldRecord, RecoveryPoint, StoreError, StoredResponse};
 use tokio_postgres::types::ToSql;
 
-use crate::{millis_i64, typed, PostgresStore, PostgresStoreError};
+use crate::statement::typed;
+use crate::{millis_i64, PostgresStore, PostgresStoreError};
 
 impl PostgresStore {
     /// Completes the execution's record (`held`) with `answer` inside the
