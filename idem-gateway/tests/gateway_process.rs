@@ -459,6 +459,49 @@ async fn a_clock_60s_ahead_changes_nothing(store: &str) {
     assert_eq!(up.executions_of(&held), 1);
 }
 
+/// Issue: the gateway on another clock ran under the `faketime` wrapper,
+/// which forks it and waits; killing the wrapper (the test's `Proc`
+/// dropped) left the gateway running, holding its store's connections,
+/// after every test run. It must be gone when its test ends.
+#[tokio::test]
+async fn a_gateway_on_another_clock_is_gone_when_its_test_ends() {
+    let up = CountingUpstream::start().await.expect("upstream");
+    let (gw, base) =
+        common::gateway_with_clock("+60s", &["--upstream", &up.url(), "--store", "memory://"]);
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Its clock runs ahead: the Date of its own answer (a malformed key's
+    // 400) is 60 s past ours (the shared-clock tests mean nothing if not).
+    let r = post(&client(), &format!("{base}/payments"), Some("short"), BODY).await;
+    let date = r
+        .headers
+        .get("date")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let hms: Vec<u64> = date
+        .split(' ')
+        .nth(4)
+        .unwrap_or_default()
+        .split(':')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!((r.status.as_u16(), hms.len()), (400, 3), "{date}");
+    let theirs = hms[0] * 3600 + hms[1] * 60 + hms[2];
+    let ours = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() % 86_400);
+    let ahead = (theirs + 86_400 - ours) % 86_400;
+    assert!(
+        (55..=65).contains(&ahead),
+        "the gateway's clock is {ahead} s ahead of ours, not 60: {date}"
+    );
+    drop(gw);
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the gateway on another clock still listens on {addr} after its test dropped it"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_clock_a_gateway_60s_ahead_on_redis_changes_nothing() {
     if let Some(url) = common::redis_db("REDIS_URL", 10) {

@@ -44,14 +44,34 @@ pub fn gateway(args: &[&str]) -> (Proc, String) {
     idem(&["gateway"], &all)
 }
 
-/// Starts `idem gateway` like [`gateway`], under `faketime -f OFFSET`
-/// (libfaketime, from Debian's `faketime`): its wall clock runs `offset`
-/// (`+60s`) away from everyone else's.
+/// Starts `idem gateway` like [`gateway`] with libfaketime (Debian's
+/// `faketime`) preloaded: its wall clock runs `offset` (`+60s`) away from
+/// everyone else's. Preloaded into the gateway itself, not run under the
+/// `faketime` wrapper: the wrapper forks the program and waits, so killing
+/// it (the returned `Proc` dropped) left the gateway running.
 pub fn gateway_with_clock(offset: &str, args: &[&str]) -> (Proc, String) {
-    let mut all = vec!["-f", offset, env!("CARGO_BIN_EXE_idem"), "gateway"];
-    all.extend_from_slice(&["--admin-listen", "none"]);
-    all.extend_from_slice(args);
-    spawn(Command::new("faketime").args(&all), &["gateway"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idem"));
+    cmd.args(["gateway", "--admin-listen", "none"])
+        .args(args)
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", offset);
+    spawn(&mut cmd, &["gateway"])
+}
+
+/// libfaketime's library, where Debian's `faketime` puts it.
+fn libfaketime() -> String {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|dir| format!("{dir}/faketime/libfaketime.so.1"))
+    .find(|path| std::path::Path::new(path).exists())
+    .unwrap_or_else(|| {
+        panic!("libfaketime not found: install Debian's faketime (./scripts/test does)")
+    })
 }
 
 fn idem(sub: &[&str], args: &[&str]) -> (Proc, String) {
