@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, gateway, idem_cmd, post, post_as, send, HttpClient, Proc};
+use common::{client, gateway, idem_cmd, post, post_as, send, Proc};
 use http::Method;
 use idem_testkit::storm::Storm;
 use idem_testkit::upstream::CountingUpstream;
@@ -271,39 +271,6 @@ fn a_lock_timeout_within_three_store_timeouts_is_refused_naming_both() {
     );
 }
 
-/// POSTs `key` to `url` in a task, the upstream taking `delay_ms` to
-/// answer, and returns once the upstream is executing it.
-async fn executing(
-    c: &HttpClient,
-    url: &str,
-    key: &str,
-    delay_ms: u64,
-    up: &CountingUpstream,
-) -> tokio::task::JoinHandle<common::Answer> {
-    let (c2, url, key2, delay) = (
-        c.clone(),
-        url.to_owned(),
-        key.to_owned(),
-        delay_ms.to_string(),
-    );
-    let task = tokio::spawn(async move {
-        let h = [
-            ("idempotency-key", key2.as_str()),
-            ("x-test-delay-ms", delay.as_str()),
-        ];
-        common::send(&c2, Method::POST, &url, &h, BODY).await
-    });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.executions_of(key) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream never got the request"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    task
-}
-
 /// `kill -9` of a gateway mid-request on `store`: another gateway answers 409
 /// while the dead holder's lease lives, then takes the key over and executes
 /// once; a key completed before the kill still replays.
@@ -326,7 +293,7 @@ async fn killed_holder(store: &str) {
     let killed_key = format!("killed-key-{}", &idem_core::key::generate_uuid_v4()[..8]);
     let done = post(&c, &url, Some(&done_key), BODY).await;
     assert_eq!(done.status, 201);
-    let _slow = executing(&c, &url, &killed_key, 3000, &up).await;
+    let _slow = common::executing(&c, &url, &killed_key, 3000, &up, BODY).await;
     signal(&gw, "-KILL");
     drop(gw);
     let (_gw, base) = gateway(&args);
@@ -421,100 +388,6 @@ async fn rule_8_a_killed_gateway_on_postgres_blocks_its_key_for_one_lease_only()
         return;
     };
     killed_holder(&url).await;
-}
-
-/// Issue: instances decided lease expiry and TTL by their own clocks; one
-/// whose clock ran ahead took over a live lease (a second execution) and
-/// saw live answers as expired. Two gateways on `store`, the second 60 s
-/// ahead (libfaketime): it replays the first's answer (TTL 30 s) and
-/// answers 409 while the first executes (lease 30 s).
-async fn a_clock_60s_ahead_changes_nothing(store: &str) {
-    let up = CountingUpstream::start().await.expect("upstream");
-    let args = ["--upstream", &up.url(), "--store", store, "--ttl", "30s"];
-    let (_a, a) = gateway(&args);
-    let (_b, b) = common::gateway_with_clock("+60s", &args);
-    let c = client();
-    let done = format!("skew-done-{}", &idem_core::key::generate_uuid_v4()[..8]);
-    let held = format!("skew-held-{}", &idem_core::key::generate_uuid_v4()[..8]);
-    assert_eq!(
-        post(&c, &format!("{a}/payments"), Some(&done), BODY)
-            .await
-            .status,
-        201
-    );
-    let r = post(&c, &format!("{b}/payments"), Some(&done), BODY).await;
-    assert!(
-        r.replayed(),
-        "the gateway ahead saw a live answer as expired: {}",
-        r.status
-    );
-    let slow = executing(&c, &format!("{a}/payments"), &held, 1500, &up).await;
-    let dup = post(&c, &format!("{b}/payments"), Some(&held), BODY).await;
-    assert_eq!(dup.status, 409, "the gateway ahead took over a live lease");
-    assert_eq!(slow.await.expect("slow request").status, 201);
-    assert!(post(&c, &format!("{b}/payments"), Some(&held), BODY)
-        .await
-        .replayed());
-    assert_eq!(up.executions_of(&done), 1);
-    assert_eq!(up.executions_of(&held), 1);
-}
-
-/// Issue: the gateway on another clock ran under the `faketime` wrapper,
-/// which forks it and waits; killing the wrapper (the test's `Proc`
-/// dropped) left the gateway running, holding its store's connections,
-/// after every test run. It must be gone when its test ends.
-#[tokio::test]
-async fn a_gateway_on_another_clock_is_gone_when_its_test_ends() {
-    let up = CountingUpstream::start().await.expect("upstream");
-    let (gw, base) =
-        common::gateway_with_clock("+60s", &["--upstream", &up.url(), "--store", "memory://"]);
-    let addr = base.trim_start_matches("http://").to_owned();
-    // Its clock runs ahead: the Date of its own answer (a malformed key's
-    // 400) is 60 s past ours (the shared-clock tests mean nothing if not).
-    let r = post(&client(), &format!("{base}/payments"), Some("short"), BODY).await;
-    let date = r
-        .headers
-        .get("date")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let hms: Vec<u64> = date
-        .split(' ')
-        .nth(4)
-        .unwrap_or_default()
-        .split(':')
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    assert_eq!((r.status.as_u16(), hms.len()), (400, 3), "{date}");
-    let theirs = hms[0] * 3600 + hms[1] * 60 + hms[2];
-    let ours = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() % 86_400);
-    let ahead = (theirs + 86_400 - ours) % 86_400;
-    assert!(
-        (55..=65).contains(&ahead),
-        "the gateway's clock is {ahead} s ahead of ours, not 60: {date}"
-    );
-    drop(gw);
-    assert!(
-        std::net::TcpStream::connect(&addr).is_err(),
-        "the gateway on another clock still listens on {addr} after its test dropped it"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_clock_a_gateway_60s_ahead_on_redis_changes_nothing() {
-    if let Some(url) = common::redis_db("REDIS_URL", 10) {
-        a_clock_60s_ahead_changes_nothing(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_clock_a_gateway_60s_ahead_on_postgres_changes_nothing() {
-    let Some(url) = idem_testkit::server_url("DATABASE_URL") else {
-        return;
-    };
-    a_clock_60s_ahead_changes_nothing(&url).await;
 }
 
 /// 64 concurrent duplicates of each of 100 keys, round-robin over `bases`:

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio_postgres::Statement;
 
-use crate::sql::{Sql, Stmt, HOT, LANE_LOCK_TIMEOUT};
+use crate::sql::{Sql, Stmt, LANE_LOCK_TIMEOUT};
 use crate::{tls, PostgresStoreError, Statements};
 
 /// A connection a statement runs on.
@@ -67,7 +67,7 @@ pub(crate) struct Lane {
     client: tokio_postgres::Client,
     task: tokio::task::JoinHandle<()>,
     /// With [`Statements::Prepared`]: the hot path's statements, prepared
-    /// on this connection, in [`HOT`]'s order.
+    /// on this connection, in `sql::HOT`'s order (`Sql::hot`).
     prepared: Vec<Statement>,
 }
 
@@ -167,11 +167,10 @@ impl Lanes {
             lane.client
                 .batch_execute(&format!("SET lock_timeout = '{LANE_LOCK_TIMEOUT}'"))
                 .await?;
-            for stmt in [&sql.begin, &sql.complete, &sql.release, &sql.renew] {
+            for stmt in sql.hot() {
                 lane.prepared
                     .push(lane.client.prepare_typed(&stmt.text, stmt.types).await?);
             }
-            debug_assert_eq!(lane.prepared.len(), HOT.len());
         }
         Ok(lane)
     }

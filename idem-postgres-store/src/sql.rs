@@ -233,6 +233,13 @@ pub(crate) const HOT: [(&str, &str); 4] = [
 /// hold it (migration 5): changing it needs a migration.
 pub(crate) const LANE_LOCK_TIMEOUT: &str = "50ms";
 
+impl Sql {
+    /// The hot path's statements, in [`HOT`]'s order (each one's `hot`).
+    pub(crate) fn hot(&self) -> [&Stmt; 4] {
+        [&self.begin, &self.complete, &self.release, &self.renew]
+    }
+}
+
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 pub(crate) fn migrations(schema: &str) -> [String; 5] {
     // A function changing rows answers how many.
@@ -316,6 +323,14 @@ pub(crate) fn migrations(schema: &str) -> [String; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hot_statement_knows_its_place_in_a_lanes_prepared_statements() {
+        let sql = Sql::new("s");
+        let places: Vec<Option<usize>> = sql.hot().iter().map(|s| s.hot).collect();
+        assert_eq!(places, [Some(0), Some(1), Some(2), Some(3)]);
+        assert_eq!(sql.get.hot, None);
+    }
 
     /// The functions of migration 3 hold these texts; an edit here would
     /// leave every database migrated before it running the old text.

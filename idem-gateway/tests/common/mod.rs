@@ -476,3 +476,38 @@ impl ResettingUpstream {
         panic!("the upstream's connections did not close");
     }
 }
+
+/// POSTs `body` with `key` to `url` in a task, the upstream taking
+/// `delay_ms` to answer, and returns once the upstream is executing it.
+pub async fn executing(
+    c: &HttpClient,
+    url: &str,
+    key: &str,
+    delay_ms: u64,
+    up: &idem_testkit::upstream::CountingUpstream,
+    body: &str,
+) -> tokio::task::JoinHandle<Answer> {
+    let (c2, url, key2, delay, body) = (
+        c.clone(),
+        url.to_owned(),
+        key.to_owned(),
+        delay_ms.to_string(),
+        body.to_owned(),
+    );
+    let task = tokio::spawn(async move {
+        let h = [
+            ("idempotency-key", key2.as_str()),
+            ("x-test-delay-ms", delay.as_str()),
+        ];
+        send(&c2, http::Method::POST, &url, &h, &body).await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while up.executions_of(key) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream never got the request"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    task
+}
